@@ -1,0 +1,1 @@
+"""Readout Guidance library: heads, features, targets, guidance rule and ComfyUI glue."""

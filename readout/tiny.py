@@ -1,0 +1,175 @@
+"""Deterministic tiny SD1.5-family models for tests and the demo, built with ComfyUI's own modules."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+TINY_SEED = 1234
+TINY_CHECKPOINT = "readout_tiny_sd15.safetensors"
+TINY_CONTROLNET = "readout_tiny_sd15_controlnet.safetensors"
+TINY_LORA = "readout_tiny_sd15_lora.safetensors"
+
+TINY_UNET_CONFIG = {
+    "image_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [1, 1],
+    "channel_mult": [1, 2],
+    "transformer_depth": [1, 0],
+    "transformer_depth_output": [1, 1, 0, 0],
+    "transformer_depth_middle": -1,
+    "context_dim": 768,
+    "num_heads": 8,
+    "num_head_channels": -1,
+    "use_linear_in_transformer": False,
+    "use_spatial_transformer": True,
+    "legacy": False,
+}
+"""Two levels (320, 640 channels), one ResBlock each way: the decoder has 4 ResBlocks at two resolutions."""
+
+TINY_DECODER_DIMS = [640, 640, 320, 320]
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def init_weights(module: torch.nn.Module, seed: int) -> None:
+    """Fill every parameter deterministically: fan-in scaled normals for matrices, identity norms, zero biases."""
+    gen = _generator(seed)
+    with torch.no_grad():
+        for name, param in sorted(module.named_parameters(), key=lambda item: item[0]):
+            if param.ndim >= 2:
+                fan_in = param[0].numel()
+                param.copy_(torch.randn(param.shape, generator=gen) / math.sqrt(fan_in))
+            elif name.endswith("bias") or name.endswith("vae_shift"):
+                param.zero_()
+            else:
+                param.fill_(1.0)
+
+
+def _half_state_dict(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items()}
+
+
+def build_unet(seed: int = TINY_SEED) -> torch.nn.Module:
+    """The tiny UNet as ComfyUI's own UNetModel."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    import comfy.ops
+
+    unet = UNetModel(**TINY_UNET_CONFIG, operations=comfy.ops.disable_weight_init)
+    init_weights(unet, seed)
+    return unet
+
+
+def build_taesd(seed: int) -> torch.nn.Module:
+    """A TAESD VAE (2.4M params) that ComfyUI loads from inside a checkpoint."""
+    from comfy.taesd.taesd import TAESD
+
+    taesd = TAESD()
+    init_weights(taesd, seed)
+    return taesd
+
+
+def build_clip_l(seed: int) -> torch.nn.Module:
+    """A real-architecture SD1 CLIP-L text encoder with random weights."""
+    import comfy.clip_model
+    import comfy.ops
+    import comfy.sd1_clip
+
+    config_path = os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "sd1_clip_config.json")
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    clip = comfy.clip_model.CLIPTextModel(config, torch.float32, "cpu", comfy.ops.disable_weight_init)
+    init_weights(clip, seed)
+    with torch.no_grad():
+        clip.text_model.embeddings.token_embedding.weight.mul_(0.5)
+        clip.text_model.embeddings.position_embedding.weight.mul_(0.1)
+    return clip
+
+
+def build_controlnet(seed: int) -> torch.nn.Module:
+    """A ControlNet matching the tiny UNet, with non-zero output convs so it visibly acts."""
+    from comfy.cldm.cldm import ControlNet
+    import comfy.ops
+
+    config = {k: v for k, v in TINY_UNET_CONFIG.items() if k not in ("out_channels", "transformer_depth_output")}
+    net = ControlNet(**config, hint_channels=3, operations=comfy.ops.disable_weight_init)
+    init_weights(net, seed)
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name.startswith(("zero_convs", "middle_block_out")) and param.ndim >= 2:
+                param.mul_(0.1)
+    return net
+
+
+def tiny_checkpoint_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
+    """UNet, TAESD and CLIP-L in the original SD1.5 single-file layout."""
+    sd = _half_state_dict(build_unet(seed), "model.diffusion_model.")
+    sd.update(_half_state_dict(build_taesd(seed + 1), "first_stage_model."))
+    clip = _half_state_dict(build_clip_l(seed + 2), "cond_stage_model.transformer.")
+    clip.pop("cond_stage_model.transformer.text_projection.weight", None)
+    sd.update(clip)
+    return sd
+
+
+def tiny_controlnet_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
+    """The tiny ControlNet in the original `control_model.` layout."""
+    return _half_state_dict(build_controlnet(seed + 3), "control_model.")
+
+
+def tiny_lora_state_dict(seed: int = TINY_SEED, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A LoRA on the tiny UNet's attention projections, in ComfyUI's `diffusion_model.` key layout."""
+    gen = _generator(seed + 4)
+    unet = build_unet(seed)
+    sd: dict[str, torch.Tensor] = {}
+    for name, module in sorted(unet.named_modules(), key=lambda item: item[0]):
+        if not name.endswith(("attn1.to_q", "attn1.to_v", "attn2.to_q", "attn2.to_k", "attn2.to_v")):
+            continue
+        out_features, in_features = module.weight.shape
+        key = f"diffusion_model.{name}"
+        sd[f"{key}.lora_down.weight"] = (torch.randn(rank, in_features, generator=gen) / math.sqrt(in_features)).half()
+        sd[f"{key}.lora_up.weight"] = (torch.randn(out_features, rank, generator=gen) / math.sqrt(rank)).half()
+        sd[f"{key}.alpha"] = torch.tensor(float(rank)).half()
+    return sd
+
+
+@dataclass(frozen=True)
+class TinyFile:
+    """One generated model file: ComfyUI model folder, file name, and how to make its tensors."""
+
+    folder: str
+    name: str
+    make: Callable[[], dict[str, torch.Tensor]]
+
+
+def tiny_files() -> list[TinyFile]:
+    """Every tiny model file the tests and the demo need; extend here for new model kinds."""
+    return [
+        TinyFile("checkpoints", TINY_CHECKPOINT, tiny_checkpoint_state_dict),
+        TinyFile("controlnet", TINY_CONTROLNET, tiny_controlnet_state_dict),
+        TinyFile("loras", TINY_LORA, tiny_lora_state_dict),
+    ]
+
+
+def write_tiny_models(models_dir: str, force: bool = False) -> list[str]:
+    """Write missing tiny model files under a ComfyUI models folder; return the paths written."""
+    from safetensors.torch import save_file
+
+    written = []
+    for item in tiny_files():
+        path = os.path.join(models_dir, item.folder, item.name)
+        if os.path.exists(path) and not force:
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".part"
+        save_file(item.make(), tmp, metadata={"generator": "readout.tiny", "seed": str(TINY_SEED)})
+        os.replace(tmp, path)
+        written.append(path)
+    return written

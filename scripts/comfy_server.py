@@ -1,0 +1,106 @@
+"""A real ComfyUI server process on loopback: start, queue prompts, wait, stop."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ComfyServer:
+    """A ComfyUI server process on loopback."""
+
+    url: str
+    output_dir: str
+    process: subprocess.Popen
+    log_path: str
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: dict) -> Any:
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            raise PromptFailed(f"POST {path} -> {err.code}: {err.read().decode()[:4000]}") from err
+
+    def run(self, prompt: dict, timeout: float = 300) -> dict:
+        """Queue a prompt and wait for its history entry; raise PromptFailed with the server's error text."""
+        prompt_id = self.post("/prompt", {"prompt": prompt, "client_id": "readout-guidance"})["prompt_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            status = (entry or {}).get("status", {})
+            if status.get("status_str") == "success" and status.get("completed"):
+                return entry
+            if status.get("status_str") == "error":
+                raise PromptFailed(execution_error_text(status))
+            if self.process.poll() is not None:
+                raise PromptFailed(f"server died:\n{self.log_tail()}")
+            time.sleep(0.25)
+        raise PromptFailed(f"prompt {prompt_id} did not finish in {timeout}s")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()[-chars:]
+
+
+class PromptFailed(RuntimeError):
+    """A queued prompt ended with an error; the message is the server's own text."""
+
+
+def execution_error_text(status: dict) -> str:
+    """The node type and exception message of an execution_error in a history status."""
+    for event, data in status.get("messages", []):
+        if event == "execution_error":
+            return f"{data.get('node_type')} (node {data.get('node_id')}): {data.get('exception_type')}: {data.get('exception_message')}"
+    return json.dumps(status)[:4000]
+
+
+def start_server(comfy: str, output_dir: str, log_path: str, port: int | None = None) -> ComfyServer:
+    """Start `main.py --cpu` on a free loopback port and wait until it answers /object_info."""
+    port = port or free_port()
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+         "--output-directory", output_dir, "--disable-auto-launch"],
+        cwd=comfy, stdout=log, stderr=subprocess.STDOUT,
+    )
+    server = ComfyServer(f"http://127.0.0.1:{port}", output_dir, proc, log_path)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ComfyUI exited at start-up:\n{open(log_path).read()[-4000:]}")
+        try:
+            server.get("/object_info/CheckpointLoaderSimple")
+            return server
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.5)
+    stop_server(server)
+    raise RuntimeError(f"ComfyUI did not answer within 180 s:\n{open(log_path).read()[-4000:]}")
+
+
+def stop_server(server: ComfyServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()

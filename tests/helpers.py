@@ -1,0 +1,106 @@
+"""Helpers that drive the real ComfyUI: node calls as the executor makes them, prompts, a live server."""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+from comfy_server import ComfyServer, start_server, stop_server
+from testbed import comfyui_path, pack_dir_in
+
+from readout.tiny import TINY_CHECKPOINT as TINY_CKPT, TINY_CONTROLNET, TINY_LORA  # noqa: F401
+
+
+def node_class(name: str) -> type:
+    """A registered node class, ours or ComfyUI's."""
+    import nodes
+
+    return nodes.NODE_CLASS_MAPPINGS[name]
+
+
+def call_node(name: str, **inputs: Any) -> tuple:
+    """Run one node the way ComfyUI's executor does: a fresh instance, under inference mode."""
+    cls = node_class(name)
+    with torch.inference_mode():
+        return getattr(cls(), cls.FUNCTION)(**inputs)
+
+
+def pack_module(submodule: str = "") -> ModuleType:
+    """This pack's module (or a submodule) exactly as ComfyUI imported it."""
+    base = pack_dir_in(comfyui_path()).replace(".", "_x_")
+    if base not in sys.modules:
+        raise RuntimeError(f"the pack was not loaded by ComfyUI under {base}")
+    return importlib.import_module(f"{base}.{submodule}" if submodule else base)
+
+
+class _ServerStub:
+    """The part of PromptServer the executor talks to."""
+
+    def __init__(self) -> None:
+        self.client_id = None
+        self.last_node_id = None
+        self.messages: list[tuple[str, dict]] = []
+
+    def send_sync(self, event: str, data: dict, sid: str | None = None) -> None:
+        self.messages.append((event, data))
+
+
+@dataclass
+class PromptResult:
+    success: bool
+    outputs: dict
+    messages: list = field(default_factory=list)
+
+    def error_text(self) -> str:
+        return "\n".join(json.dumps(d, default=str)[:2000] for e, d in self.messages if e == "execution_error")
+
+
+def run_prompt(prompt: dict) -> PromptResult:
+    """Validate and execute an API-format prompt in process through execution.PromptExecutor."""
+    import execution
+
+    prompt_id = str(uuid.uuid4())
+    valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+    if not valid[0]:
+        raise AssertionError(f"prompt failed validation: {valid[1]} {valid[3]}")
+    server = _ServerStub()
+    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    executor.execute(prompt, prompt_id, {}, valid[2])
+    return PromptResult(executor.success, executor.history_result["outputs"], executor.status_messages)
+
+
+@pytest.fixture(scope="session")
+def comfy_server() -> Iterator[ComfyServer]:
+    """The real ComfyUI server with this pack, for the whole test session."""
+    out = tempfile.mkdtemp(prefix="rg-server-out-")
+    server = start_server(comfyui_path(), out, os.path.join(out, "server.log"))
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def text_to_image_prompt(seed: int = 1, steps: int = 4, size: int = 64, prefix: str = "rg_test") -> dict:
+    """A plain text-to-image API prompt on the tiny checkpoint."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red cube", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": seed, "steps": steps, "cfg": 5.0, "sampler_name": "euler",
+            "scheduler": "normal", "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+            "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
+    }
