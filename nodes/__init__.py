@@ -1,3 +1,5 @@
 """Node classes of the pack, gathered for registration."""
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+from . import heads
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {**heads.NODE_CLASS_MAPPINGS}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {**heads.NODE_DISPLAY_NAME_MAPPINGS}

@@ -140,28 +140,99 @@ def tiny_lora_state_dict(seed: int = TINY_SEED, rank: int = 4) -> dict[str, torc
     return sd
 
 
+TINY_HEAD_KINDS = ("pose", "depth", "edge", "correspondence", "appearance")
+CONTROL_RANGES = {"pose": (-0.5, 0.5), "edge": (-0.5, 0.5), "depth": (-1.0, 1.0)}
+
+
+def tiny_head_name(kind: str, suffix: str = ".safetensors") -> str:
+    """File name of the tiny head of a kind, following the official naming."""
+    role = "spatial" if kind in CONTROL_RANGES else "drag"
+    return f"readout_tiny_sd15_{role}_{kind}{suffix}"
+
+
+def tiny_head_config(kind: str):
+    """The config of a tiny readout head for the tiny UNet's decoder."""
+    from .heads import HeadConfig
+
+    spatial = kind in CONTROL_RANGES
+    return HeadConfig(
+        kind=kind, family="sd15", dims=tuple(TINY_DECODER_DIMS), use_output_head=spatial,
+        control_range=CONTROL_RANGES.get(kind, (-1.0, 1.0)), sparse_loss=kind in ("pose", "edge"),
+        use_emb=kind != "correspondence",
+    )
+
+
+def tiny_head_state_dict(kind: str, seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
+    """Deterministic random weights for the tiny head of a kind."""
+    from .heads import ReadoutHead
+
+    head = ReadoutHead(tiny_head_config(kind))
+    init_weights(head, seed + 10 + TINY_HEAD_KINDS.index(kind))
+    return {k: v.detach().clone() for k, v in head.state_dict().items()}
+
+
+def official_head_checkpoint(config, state_dict: dict[str, torch.Tensor]) -> dict:
+    """A head in the official training-checkpoint layout (plain containers, loadable with weights_only)."""
+    dataset_args = {"control_type": config.kind, "sparse_loss": config.sparse_loss,
+                    "control_range": list(config.control_range)} if config.is_spatial else {}
+    return {
+        "step": 0,
+        "config": {
+            "projection_dim": config.projection_dim, "dims": list(config.dims),
+            "save_timestep": list(config.save_timestep), "num_timesteps": config.num_timesteps,
+            "model_id": "runwayml/stable-diffusion-v1-5" if config.family == "sd15" else "stabilityai/stable-diffusion-xl-base-1.0",
+            "aggregation_kwargs": {"use_output_head": config.use_output_head, "output_head_channels": 3,
+                                   "output_head_act": config.output_head_act, "bottleneck_sequential": False},
+            "dataset_args": dataset_args,
+        },
+        "aggregation_network": state_dict,
+        "optimizer_state_dict": {},
+    }
+
+
 @dataclass(frozen=True)
 class TinyFile:
-    """One generated model file: ComfyUI model folder, file name, and how to make its tensors."""
+    """One generated model file: ComfyUI model folder, file name, and how to write it."""
 
     folder: str
     name: str
-    make: Callable[[], dict[str, torch.Tensor]]
+    write: Callable[[str], None]
+
+
+def _tensors_file(make: Callable[[], dict[str, torch.Tensor]]) -> Callable[[str], None]:
+    def write(path: str) -> None:
+        from safetensors.torch import save_file
+
+        save_file(make(), path, metadata={"generator": "readout.tiny", "seed": str(TINY_SEED)})
+    return write
+
+
+def _head_file(kind: str, official: bool) -> Callable[[str], None]:
+    def write(path: str) -> None:
+        from .checkpoints import save_head_safetensors
+
+        config, state_dict = tiny_head_config(kind), tiny_head_state_dict(kind)
+        if official:
+            torch.save(official_head_checkpoint(config, state_dict), path)
+        else:
+            save_head_safetensors(path, config, state_dict)
+    return write
 
 
 def tiny_files() -> list[TinyFile]:
     """Every tiny model file the tests and the demo need; extend here for new model kinds."""
-    return [
-        TinyFile("checkpoints", TINY_CHECKPOINT, tiny_checkpoint_state_dict),
-        TinyFile("controlnet", TINY_CONTROLNET, tiny_controlnet_state_dict),
-        TinyFile("loras", TINY_LORA, tiny_lora_state_dict),
+    files = [
+        TinyFile("checkpoints", TINY_CHECKPOINT, _tensors_file(tiny_checkpoint_state_dict)),
+        TinyFile("controlnet", TINY_CONTROLNET, _tensors_file(tiny_controlnet_state_dict)),
+        TinyFile("loras", TINY_LORA, _tensors_file(tiny_lora_state_dict)),
     ]
+    files += [TinyFile("readout_heads", tiny_head_name(k), _head_file(k, False)) for k in TINY_HEAD_KINDS]
+    files.append(TinyFile("readout_heads", tiny_head_name("pose", ".pt"), _head_file("pose", True)))
+    return files
 
 
 def write_tiny_models(models_dir: str, force: bool = False) -> list[str]:
     """Write missing tiny model files under a ComfyUI models folder; return the paths written."""
-    from safetensors.torch import save_file
-
     written = []
     for item in tiny_files():
         path = os.path.join(models_dir, item.folder, item.name)
@@ -169,7 +240,7 @@ def write_tiny_models(models_dir: str, force: bool = False) -> list[str]:
             continue
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".part"
-        save_file(item.make(), tmp, metadata={"generator": "readout.tiny", "seed": str(TINY_SEED)})
+        item.write(tmp)
         os.replace(tmp, path)
         written.append(path)
     return written

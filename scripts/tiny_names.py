@@ -6,18 +6,29 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from readout.tiny import TINY_CHECKPOINT, TINY_CONTROLNET, TINY_LORA  # noqa: E402
+from readout.tiny import TINY_CHECKPOINT, TINY_CONTROLNET, TINY_HEAD_KINDS, TINY_LORA, tiny_head_name  # noqa: E402
 
 TINY_BY_INPUT = {"ckpt_name": TINY_CHECKPOINT, "control_net_name": TINY_CONTROLNET, "lora_name": TINY_LORA}
+HEAD_STAND_INS = {"identity": "appearance"}
+
+
+def tiny_head_for(name: str) -> str:
+    """The tiny head of the kind an official or user head file name mentions (identity: the appearance head)."""
+    for kind in (*TINY_HEAD_KINDS, *HEAD_STAND_INS):
+        if kind in name.lower():
+            return tiny_head_name(HEAD_STAND_INS.get(kind, kind))
+    raise ValueError(f"head file {name!r} names no head kind ({', '.join(TINY_HEAD_KINDS)}): cannot pick a tiny stand-in")
 
 
 def swap_model_names(prompt: dict) -> dict:
-    """The same prompt with every checkpoint, ControlNet and LoRA name replaced by its tiny stand-in."""
+    """The same prompt with every checkpoint, ControlNet, LoRA and readout head name replaced by its tiny stand-in."""
     for node in prompt.values():
         inputs = node["inputs"]
         for name, tiny in TINY_BY_INPUT.items():
             if isinstance(inputs.get(name), str):
                 inputs[name] = tiny
+        if isinstance(inputs.get("head_name"), str):
+            inputs["head_name"] = tiny_head_for(inputs["head_name"])
     return prompt
 
 

@@ -1,0 +1,106 @@
+"""Nodes that load readout heads and show what they read in an image."""
+from __future__ import annotations
+
+import folder_paths
+
+from ..readout.extract import extract_readout
+from ..readout.head_model import load_head_model
+from ..readout.heads import HEAD_KINDS
+from ..readout.model_folder import FOLDER_NAME
+from ..readout.readouts import render_readout
+from ..readout.unet_call import encode_empty_prompt
+
+CATEGORY = "readout_guidance"
+AUTO = "auto"
+EMBEDDING_CHOICES = {"E(t) (official guidance)": False, "E(1000-t) (official training)": True}
+
+
+class LoadReadoutHead:
+    """Load a readout head (official .pt or our .safetensors) from models/readout_heads."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "head_name": (folder_paths.get_filename_list(FOLDER_NAME), {
+                    "tooltip": "A head file in ComfyUI/models/readout_heads: an official "
+                               "readout_{sdv15,sdxl}_*.pt or a .safetensors head from our trainer."}),
+            },
+            "optional": {
+                "kind": ([AUTO, *HEAD_KINDS], {
+                    "default": AUTO,
+                    "tooltip": "What the head reads. 'auto' takes it from the file (config, or the official "
+                               "file name); set it for an official relative head that was renamed."}),
+                "timestep_embedding": (list(EMBEDDING_CHOICES), {
+                    "default": next(iter(EMBEDDING_CHOICES)),
+                    "tooltip": "Timestep fed to the head. The official guidance feeds E(t) (use this for official "
+                               "heads); their training fed E(1000-t). Heads from our trainer record their own."}),
+            },
+        }
+
+    RETURN_TYPES = ("READOUT_HEAD", "STRING")
+    RETURN_NAMES = ("head", "info")
+    OUTPUT_TOOLTIPS = ("The loaded head, for ReadoutTarget and ExtractReadout.", "Kind, model family and layers.")
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Loads a readout head; it moves to the GPU with the UNet and is offloaded with it."
+
+    def load(self, head_name: str, kind: str = AUTO, timestep_embedding: str = next(iter(EMBEDDING_CHOICES))):
+        path = folder_paths.get_full_path(FOLDER_NAME, head_name)
+        if path is None:
+            raise ValueError(f"head_name: {head_name!r} is not in models/{FOLDER_NAME}; put the file there and refresh")
+        reverse = EMBEDDING_CHOICES.get(timestep_embedding)
+        head = load_head_model(path, None if kind == AUTO else kind, reverse if reverse else None)
+        info = head.describe()
+        return {"ui": {"text": [info]}, "result": (head, info)}
+
+
+class ExtractReadout:
+    """Show what a readout head sees in an image, and keep it as a READOUT usable as a target."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The SD1.5/SDXL model the head was trained on."}),
+                "vae": ("VAE", {"tooltip": "The VAE that encodes the image into the model's latent space."}),
+                "head": ("READOUT_HEAD", {"tooltip": "From LoadReadoutHead."}),
+                "image": ("IMAGE", {"tooltip": "The image(s) to read."}),
+                "timestep": ("INT", {
+                    "default": -1, "min": -1, "max": 999,
+                    "tooltip": "Noise level as a diffusion timestep (0 = clean, 999 = pure noise); "
+                               "-1 uses the head's own (save_timestep of its config)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "Seed of the noise added at that timestep."}),
+            },
+            "optional": {
+                "positive": ("CONDITIONING", {
+                    "tooltip": "Prompt for the UNet pass. Leave empty to use the empty prompt (as the heads "
+                               "were trained); then connect clip."}),
+                "clip": ("CLIP", {"tooltip": "Encodes the empty prompt when positive is not connected."}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "READOUT")
+    RETURN_NAMES = ("readout_image", "readout")
+    OUTPUT_TOOLTIPS = (
+        "Spatial heads: the map as a control image. Relative heads: 3 principal components as colours.",
+        "The raw readout and its metadata, usable as a target.",
+    )
+    FUNCTION = "extract"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Runs the UNet once on the noised image and reads its decoder features with the head."
+
+    def extract(self, model, vae, head, image, timestep: int, seed: int, positive=None, clip=None):
+        if positive is None:
+            if clip is None:
+                raise ValueError("positive / clip: connect a positive conditioning, or a CLIP to encode the empty prompt")
+            positive = encode_empty_prompt(clip)
+        if timestep < 0:
+            timestep = head.config.save_timestep[0]
+        readout = extract_readout(model, vae, head, image, positive, timestep, seed)
+        return (render_readout(readout), readout)
+
+
+NODE_CLASS_MAPPINGS = {"LoadReadoutHead": LoadReadoutHead, "ExtractReadout": ExtractReadout}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoadReadoutHead": "Load Readout Head", "ExtractReadout": "Extract Readout"}

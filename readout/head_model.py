@@ -1,0 +1,52 @@
+"""A loaded readout head as the graph passes it around (READOUT_HEAD), managed by ComfyUI's model management."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .checkpoints import build_head, check_head_matches_model, load_head_file
+from .features import decoder_dims, model_family
+from .heads import FAMILY_LABELS, HeadConfig, ReadoutHead
+
+
+@dataclass(frozen=True)
+class HeadModel:
+    """A readout head module, its config and file name, wrapped in a ModelPatcher so it follows the UNet's device."""
+
+    name: str
+    config: HeadConfig
+    patcher: object
+
+    @property
+    def module(self) -> ReadoutHead:
+        return self.patcher.model
+
+    def describe(self) -> str:
+        """One line for the node: kind, model family, layers."""
+        role = "spatial map" if self.config.is_spatial else "feature map"
+        return (f"{self.name}: {self.config.kind} head for {FAMILY_LABELS[self.config.family]} "
+                f"({self.config.num_layers} decoder layers, {role} readout)")
+
+    def check_model(self, model_patcher) -> None:
+        """Raise HeadModelMismatch (naming this head) unless the model is the family and layout it reads."""
+        check_head_matches_model(self.config, model_family(model_patcher), decoder_dims(model_patcher), self.name)
+
+    def device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        param = next(self.module.parameters())
+        return param.device, param.dtype
+
+
+def load_head_model(path: str, kind: str | None = None, reverse_timestep: bool | None = None) -> HeadModel:
+    """Read a head file and hand the module to ComfyUI's model management (loaded with the UNet, offloaded with it)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    config, state_dict = load_head_file(path, kind)
+    if reverse_timestep is not None and reverse_timestep != config.reverse_timestep:
+        config = HeadConfig.from_dict({**config.to_dict(), "reverse_timestep": reverse_timestep})
+    module = build_head(config, state_dict)
+    patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    return HeadModel(os.path.basename(path), config, patcher)
