@@ -9,8 +9,8 @@ from ..readout.heads import HEAD_KINDS
 from ..readout.model_folder import FOLDER_NAME
 from ..readout.readouts import render_readout
 from ..readout.unet_call import encode_empty_prompt
+from .common import CATEGORY
 
-CATEGORY = "readout_guidance"
 AUTO = "auto"
 EMBEDDING_CHOICES = {"E(t) (official guidance)": False, "E(1000-t) (official training)": True}
 

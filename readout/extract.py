@@ -23,10 +23,17 @@ def noised_latent(model_patcher, latent: torch.Tensor, timestep: int, seed: int)
 def extract_readout(model_patcher, vae, head: HeadModel, image: torch.Tensor, conditioning: list,
                     timestep: int, seed: int = 0) -> Readout:
     """The head's readout of each image in a batch at the given noise timestep."""
-    import comfy.model_management as mm
-
     head.check_model(model_patcher)
     latent = vae.encode(image[..., :3])
+    tensor = latent_readout(model_patcher, head, latent, conditioning, timestep, seed)
+    return Readout(tensor, head.config, head.name, timestep, (image.shape[1], image.shape[2]))
+
+
+def latent_readout(model_patcher, head: HeadModel, latent: torch.Tensor, conditioning: list,
+                   timestep: int, seed: int = 0) -> torch.Tensor:
+    """The head's readout of a (raw, VAE-space) latent noised to `timestep`."""
+    import comfy.model_management as mm
+
     mm.load_models_gpu([model_patcher, head.patcher])
     device = model_patcher.load_device
     x, sigma = noised_latent(model_patcher, latent, timestep, seed)
@@ -36,5 +43,4 @@ def extract_readout(model_patcher, vae, head: HeadModel, image: torch.Tensor, co
         evaluate_unet(model_patcher, x, sigma, conditioning, seed)
         timesteps = torch.full((x.shape[0],), float(timestep), device=device)
         emb = head_embedding(diffusion_model, head.config, timesteps)
-        tensor = head.module(store.complete(), emb)
-    return Readout(tensor.float(), head.config, head.name, timestep, (image.shape[1], image.shape[2]))
+        return head.module(store.complete(), emb).float()

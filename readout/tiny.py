@@ -140,6 +140,8 @@ def tiny_lora_state_dict(seed: int = TINY_SEED, rank: int = 4) -> dict[str, torc
     return sd
 
 
+TINY_OUTPUT_GAIN = 4.0
+"""Spreads the random spatial readouts over the tanh range, so they respond to the latent as trained ones do."""
 TINY_HEAD_KINDS = ("pose", "depth", "edge", "correspondence", "appearance")
 CONTROL_RANGES = {"pose": (-0.5, 0.5), "edge": (-0.5, 0.5), "depth": (-1.0, 1.0)}
 
@@ -168,6 +170,9 @@ def tiny_head_state_dict(kind: str, seed: int = TINY_SEED) -> dict[str, torch.Te
 
     head = ReadoutHead(tiny_head_config(kind))
     init_weights(head, seed + 10 + TINY_HEAD_KINDS.index(kind))
+    if head.output_head is not None:
+        with torch.no_grad():
+            head.output_head[4].weight.mul_(TINY_OUTPUT_GAIN)
     return {k: v.detach().clone() for k, v in head.state_dict().items()}
 
 

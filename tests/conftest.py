@@ -9,7 +9,7 @@ import tempfile
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
+sys.path[:0] = [os.path.join(REPO, "scripts"), REPO]
 
 from testbed import add_comfyui_to_sys_path, check_comfyui, comfyui_path, pack_dir_in  # noqa: E402
 

@@ -1,0 +1,108 @@
+"""Making one UNet call differentiable inside ComfyUI, and undoing every change afterwards.
+
+ComfyUI runs nodes under `torch.inference_mode()`: weights and inputs are inference tensors, which
+autograd cannot save. For the guided call, inputs are cloned outside inference mode and every
+`comfy.ops` layer gets an identity weight/bias function, so ComfyUI's own cast path hands the layer
+a normal copy of its (possibly LoRA-patched) weight. Other parameters are swapped for normal copies.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+_MISSING = object()
+
+
+def _identity(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def normal_copies(value: Any) -> Any:
+    """Clone every tensor in nested lists/tuples/dicts outside inference mode (other values kept)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: normal_copies(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(normal_copies(v) for v in value)
+    return value
+
+
+def _is_comfy_op(module: nn.Module) -> bool:
+    return hasattr(type(module), "weight_function") and hasattr(module, "comfy_cast_weights")
+
+
+@contextmanager
+def autograd_safe_weights(model: nn.Module) -> Iterator[None]:
+    """Let autograd save this model's weights for one pass; every module is restored on exit."""
+    saved_functions: list[tuple[nn.Module, str, Any]] = []
+    swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+    try:
+        for module in model.modules():
+            if _is_comfy_op(module):
+                for attr in ("weight_function", "bias_function"):
+                    previous = module.__dict__.get(attr, _MISSING)
+                    saved_functions.append((module, attr, previous))
+                    current = getattr(module, attr)
+                    setattr(module, attr, list(current) + [_identity])
+                continue
+            for name, param in list(module.named_parameters(recurse=False)):
+                if param.is_inference():
+                    swapped.append((module, name, param))
+                    setattr(module, name, nn.Parameter(param.detach().clone(), requires_grad=False))
+        yield
+    finally:
+        for module, attr, previous in reversed(saved_functions):
+            if previous is _MISSING:
+                module.__dict__.pop(attr, None)
+            else:
+                setattr(module, attr, previous)
+        for module, name, param in reversed(swapped):
+            setattr(module, name, param)
+
+
+def _checkpointed(forward):
+    def run(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return run
+
+
+@contextmanager
+def gradient_checkpointing(diffusion_model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Recompute each UNet block layer (ResBlock, transformer) in the backward instead of keeping its activations."""
+    if not enabled:
+        yield
+        return
+    layers = [layer for group in ("input_blocks", "output_blocks") for block in getattr(diffusion_model, group)
+              for layer in block]
+    if getattr(diffusion_model, "middle_block", None) is not None:
+        layers += list(diffusion_model.middle_block)
+    patched = []
+    try:
+        for layer in layers:
+            if "forward" in layer.__dict__ or not any(True for _ in layer.parameters()):
+                continue
+            layer.forward = _checkpointed(layer.forward)
+            patched.append(layer)
+        yield
+    finally:
+        for layer in patched:
+            del layer.forward
+
+
+def skip_clone_patch(h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+    """`input_block_patch_after_skip`: ControlNet adds into saved skips in place; give the graph its own copy."""
+    return h.clone()
+
+
+def with_skip_clone(transformer_options: dict) -> dict:
+    """A copy of transformer_options whose patches clone each skip tensor (for the grad pass only)."""
+    options = dict(transformer_options)
+    patches = dict(options.get("patches", {}))
+    patches["input_block_patch_after_skip"] = list(patches.get("input_block_patch_after_skip", [])) + [skip_clone_patch]
+    options["patches"] = patches
+    return options

@@ -1,0 +1,33 @@
+"""A picture of the readout loss per guided evaluation per target (people would rather look than read)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+COLORS = [(230, 80, 60), (60, 140, 230), (80, 190, 90), (230, 170, 40), (170, 90, 210), (40, 190, 190)]
+WIDTH, HEIGHT, MARGIN = 512, 256, 36
+
+
+def plot_losses(history: list[list[tuple[float, float]]], labels: list[str]) -> torch.Tensor:
+    """Each target's loss over its guided evaluations, scaled to its own first value; an IMAGE (1, H, W, 3)."""
+    image = Image.new("RGB", (WIDTH, HEIGHT), (24, 24, 28))
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = MARGIN, 12, WIDTH - 12, HEIGHT - MARGIN
+    draw.rectangle([left, top, right, bottom], outline=(120, 120, 130))
+    draw.text((left, bottom + 6), "guided model evaluations ->", fill=(200, 200, 200))
+    draw.text((4, top), "loss", fill=(200, 200, 200))
+    if not any(history):
+        draw.text((left + 10, top + 10), "no guided steps (weights 0, or outside the step window)", fill=(220, 220, 220))
+    longest = max((len(h) for h in history), default=1)
+    for index, (points, label) in enumerate(zip(history, labels)):
+        color = COLORS[index % len(COLORS)]
+        if points:
+            values = np.array([loss for _, loss in points], dtype=np.float64)
+            scale = max(values.max(), 1e-12)
+            xs = left + (right - left) * np.arange(len(values)) / max(longest - 1, 1)
+            ys = bottom - (bottom - top) * values / scale
+            draw.line(list(zip(xs.tolist(), ys.tolist())), fill=color, width=2)
+            label = f"{label}: {values[0]:.4g} -> {values[-1]:.4g}"
+        draw.text((left + 8, top + 6 + 14 * index), label, fill=color)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]

@@ -1,0 +1,185 @@
+"""ComfyUI glue: readout guidance on a clone of the user's MODEL through keyed wrappers and a post-CFG function.
+
+Per model evaluation: the APPLY_MODEL wrapper runs the sampler's own UNet call with grad, hooks the
+decoder features, runs each active target's head and loss, and backpropagates to x; the post-CFG
+function turns the gradients into the correction of `denoised`. The OUTER_SAMPLE wrapper opens and
+closes a run. Hooks, weight functions and checkpointing exist only inside the grad pass (`finally`).
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from .features import capture_decoder_features, head_embedding
+from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, with_skip_clone
+from .guidance import GuidanceRun
+from .targets import SpatialTarget
+
+PATCH_KEY = "readout_guidance"
+LOSS_BRANCHES = {"both": (0, 1), "cond": (0,), "uncond": (1,)}
+COMPUTE_DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class GuidanceOptions:
+    """How the guided pass runs: which CFG branch feeds the loss, checkpointing, compute dtype."""
+
+    loss_branch: str = "both"
+    gradient_checkpointing: bool = True
+    compute_dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.loss_branch not in LOSS_BRANCHES:
+            raise ValueError(f"loss_branch: use one of {', '.join(LOSS_BRANCHES)}, got {self.loss_branch!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype: use one of {', '.join(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
+
+
+@dataclass
+class _Evaluation:
+    """Raw gradients and losses of the current model evaluation, summed over its UNet calls."""
+
+    grads: dict[int, torch.Tensor] = field(default_factory=dict)
+    losses: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def add(self, index: int, grad: torch.Tensor, loss: torch.Tensor) -> None:
+        self.grads[index] = grad if index not in self.grads else self.grads[index] + grad
+        self.losses[index] = loss if index not in self.losses else self.losses[index] + loss
+
+
+class ReadoutGuidancePatch:
+    """The guidance of one guided MODEL: its targets, options and per-run state (reset when a run starts).
+
+    Clones of the guided model share this object (deepcopy returns it) so wrapper and post-CFG
+    function always meet; ComfyUI samples one run at a time and each run starts fresh."""
+
+    def __init__(self, targets: tuple[SpatialTarget, ...], options: GuidanceOptions) -> None:
+        self.targets = targets
+        self.options = options
+        self.run = GuidanceRun.fresh(len(targets))
+        self.last_run = self.run
+        self._evaluation = _Evaluation()
+
+    def __deepcopy__(self, memo: dict) -> ReadoutGuidancePatch:
+        return self
+
+    def outer_sample_wrapper(self, executor, *args, **kwargs):
+        """Open a fresh run around one sampling, and close it even on error or cancel."""
+        self.run = GuidanceRun.fresh(len(self.targets))
+        self._evaluation = _Evaluation()
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.last_run = self.run
+            self._evaluation = _Evaluation()
+
+    def _active_targets(self, model_sampling, sigma: float) -> list[int]:
+        active = []
+        for index, target in enumerate(self.targets):
+            high = model_sampling.percent_to_sigma(target.window.start_percent)
+            low = model_sampling.percent_to_sigma(target.window.end_percent)
+            if target.weight != 0.0 and low <= sigma <= high:
+                active.append(index)
+        return active
+
+    def _loss_chunks(self, cond_or_uncond: list[int], batch: int) -> list[slice]:
+        if not cond_or_uncond or batch % len(cond_or_uncond):
+            return []
+        size = batch // len(cond_or_uncond)
+        wanted = LOSS_BRANCHES[self.options.loss_branch]
+        return [slice(i * size, (i + 1) * size) for i, role in enumerate(cond_or_uncond) if role in wanted]
+
+    def apply_model_wrapper(self, executor, x, t, c_concat=None, c_crossattn=None, control=None,
+                            transformer_options={}, **kwargs):
+        """Run the sampler's UNet call with grad and collect each active target's gradient w.r.t. x."""
+        base = executor.class_obj
+        sigma = float(t[0])
+        active = self._active_targets(base.model_sampling, sigma)
+        chunks = self._loss_chunks(transformer_options.get("cond_or_uncond", []), x.shape[0]) if active else []
+        if not chunks:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        diffusion_model = base.diffusion_model
+        dtype = COMPUTE_DTYPES[self.options.compute_dtype]
+        autocast = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
+        with torch.inference_mode(False), torch.enable_grad():
+            x_grad = x.detach().clone().requires_grad_(True)
+            t_copy, c_concat, c_crossattn, control, kwargs = normal_copies((t, c_concat, c_crossattn, control, kwargs))
+            with autograd_safe_weights(diffusion_model), \
+                    gradient_checkpointing(diffusion_model, self.options.gradient_checkpointing), \
+                    capture_decoder_features(diffusion_model) as store:
+                with autocast:
+                    out = executor(x_grad, t_copy, c_concat, c_crossattn, control,
+                                   with_skip_clone(transformer_options), **kwargs)
+                features = store.complete()
+                timesteps = base.model_sampling.timestep(t_copy).float()
+                for order, index in enumerate(active):
+                    self._backprop_target(index, features, diffusion_model, timesteps, x_grad, chunks,
+                                          retain=order < len(active) - 1, autocast=autocast)
+                store.clear()
+        return out.detach()
+
+    def _backprop_target(self, index, features, diffusion_model, timesteps, x_grad, chunks, retain, autocast):
+        target = self.targets[index]
+        with autocast:
+            emb = head_embedding(diffusion_model, target.head.config, timesteps)
+            readout = target.head.module(features, emb).float()
+        losses = torch.stack([target.loss(readout[chunk]) for chunk in chunks])
+        grad = torch.autograd.grad(losses.sum(), x_grad, retain_graph=retain)[0]
+        folded = sum(grad[chunk] for chunk in chunks)
+        self._evaluation.add(index, folded.detach(), losses.detach().sum(dim=0))
+
+    def post_cfg_function(self, args: dict) -> torch.Tensor:
+        """denoised' = denoised - sigma * sum_k w_k n_k from this evaluation's gradients."""
+        denoised = args["denoised"]
+        evaluation, self._evaluation = self._evaluation, _Evaluation()
+        if not evaluation.grads:
+            return denoised
+        sigma = args["sigma"]
+        for index, grad in evaluation.grads.items():
+            self.run.record_loss(index, float(sigma[0]), evaluation.losses[index])
+            self.run.add_direction(index, self.targets[index].weight, grad, float(sigma[0]))
+        correction = self.run.take_correction(sigma, denoised)
+        if correction is None:
+            return denoised
+        return denoised + correction
+
+
+def apply_readout_guidance(model, targets: tuple[SpatialTarget, ...], options: GuidanceOptions):
+    """A clone of model that samples with these targets (added to any guidance it already carries)."""
+    import comfy.patcher_extension as pe
+
+    for target in targets:
+        target.head.check_model(model)
+    guided = model.clone()
+    previous = find_patch(guided)
+    if previous is not None:
+        targets = previous.targets + tuple(targets)
+        guided.model_options["sampler_post_cfg_function"] = [
+            fn for fn in guided.model_options.get("sampler_post_cfg_function", [])
+            if getattr(fn, "__self__", None) is not previous
+        ]
+    patch = ReadoutGuidancePatch(tuple(targets), options)
+    guided.remove_wrappers_with_key(pe.WrappersMP.APPLY_MODEL, PATCH_KEY)
+    guided.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, PATCH_KEY)
+    guided.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, PATCH_KEY, patch.apply_model_wrapper)
+    guided.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, PATCH_KEY, patch.outer_sample_wrapper)
+    guided.set_model_sampler_post_cfg_function(patch.post_cfg_function)
+    heads = {id(t.head.patcher): t.head.patcher for t in patch.targets}
+    guided.set_additional_models(PATCH_KEY, list(heads.values()))
+    if not patch.targets:
+        logging.info("readout guidance: no targets, the model samples as before")
+    return guided, patch
+
+
+def find_patch(model) -> ReadoutGuidancePatch | None:
+    """The guidance a MODEL already carries, if any."""
+    import comfy.patcher_extension as pe
+
+    for wrapper in model.wrappers.get(pe.WrappersMP.APPLY_MODEL, {}).get(PATCH_KEY, []):
+        owner = getattr(wrapper, "__self__", None)
+        if isinstance(owner, ReadoutGuidancePatch):
+            return owner
+    return None

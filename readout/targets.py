@@ -1,0 +1,68 @@
+"""Guidance targets (what a readout should become) and their losses; READOUT_GUIDANCE is a tuple of them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .head_model import HeadModel
+
+
+@dataclass(frozen=True)
+class StepWindow:
+    """Where a target acts, as fractions of the schedule (0 = first step, 1 = last), like ControlNet's percents."""
+
+    start_percent: float = 0.0
+    end_percent: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.start_percent <= self.end_percent <= 1.0:
+            raise ValueError(
+                f"start_percent / end_percent: need 0 <= start <= end <= 1, got {self.start_percent} and {self.end_percent}"
+            )
+
+
+@dataclass(frozen=True)
+class SpatialTarget:
+    """A pose/depth/edge map (B or 1, 3, H, W) in [0, 1] the spatial head's readout should match."""
+
+    head: HeadModel
+    image: torch.Tensor
+    weight: float
+    window: StepWindow
+    mask: torch.Tensor | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.head.config.kind} ({self.head.name})"
+
+    def loss(self, readout: torch.Tensor) -> torch.Tensor:
+        """Per-sample MSE between readout and target in the head's control range; sparse maps weigh
+        empty and drawn pixels equally (pose, edge), as in the paper."""
+        config = self.head.config
+        low, high = config.control_range
+        target = resize_map(self.image, readout.shape[-2:]).to(readout) * (high - low) + low
+        error = (readout - target).pow(2).mean(dim=1, keepdim=True)
+        weights = torch.ones_like(error[:1])
+        if self.mask is not None:
+            weights = weights * resize_map(self.mask, readout.shape[-2:]).to(readout)
+        if config.sparse_loss:
+            drawn = (target > low + 0.05 * (high - low)).any(dim=1, keepdim=True).to(readout)
+            return 0.5 * masked_mean(error, weights * drawn) + 0.5 * masked_mean(error, weights * (1 - drawn))
+        return masked_mean(error, weights)
+
+
+def resize_map(image: torch.Tensor, size) -> torch.Tensor:
+    """Resize a (B, C, H, W) map to the readout's size (area average when shrinking)."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(image.shape[-2:]) == size:
+        return image
+    mode = "area" if image.shape[-2] >= size[0] and image.shape[-1] >= size[1] else "bilinear"
+    return F.interpolate(image.float(), size=size, mode=mode, **({} if mode == "area" else {"align_corners": False}))
+
+
+def masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-sample weighted mean of (B, 1, H, W) values; 0 where the weights are all zero."""
+    weights = weights.expand_as(values)
+    return (values * weights).sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3)).clamp_min(1e-8)

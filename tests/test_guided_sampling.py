@@ -1,0 +1,296 @@
+"""Guided sampling on the tiny model through the real nodes: the readout moves toward the target."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import TINY_CKPT, TINY_CONTROLNET, TINY_LORA, call_node, pack_module
+from readout.tiny import tiny_head_name
+
+STEPS = 8
+SDXL_DIMS = [1280] * 3 + [640] * 3 + [320] * 3
+
+
+class Bed:
+    """The user's graph so far: checkpoint, prompts, an empty latent, a pose head and a reachable target."""
+
+    def __init__(self) -> None:
+        self.model, self.clip, self.vae = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[:3]
+        self.pos = call_node("CLIPTextEncode", text="a dancer on a beach", clip=self.clip)[0]
+        self.neg = call_node("CLIPTextEncode", text="", clip=self.clip)[0]
+        self.latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
+        self.head = call_node("LoadReadoutHead", head_name=tiny_head_name("pose"))["result"][0]
+        reference = self.ksampler(self.model, seed=7)
+        self.target_map = self.readout(reference)
+
+    def ksampler(self, model, seed: int = 1, sampler: str = "euler", cfg: float = 5.0, latent=None, positive=None,
+                 negative=None) -> torch.Tensor:
+        return call_node("KSampler", model=model, seed=seed, steps=STEPS, cfg=cfg, sampler_name=sampler,
+                         scheduler="normal", positive=positive or self.pos, negative=negative or self.neg,
+                         latent_image=latent or self.latent, denoise=1.0)[0]["samples"]
+
+    def guided(self, guidance, seed: int = 1, sampler: str = "euler", cfg: float = 5.0, model=None, latent=None,
+               positive=None, negative=None, **options):
+        out, plot = call_node("ReadoutGuidedKSampler", model=model or self.model, seed=seed, steps=STEPS, cfg=cfg,
+                              sampler_name=sampler, scheduler="normal", positive=positive or self.pos,
+                              negative=negative or self.neg, latent_image=latent or self.latent, denoise=1.0,
+                              guidance=guidance, **options)
+        return out["samples"], plot
+
+    def readout(self, samples: torch.Tensor, head=None) -> torch.Tensor:
+        """The head's readout of a final latent, as ExtractReadout reads images (t = 0, empty prompt)."""
+        with torch.inference_mode():
+            return pack_module("readout.extract").latent_readout(self.model, head or self.head, samples, self.neg, 0, 0)
+
+    def target(self, weight: float = 1.0, end: float = 1.0, image=None, head=None, **extra):
+        unit = pack_module("readout.readouts").spatial_to_unit(self.target_map, self.head.config.control_range)
+        image = unit.movedim(1, -1) if image is None else image
+        return call_node("ReadoutTarget", head=head or self.head, weight=weight, start_percent=0.0, end_percent=end,
+                         target_image=image, **extra)[0]
+
+    def loss(self, guidance, samples: torch.Tensor) -> float:
+        return float(guidance[0].loss(self.readout(samples)).sum())
+
+
+@pytest.fixture(scope="module")
+def bed() -> Bed:
+    return Bed()
+
+
+def test_weight_zero_or_no_targets_is_bit_identical_to_ksampler(bed):
+    plain = bed.ksampler(bed.model)
+    assert torch.equal(bed.guided(bed.target(weight=0.0))[0], plain)
+    assert torch.equal(bed.guided(())[0], plain)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "ddim", "uni_pc"])
+def test_spatial_target_lowers_the_readout_loss(bed, sampler):
+    guidance = bed.target()
+    plain = bed.loss(guidance, bed.ksampler(bed.model, sampler=sampler))
+    guided = bed.loss(guidance, bed.guided(guidance, sampler=sampler)[0])
+    assert guided < 0.8 * plain, (guided, plain)
+
+
+def test_default_weight_and_window_lower_the_loss(bed):
+    guidance = call_node("ReadoutTarget", head=bed.head, **{k: v[1]["default"] for k, v in
+                         pack_module("nodes.guidance").ReadoutTarget.INPUT_TYPES()["required"].items() if k != "head"},
+                         target_image=bed.target()[0].image.movedim(1, -1))[0]
+    assert guidance[0].weight == pytest.approx(0.43) and guidance[0].window.end_percent == 0.5
+    assert bed.loss(guidance, bed.guided(guidance)[0]) < 0.95 * bed.loss(guidance, bed.ksampler(bed.model))
+
+
+def test_apply_readout_guidance_with_ksampler_advanced_matches_the_guided_sampler(bed):
+    guidance = bed.target()
+    patched = call_node("ApplyReadoutGuidance", model=bed.model, guidance=guidance)[0]
+    advanced = call_node("KSamplerAdvanced", model=patched, add_noise="enable", noise_seed=1, steps=STEPS, cfg=5.0,
+                         sampler_name="euler", scheduler="normal", positive=bed.pos, negative=bed.neg,
+                         latent_image=bed.latent, start_at_step=0, end_at_step=10000,
+                         return_with_leftover_noise="disable")[0]["samples"]
+    assert torch.equal(advanced, bed.guided(guidance)[0])
+
+
+def test_two_chained_targets_each_with_its_own_head(bed):
+    depth = call_node("LoadReadoutHead", head_name=tiny_head_name("depth"))["result"][0]
+    depth_map = bed.readout(bed.ksampler(bed.model, seed=7), head=depth)
+    depth_image = pack_module("readout.readouts").spatial_to_unit(depth_map, depth.config.control_range).movedim(1, -1)
+    chain = call_node("ReadoutTarget", head=depth, weight=1.0, start_percent=0.0, end_percent=1.0,
+                      target_image=depth_image, guidance=bed.target())[0]
+    assert [t.head.config.kind for t in chain] == ["pose", "depth"]
+    samples, plot = bed.guided(chain)
+    plain = bed.ksampler(bed.model)
+    depth_loss = lambda s: float(chain[1].loss(bed.readout(s, head=depth)).sum())  # noqa: E731
+    assert depth_loss(samples) < depth_loss(plain)
+    assert bed.loss(chain, samples) < bed.loss(chain, plain)
+    assert plot.shape == (1, 256, 512, 3) and plot.std() > 0.01
+
+
+def assert_lowered(bed, guidance, samples, plain):
+    assert torch.isfinite(samples).all()
+    assert bed.loss(guidance, samples) < 0.9 * bed.loss(guidance, plain)
+
+
+def test_with_controlnet(bed):
+    controlnet = call_node("ControlNetLoader", control_net_name=TINY_CONTROLNET)[0]
+    hint = torch.zeros(1, 64, 64, 3)
+    hint[:, 8:40, 20:50] = 1.0
+    pos, neg = call_node("ControlNetApplyAdvanced", positive=bed.pos, negative=bed.neg, control_net=controlnet,
+                         image=hint, strength=1.0, start_percent=0.0, end_percent=1.0, vae=bed.vae)
+    guidance = bed.target()
+    plain = bed.ksampler(bed.model, positive=pos, negative=neg)
+    assert not torch.equal(plain, bed.ksampler(bed.model)), "the ControlNet had no effect"
+    assert_lowered(bed, guidance, bed.guided(guidance, positive=pos, negative=neg)[0], plain)
+
+
+def test_with_lora(bed):
+    model, _ = call_node("LoraLoader", model=bed.model, clip=bed.clip, lora_name=TINY_LORA,
+                         strength_model=1.0, strength_clip=1.0)
+    guidance = bed.target()
+    assert_lowered(bed, guidance, bed.guided(guidance, model=model)[0], bed.ksampler(model))
+
+
+def test_at_cfg_one(bed):
+    guidance = bed.target()
+    assert_lowered(bed, guidance, bed.guided(guidance, cfg=1.0)[0], bed.ksampler(bed.model, cfg=1.0))
+
+
+def test_with_batch_of_two(bed):
+    latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=2)[0]
+    guidance = bed.target()
+    samples, plain = bed.guided(guidance, latent=latent)[0], bed.ksampler(bed.model, latent=latent)
+    assert samples.shape[0] == 2 and torch.isfinite(samples).all()
+    for i in range(2):
+        assert float(guidance[0].loss(bed.readout(samples[i:i + 1]))) < float(guidance[0].loss(bed.readout(plain[i:i + 1])))
+
+
+def test_in_lowvram_mode(bed, monkeypatch):
+    import comfy.model_management as mm
+
+    model = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[0]
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.LOW_VRAM)
+    monkeypatch.setattr(mm, "is_device_cpu", lambda device: False)
+    free = 1.6 * 1024 ** 3
+    monkeypatch.setattr(mm, "get_free_memory", lambda dev=None, torch_free_too=False: (free, free) if torch_free_too else free)
+    monkeypatch.setattr(mm, "minimum_inference_memory", lambda: 1.5 * 1024 ** 3)
+    guidance = bed.target()
+    plain = bed.ksampler(model)
+    samples = bed.guided(guidance, model=model)[0]
+    assert model.model.model_lowvram, "the model was not partially loaded"
+    monkeypatch.undo()
+    mm.unload_all_models()
+    assert_lowered(bed, guidance, samples, plain)
+
+
+def test_options_branch_checkpointing_and_dtype(bed):
+    guidance = bed.target()
+    plain = bed.ksampler(bed.model)
+    with_ckpt = bed.guided(guidance, gradient_checkpointing=True)[0]
+    without = bed.guided(guidance, gradient_checkpointing=False)[0]
+    assert torch.allclose(with_ckpt, without, atol=1e-4)
+    cond_only = bed.guided(guidance, loss_branch="cond")[0]
+    uncond_only = bed.guided(guidance, loss_branch="uncond")[0]
+    assert not torch.equal(cond_only, uncond_only)
+    for samples in (cond_only, uncond_only, bed.guided(guidance, compute_dtype="bfloat16")[0]):
+        assert_lowered(bed, guidance, samples, plain)
+
+
+def model_state(model) -> dict:
+    """What a guided run could leave behind on the shared model: hooks, instance forwards, weight/bias
+    functions, parameter objects, and the patcher's post-CFG functions and wrappers."""
+    modules = {}
+    for name, module in model.model.diffusion_model.named_modules():
+        modules[name] = (
+            len(module._forward_hooks), "forward" in module.__dict__,
+            tuple(module.__dict__.get("weight_function", ())), tuple(module.__dict__.get("bias_function", ())),
+            tuple(id(p) for p in module.parameters(recurse=False)),
+        )
+    return {"modules": modules, "post_cfg": list(model.model_options.get("sampler_post_cfg_function", [])),
+            "wrappers": {k: dict(v) for k, v in model.wrappers.items() if v}}
+
+
+def assert_model_untouched(model, before: dict) -> None:
+    after = model_state(model)
+    changed = [name for name in before["modules"] if before["modules"][name] != after["modules"].get(name)]
+    assert not changed, f"left on the shared model: {changed[:5]}"
+    assert after["post_cfg"] == before["post_cfg"] == [] and after["wrappers"] == before["wrappers"] == {}
+
+
+def fresh_plain(bed) -> torch.Tensor:
+    return bed.ksampler(call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[0])
+
+
+def test_model_is_clean_after_a_successful_run(bed):
+    bed.ksampler(bed.model)
+    before = model_state(bed.model)
+    bed.guided(bed.target())
+    assert_model_untouched(bed.model, before)
+    assert torch.equal(bed.ksampler(bed.model), fresh_plain(bed))
+
+
+def failing_head(bed, monkeypatch, effect):
+    head = call_node("LoadReadoutHead", head_name=tiny_head_name("pose"))["result"][0]
+    original = head.module.forward
+
+    def forward(*args, **kwargs):
+        effect()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(head.module, "forward", forward)
+    return bed.target(head=head)
+
+
+def test_model_is_clean_after_an_error_inside_guidance(bed, monkeypatch):
+    def boom():
+        raise RuntimeError("boom inside guidance")
+
+    bed.ksampler(bed.model)
+    before = model_state(bed.model)
+    with pytest.raises(RuntimeError, match="boom inside guidance"):
+        bed.guided(failing_head(bed, monkeypatch, boom))
+    assert_model_untouched(bed.model, before)
+    assert torch.equal(bed.ksampler(bed.model), fresh_plain(bed))
+
+
+def test_model_is_clean_after_a_user_cancel(bed, monkeypatch):
+    import comfy.model_management as mm
+
+    bed.ksampler(bed.model)
+    before = model_state(bed.model)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            bed.guided(failing_head(bed, monkeypatch, lambda: mm.interrupt_current_processing(True)))
+    finally:
+        mm.interrupt_current_processing(False)
+    assert_model_untouched(bed.model, before)
+    assert torch.equal(bed.ksampler(bed.model), fresh_plain(bed))
+
+
+def test_target_of_another_size_and_aspect_is_resized(bed):
+    unit = pack_module("readout.readouts").spatial_to_unit(bed.target_map, bed.head.config.control_range)
+    wide = F.interpolate(unit, size=(48, 112), mode="nearest").movedim(1, -1)
+    guidance = bed.target(image=wide)
+    assert_lowered(bed, guidance, bed.guided(guidance)[0], bed.ksampler(bed.model))
+
+
+def test_nonfinite_gradient_skips_the_step_with_a_warning(bed, monkeypatch, caplog):
+    head = call_node("LoadReadoutHead", head_name=tiny_head_name("pose"))["result"][0]
+    original = head.module.forward
+    monkeypatch.setattr(head.module, "forward", lambda *a, **k: original(*a, **k) * float("nan"))
+    with caplog.at_level(logging.WARNING):
+        samples = bed.guided(bed.target(head=head))[0]
+    assert torch.isfinite(samples).all()
+    assert torch.equal(samples, bed.ksampler(bed.model))
+    assert "non-finite gradient" in caplog.text
+
+
+def test_head_for_another_family_is_refused_at_the_sampler(bed, tmp_path, monkeypatch):
+    import folder_paths
+
+    heads, checkpoints = pack_module("readout.heads"), pack_module("readout.checkpoints")
+    config = heads.HeadConfig(kind="pose", family="sdxl", dims=tuple(SDXL_DIMS), use_output_head=True)
+    with torch.inference_mode(False):
+        checkpoints.save_head_safetensors(str(tmp_path / "xl_pose.safetensors"), config, heads.ReadoutHead(config).state_dict())
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "readout_heads",
+                        ([str(tmp_path)], {".safetensors"}))
+    xl_head = call_node("LoadReadoutHead", head_name="xl_pose.safetensors")["result"][0]
+    guidance = bed.target(head=xl_head)
+    with pytest.raises(ValueError, match="expects SDXL features .* but the model is SD1.5"):
+        bed.guided(guidance)
+    with pytest.raises(ValueError, match="expects SDXL features"):
+        call_node("ApplyReadoutGuidance", model=bed.model, guidance=guidance)
+
+
+def test_relative_head_is_refused_by_the_spatial_target(bed):
+    head = call_node("LoadReadoutHead", head_name=tiny_head_name("correspondence"))["result"][0]
+    with pytest.raises(ValueError, match="head: ReadoutTarget needs a pose, depth or edge head"):
+        bed.target(head=head)
+
+
+def test_target_needs_exactly_one_map(bed):
+    with pytest.raises(ValueError, match="target_image / target_readout: connect exactly one"):
+        call_node("ReadoutTarget", head=bed.head, weight=1.0, start_percent=0.0, end_percent=0.5)
+    with pytest.raises(ValueError, match="start_percent / end_percent"):
+        call_node("ReadoutTarget", head=bed.head, weight=1.0, start_percent=0.8, end_percent=0.2,
+            target_image=torch.zeros(1, 8, 8, 3))
