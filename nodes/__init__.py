@@ -1,5 +1,6 @@
 """Node classes of the pack, gathered for registration."""
-from . import guidance, heads
+from . import guidance, heads, relative
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {**heads.NODE_CLASS_MAPPINGS, **guidance.NODE_CLASS_MAPPINGS}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {**heads.NODE_DISPLAY_NAME_MAPPINGS, **guidance.NODE_DISPLAY_NAME_MAPPINGS}
+_MODULES = (heads, guidance, relative)
+NODE_CLASS_MAPPINGS: dict[str, type] = {k: v for m in _MODULES for k, v in m.NODE_CLASS_MAPPINGS.items()}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {k: v for m in _MODULES for k, v in m.NODE_DISPLAY_NAME_MAPPINGS.items()}

@@ -1,13 +1,13 @@
 """Nodes that build readout targets and sample with readout guidance."""
 from __future__ import annotations
 
-import comfy.samplers
 import nodes as comfy_nodes
 
 from ..readout.guidance import OFFICIAL_WEIGHT
 from ..readout.loss_plot import plot_losses
 from ..readout.patch import apply_readout_guidance
 from ..readout.readouts import spatial_to_unit
+from ..readout.sampling import sample_guided
 from ..readout.targets import SpatialTarget, StepWindow
 from .common import CATEGORY, guidance_option_inputs, guidance_options
 
@@ -90,9 +90,11 @@ class ReadoutGuidedKSampler:
     def INPUT_TYPES(cls):
         return {"required": _sampler_inputs(), "optional": guidance_option_inputs()}
 
-    RETURN_TYPES = ("LATENT", "IMAGE")
-    RETURN_NAMES = ("LATENT", "loss_plot")
-    OUTPUT_TOOLTIPS = ("The guided latent.", "Readout loss per guided model evaluation, per target.")
+    RETURN_TYPES = ("LATENT", "IMAGE", "LATENT")
+    RETURN_NAMES = ("LATENT", "loss_plot", "reference")
+    OUTPUT_TOOLTIPS = ("The guided (edited) latent.", "Readout loss per guided model evaluation, per target.",
+                       "Relative targets: the reference branch (sampled from the same seed, or the real image). "
+                       "Spatial-only guidance has no reference branch: this repeats LATENT.")
     FUNCTION = "sample"
     CATEGORY = CATEGORY
     DESCRIPTION = "Samples like KSampler while readout heads steer the latent toward your targets."
@@ -100,11 +102,10 @@ class ReadoutGuidedKSampler:
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                denoise=1.0, guidance=(), loss_branch="both", gradient_checkpointing=True, compute_dtype="auto"):
         options = guidance_options(loss_branch, gradient_checkpointing, compute_dtype)
-        guided, patch = apply_readout_guidance(model, tuple(guidance or ()), options)
-        latent = comfy_nodes.common_ksampler(guided, seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                                             latent_image, denoise=denoise)[0]
-        plot = plot_losses(patch.last_run.loss_history(), [t.label for t in patch.targets])
-        return (latent, plot)
+        result = sample_guided(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                               denoise, tuple(guidance or ()), options)
+        plot = plot_losses(result.patch.last_run.loss_history(), [t.label for t in result.patch.targets])
+        return ({**latent_image, "samples": result.edited}, plot, {**latent_image, "samples": result.reference})
 
 
 class ApplyReadoutGuidance:

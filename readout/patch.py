@@ -16,7 +16,7 @@ import torch
 from .features import capture_decoder_features, head_embedding
 from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, with_skip_clone
 from .guidance import GuidanceRun
-from .targets import SpatialTarget
+from .reference import InvertedReference
 
 PATCH_KEY = "readout_guidance"
 LOSS_BRANCHES = {"both": (0, 1), "cond": (0,), "uncond": (1,)}
@@ -56,9 +56,11 @@ class ReadoutGuidancePatch:
     Clones of the guided model share this object (deepcopy returns it) so wrapper and post-CFG
     function always meet; ComfyUI samples one run at a time and each run starts fresh."""
 
-    def __init__(self, targets: tuple[SpatialTarget, ...], options: GuidanceOptions) -> None:
+    def __init__(self, targets: tuple, options: GuidanceOptions) -> None:
         self.targets = targets
         self.options = options
+        self.branch_split: int | None = None
+        self.reference: InvertedReference | None = None
         self.run = GuidanceRun.fresh(len(targets))
         self.last_run = self.run
         self._evaluation = _Evaluation()
@@ -81,7 +83,7 @@ class ReadoutGuidancePatch:
         for index, target in enumerate(self.targets):
             high = model_sampling.percent_to_sigma(target.window.start_percent)
             low = model_sampling.percent_to_sigma(target.window.end_percent)
-            if target.weight != 0.0 and low <= sigma <= high:
+            if target.weight != 0.0 and target.active and low <= sigma <= high:
                 active.append(index)
         return active
 
@@ -89,6 +91,8 @@ class ReadoutGuidancePatch:
         if not cond_or_uncond or batch % len(cond_or_uncond):
             return []
         size = batch // len(cond_or_uncond)
+        if self.branch_split and size != 2 * self.branch_split:
+            return []
         wanted = LOSS_BRANCHES[self.options.loss_branch]
         return [slice(i * size, (i + 1) * size) for i, role in enumerate(cond_or_uncond) if role in wanted]
 
@@ -105,7 +109,8 @@ class ReadoutGuidancePatch:
         dtype = COMPUTE_DTYPES[self.options.compute_dtype]
         autocast = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
         with torch.inference_mode(False), torch.enable_grad():
-            x_grad = x.detach().clone().requires_grad_(True)
+            x_grad = self._with_reference(x.detach().clone(), chunks_of(x.shape[0], transformer_options), sigma)
+            x_grad.requires_grad_(True)
             t_copy, c_concat, c_crossattn, control, kwargs = normal_copies((t, c_concat, c_crossattn, control, kwargs))
             with autograd_safe_weights(diffusion_model), \
                     gradient_checkpointing(diffusion_model, self.options.gradient_checkpointing), \
@@ -121,12 +126,27 @@ class ReadoutGuidancePatch:
                 store.clear()
         return out.detach()
 
+    def _with_reference(self, x: torch.Tensor, all_chunks: list[slice], sigma: float) -> torch.Tensor:
+        """Put the inverted real image's latent at this sigma into each chunk's reference half."""
+        if self.reference is not None and self.branch_split:
+            latent = self.reference.latent_at(sigma).to(x)
+            for chunk in all_chunks:
+                x[chunk.start:chunk.start + self.branch_split] = latent
+        return x
+
+    def _chunk_loss(self, target, readout: torch.Tensor) -> torch.Tensor:
+        """Loss of one CFG chunk: on the edited half when a reference half rides along in the batch."""
+        if not self.branch_split:
+            return target.loss(readout)
+        reference, edited = readout[:self.branch_split].detach(), readout[self.branch_split:]
+        return target.loss(edited, reference) if target.relative else target.loss(edited)
+
     def _backprop_target(self, index, features, diffusion_model, timesteps, x_grad, chunks, retain, autocast):
         target = self.targets[index]
         with autocast:
             emb = head_embedding(diffusion_model, target.head.config, timesteps)
             readout = target.head.module(features, emb).float()
-        losses = torch.stack([target.loss(readout[chunk]) for chunk in chunks])
+        losses = torch.stack([self._chunk_loss(target, readout[chunk]) for chunk in chunks])
         grad = torch.autograd.grad(losses.sum(), x_grad, retain_graph=retain)[0]
         folded = sum(grad[chunk] for chunk in chunks)
         self._evaluation.add(index, folded.detach(), losses.detach().sum(dim=0))
@@ -147,10 +167,20 @@ class ReadoutGuidancePatch:
         return denoised + correction
 
 
-def apply_readout_guidance(model, targets: tuple[SpatialTarget, ...], options: GuidanceOptions):
+def chunks_of(batch: int, transformer_options: dict) -> list[slice]:
+    """The batch slices of each cond/uncond chunk of one UNet call."""
+    count = max(len(transformer_options.get("cond_or_uncond", [])), 1)
+    size = batch // count
+    return [slice(i * size, (i + 1) * size) for i in range(count)]
+
+
+def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allow_relative: bool = False):
     """A clone of model that samples with these targets (added to any guidance it already carries)."""
     import comfy.patcher_extension as pe
 
+    if not allow_relative and any(t.relative for t in targets):
+        raise ValueError("guidance: relative targets (drag, appearance, identity) need KSampler (Readout Guidance), "
+                         "which samples their reference branch next to the edit")
     for target in targets:
         target.head.check_model(model)
     guided = model.clone()

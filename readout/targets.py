@@ -32,10 +32,15 @@ class SpatialTarget:
     weight: float
     window: StepWindow
     mask: torch.Tensor | None = None
+    relative = False
 
     @property
     def label(self) -> str:
         return f"{self.head.config.kind} ({self.head.name})"
+
+    @property
+    def active(self) -> bool:
+        return True
 
     def loss(self, readout: torch.Tensor) -> torch.Tensor:
         """Per-sample MSE between readout and target in the head's control range; sparse maps weigh

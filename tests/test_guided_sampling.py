@@ -34,7 +34,7 @@ class Bed:
 
     def guided(self, guidance, seed: int = 1, sampler: str = "euler", cfg: float = 5.0, model=None, latent=None,
                positive=None, negative=None, **options):
-        out, plot = call_node("ReadoutGuidedKSampler", model=model or self.model, seed=seed, steps=STEPS, cfg=cfg,
+        out, plot, _ = call_node("ReadoutGuidedKSampler", model=model or self.model, seed=seed, steps=STEPS, cfg=cfg,
                               sampler_name=sampler, scheduler="normal", positive=positive or self.pos,
                               negative=negative or self.neg, latent_image=latent or self.latent, denoise=1.0,
                               guidance=guidance, **options)

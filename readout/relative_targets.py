@@ -1,0 +1,115 @@
+"""Relative targets: compare the edited branch's readout with the reference branch's (drag, appearance, identity)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .head_model import HeadModel
+from .points import DragPair
+from .reference import InvertedReference
+from .targets import StepWindow, masked_mean, resize_map
+
+
+def _similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity mapped to [0, 1] along the channel dimension."""
+    return (F.cosine_similarity(a, b, dim=1) + 1) / 2
+
+
+def sample_points(features: torch.Tensor, points: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear feature vectors (B, C, P) at image-pixel points (P, 2: x, y) of an image of image_size (H, W)."""
+    height, width = image_size
+    grid = torch.stack([(points[:, 0] + 0.5) / width * 2 - 1, (points[:, 1] + 0.5) / height * 2 - 1], dim=-1)
+    grid = grid.to(features).expand(features.shape[0], 1, -1, 2)
+    return F.grid_sample(features, grid, mode="bilinear", align_corners=False)[:, :, 0]
+
+
+def correspondence_loss(reference: torch.Tensor, edited: torch.Tensor, pairs: list[DragPair],
+                        image_size: tuple[int, int]) -> torch.Tensor:
+    """Per sample: -similarity(reference at sources, edited at targets) pulls the content to the targets,
+    +similarity(reference at sources, edited at sources) discourages a ghost left behind (half each)."""
+    sources = torch.tensor([p.source for p in pairs], device=edited.device)
+    targets = torch.tensor([p.target for p in pairs], device=edited.device)
+    anchor = sample_points(reference, sources, image_size)
+    pulled = _similarity(anchor, sample_points(edited, targets, image_size)).mean(dim=1)
+    ghost = _similarity(anchor, sample_points(edited, sources, image_size)).mean(dim=1)
+    return 0.5 * -pulled + 0.5 * ghost
+
+
+def _crop_box(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of a (1, 1, h, w) mask's non-zero region; the whole map when empty."""
+    ys, xs = torch.nonzero(mask[0, 0] > 0.5, as_tuple=True)
+    if len(ys) == 0:
+        return 0, mask.shape[-2], 0, mask.shape[-1]
+    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+
+
+def _crop(features: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    top, bottom, left, right = box
+    return F.interpolate(features[:, :, top:bottom, left:right], size=features.shape[-2:], mode="bilinear",
+                         align_corners=False)
+
+
+@dataclass(frozen=True)
+class CorrespondenceTarget:
+    """Drag: move what is at each source point of the reference to its target point in the edited image."""
+
+    head: HeadModel
+    pairs: tuple[DragPair, ...]
+    image_size: tuple[int, int]
+    weight: float
+    window: StepWindow
+    reference: InvertedReference | None = None
+    relative = True
+    shares_reference_noise = True
+
+    @property
+    def label(self) -> str:
+        return f"drag {len(self.pairs)} point(s) ({self.head.name})"
+
+    @property
+    def active(self) -> bool:
+        return bool(self.pairs)
+
+    def loss(self, edited: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        return correspondence_loss(reference, edited, list(self.pairs), self.image_size)
+
+
+@dataclass(frozen=True)
+class AppearanceTarget:
+    """Keep the reference's appearance: mean cosine distance of the two readouts, pixel by pixel.
+
+    `mask` limits the comparison to a region (and `invert_mask` to outside it); with `crop` the mask's
+    bounding box is cut from both readouts and compared at full size (identity on a face region)."""
+
+    head: HeadModel
+    weight: float
+    window: StepWindow
+    mask: torch.Tensor | None = None
+    invert_mask: bool = False
+    crop: bool = False
+    reference: InvertedReference | None = None
+    role: str = "appearance"
+    shares_reference_noise: bool = False
+    relative = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.role} ({self.head.name})"
+
+    @property
+    def active(self) -> bool:
+        return True
+
+    def loss(self, edited: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        weights = torch.ones_like(edited[:1, :1])
+        if self.mask is not None:
+            mask = resize_map(self.mask[:1], edited.shape[-2:]).to(edited)
+            if self.crop:
+                box = _crop_box(mask)
+                edited, reference = _crop(edited, box), _crop(reference, box)
+            else:
+                weights = 1 - mask if self.invert_mask else mask
+        distance = (1 - F.cosine_similarity(edited, reference, dim=1))[:, None]
+        return masked_mean(distance, weights)
