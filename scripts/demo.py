@@ -1,7 +1,7 @@
 """`make demo`: run every workflow in workflows/ on a real ComfyUI server with the tiny models.
 
-Model and head file names are swapped for the tiny ones and the canvas is capped at DEMO_SIZE
-pixels (default 64, so the demo takes minutes on a CPU); images land in output/.
+Model and head file names are swapped for the tiny ones, the canvas is capped at DEMO_SIZE pixels
+(default 64) and steps at DEMO_STEPS (default 10), so the demo takes minutes on a CPU; images land in output/.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import tempfile
 
 from comfy_server import PromptFailed, start_server, stop_server
 from testbed import REPO, comfyui_path
-from tiny_names import shrink_canvas, swap_model_names
+from tiny_names import fit_for_cpu
 from workflow_api import WorkflowError, ui_to_api
 
 
@@ -32,7 +32,7 @@ def copy_images(entry: dict, server_out: str, dest: str, stem: str) -> list[str]
     return copied
 
 
-def run_demo(workflows: list[str], dest: str, size: int) -> int:
+def run_demo(workflows: list[str], dest: str, size: int, steps: int) -> int:
     os.makedirs(dest, exist_ok=True)
     server_out = tempfile.mkdtemp(prefix="readout-demo-")
     server = start_server(comfyui_path(), server_out, os.path.join(server_out, "server.log"))
@@ -44,7 +44,7 @@ def run_demo(workflows: list[str], dest: str, size: int) -> int:
             stem = os.path.splitext(os.path.basename(path))[0]
             try:
                 with open(path, encoding="utf-8") as f:
-                    prompt = shrink_canvas(swap_model_names(ui_to_api(json.load(f), object_info)), size)
+                    prompt = fit_for_cpu(ui_to_api(json.load(f), object_info), size, steps)
                 entry = server.run(prompt)
             except (WorkflowError, PromptFailed) as err:
                 failures += 1
@@ -67,7 +67,8 @@ def main() -> int:
     if not workflows:
         print("[demo] no workflows in workflows/", file=sys.stderr)
         return 1
-    return run_demo(workflows, os.path.join(REPO, "output"), int(os.environ.get("DEMO_SIZE", "64")))
+    size, steps = int(os.environ.get("DEMO_SIZE", "64")), int(os.environ.get("DEMO_STEPS", "10"))
+    return run_demo(workflows, os.path.join(REPO, "output"), size, steps)
 
 
 if __name__ == "__main__":

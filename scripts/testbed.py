@@ -38,3 +38,22 @@ def add_comfyui_to_sys_path(comfy: str) -> None:
     """Make `import comfy`, `nodes`, `execution` resolve to this ComfyUI."""
     if comfy not in sys.path:
         sys.path.insert(0, comfy)
+
+
+def import_comfyui_in_process(comfy: str):
+    """Import ComfyUI on the CPU and load its extra nodes and custom nodes (this pack included); returns `nodes`."""
+    import asyncio
+
+    check_comfyui(comfy)
+    add_comfyui_to_sys_path(comfy)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import utils.extra_config  # noqa: F401  (before `nodes`, so `utils` is ComfyUI's package)
+    import nodes
+
+    if "ReadoutGuidedKSampler" not in nodes.NODE_CLASS_MAPPINGS:
+        failed = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        if any(PACK_LINK_NAME in str(f) for f in failed or []) or "LoadReadoutHead" not in nodes.NODE_CLASS_MAPPINGS:
+            raise TestbedError(f"this pack failed to import in ComfyUI at {comfy}: see the log above")
+    return nodes

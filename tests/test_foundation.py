@@ -21,7 +21,7 @@ from helpers import (
     text_to_image_prompt,
 )
 from testbed import REPO
-from tiny_names import shrink_canvas, swap_model_names
+from tiny_names import fit_for_cpu
 from workflow_api import ui_to_api
 
 
@@ -95,7 +95,7 @@ def test_text_to_image_over_http(comfy_server):
 def test_shipped_workflow_runs_on_the_server(comfy_server, path):
     with open(path, encoding="utf-8") as f:
         workflow = json.load(f)
-    prompt = shrink_canvas(swap_model_names(ui_to_api(workflow, comfy_server.get("/object_info"))), 64)
+    prompt = fit_for_cpu(ui_to_api(workflow, comfy_server.get("/object_info")), 64, 10)
     entry = comfy_server.run(prompt)
     saved = [img for out in entry["outputs"].values() for img in out.get("images", []) if img["type"] == "output"]
     assert saved, "the workflow saved no image"

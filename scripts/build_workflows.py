@@ -1,0 +1,272 @@
+"""Write the example workflows in workflows/ in the editor's UI format, from the registered node definitions.
+
+Run with the test bed's Python: `.venv/bin/python scripts/build_workflows.py` (needs the pack loaded in ComfyUI).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from testbed import REPO, comfyui_path, import_comfyui_in_process
+
+SEED_NAMES = {"seed", "noise_seed"}
+SD15 = "v1-5-pruned-emaonly.safetensors"
+SDXL = "sd_xl_base_1.0.safetensors"
+NEGATIVE = "blurry, low quality, deformed, watermark"
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[int, int]
+    widgets: dict
+    inputs: dict = field(default_factory=dict)
+
+
+class Workflow:
+    """A graph described by node types, widget values by name and links by output name."""
+
+    def __init__(self, node_classes: dict) -> None:
+        self.classes = node_classes
+        self.nodes: list[Node] = []
+
+    def add(self, type_: str, pos: tuple[int, int], widgets: dict | None = None, **inputs) -> Node:
+        node = Node(len(self.nodes) + 1, type_, pos, widgets or {}, inputs)
+        self.nodes.append(node)
+        return node
+
+    def note(self, pos: tuple[int, int], text: str) -> Node:
+        return self.add("Note", pos, {"text": text})
+
+    def _outputs(self, type_: str) -> list[tuple[str, str]]:
+        cls = self.classes[type_]
+        names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+        return list(zip(names, cls.RETURN_TYPES))
+
+    def _spec(self, type_: str) -> list[tuple[str, tuple]]:
+        spec = self.classes[type_].INPUT_TYPES()
+        return [(name, value) for section in ("required", "optional") for name, value in spec.get(section, {}).items()]
+
+    @staticmethod
+    def _is_widget(value: tuple) -> bool:
+        kind = value[0]
+        options = value[1] if len(value) > 1 else {}
+        return (isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN")) and not options.get("forceInput")
+
+    def _widget_values(self, node: Node) -> list:
+        if node.type == "Note":
+            return [node.widgets["text"]]
+        values = []
+        for name, value in self._spec(node.type):
+            if not self._is_widget(value):
+                continue
+            options = value[1] if len(value) > 1 else {}
+            default = options.get("default", value[0][0] if isinstance(value[0], list) else None)
+            values.append(node.widgets.get(name, default))
+            if value[0] == "INT" and (name in SEED_NAMES or options.get("control_after_generate")):
+                values.append("fixed")
+        unknown = set(node.widgets) - {name for name, _ in self._spec(node.type)}
+        if unknown:
+            raise ValueError(f"{node.type}: no widget named {sorted(unknown)}")
+        return values
+
+    def to_ui(self) -> dict:
+        """The editor's workflow JSON: nodes with positional widget values, and links."""
+        links, out_links, ui_nodes = [], {}, []
+        for node in self.nodes:
+            for input_name, (source, output) in node.inputs.items():
+                names = [name for name, _ in self._outputs(source.type)]
+                slot = names.index(output)
+                kind = self._outputs(source.type)[slot][1]
+                link_id = len(links) + 1
+                target_slot = [n for n, v in self._spec(node.type) if n in node.inputs].index(input_name)
+                links.append([link_id, source.id, slot, node.id, target_slot, kind])
+                out_links.setdefault((source.id, slot), []).append(link_id)
+        by_target = {(link[3], link[4]): link for link in links}
+        for order, node in enumerate(self.nodes):
+            entry = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": [340, 140] if node.type == "Note" else [320, 120],
+                     "flags": {}, "order": order, "mode": 0, "properties": {"Node name for S&R": node.type},
+                     "widgets_values": self._widget_values(node)}
+            if node.type == "Note":
+                entry.update(inputs=[], outputs=[], color="#432", bgcolor="#653", size=[420, 220])
+            else:
+                linked = [(n, v) for n, v in self._spec(node.type) if n in node.inputs]
+                entry["inputs"] = [{"name": n, "type": v[0], "link": by_target[(node.id, i)][0]}
+                                   for i, (n, v) in enumerate(linked)]
+                entry["outputs"] = [{"name": name, "type": kind, "links": out_links.get((node.id, slot), []),
+                                     "slot_index": slot} for slot, (name, kind) in enumerate(self._outputs(node.type))]
+            ui_nodes.append(entry)
+        return {"last_node_id": len(self.nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
+                "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+
+def base_graph(wf: Workflow, ckpt: str, prompt: str, size: int = 512):
+    """Checkpoint, prompts and an empty latent: what every example starts from."""
+    loader = wf.add("CheckpointLoaderSimple", (0, 0), {"ckpt_name": ckpt})
+    positive = wf.add("CLIPTextEncode", (360, 0), {"text": prompt}, clip=(loader, "CLIP"))
+    negative = wf.add("CLIPTextEncode", (360, 200), {"text": NEGATIVE}, clip=(loader, "CLIP"))
+    latent = wf.add("EmptyLatentImage", (360, 400), {"width": size, "height": size, "batch_size": 1})
+    return loader, positive, negative, latent
+
+
+def finish(wf: Workflow, loader, sampler, prefix: str, reference: bool = False) -> None:
+    """Decode and save the result, preview the loss plot (and the reference branch)."""
+    decoded = wf.add("VAEDecode", (1500, 0), samples=(sampler, "LATENT"), vae=(loader, "VAE"))
+    wf.add("SaveImage", (1750, 0), {"filename_prefix": prefix}, images=(decoded, "IMAGE"))
+    wf.add("PreviewImage", (1500, 420), images=(sampler, "loss_plot"))
+    if reference:
+        ref = wf.add("VAEDecode", (1500, 250), samples=(sampler, "reference"), vae=(loader, "VAE"))
+        wf.add("SaveImage", (1750, 420), {"filename_prefix": f"{prefix}_reference"}, images=(ref, "IMAGE"))
+
+
+def guided_sampler(wf: Workflow, loader, positive, negative, latent, guidance, **widgets):
+    settings = {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "ddim", "scheduler": "ddim_uniform", **widgets}
+    return wf.add("ReadoutGuidedKSampler", (1150, 0), settings, model=(loader, "MODEL"), positive=(positive, "CONDITIONING"),
+                  negative=(negative, "CONDITIONING"), latent_image=(latent, "LATENT"), guidance=(guidance, "guidance"))
+
+
+def spatial(classes, kind: str, ckpt: str = SD15, family: str = "sdv15", controlnet: bool = False,
+            size: int = 512) -> dict:
+    wf = Workflow(classes)
+    prompt = {"pose": "a dancer on a beach, golden hour, photo", "depth": "a cozy living room, photo",
+              "edge": "a castle on a hill, detailed illustration"}[kind]
+    loader, positive, negative, latent = base_graph(wf, ckpt, prompt, size)
+    head = wf.add("LoadReadoutHead", (0, 250), {"head_name": f"readout_{family}_spatial_{kind}.pt"})
+    image = wf.add("LoadImage", (0, 420), {"image": f"readout_example_{kind}.png"})
+    target = wf.add("ReadoutTarget", (780, 250), {"weight": 0.43, "start_percent": 0.0, "end_percent": 0.5},
+                    head=(head, "head"), target_image=(image, "IMAGE"))
+    if controlnet:
+        net = wf.add("ControlNetLoader", (360, 600), {"control_net_name": "control_v11p_sd15_openpose.pth"})
+        applied = wf.add("ControlNetApplyAdvanced", (780, 0), {"strength": 0.8, "start_percent": 0.0, "end_percent": 1.0},
+                         positive=(positive, "CONDITIONING"), negative=(negative, "CONDITIONING"),
+                         control_net=(net, "CONTROL_NET"), image=(image, "IMAGE"), vae=(loader, "VAE"))
+        sampler = wf.add("ReadoutGuidedKSampler", (1150, 0), {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "ddim",
+                                                              "scheduler": "ddim_uniform"},
+                         model=(loader, "MODEL"), positive=(applied, "positive"), negative=(applied, "negative"),
+                         latent_image=(latent, "LATENT"), guidance=(target, "guidance"))
+    else:
+        sampler = guided_sampler(wf, loader, positive, negative, latent, target)
+    finish(wf, loader, sampler, f"readout_{kind}")
+    net_text = ("\nControlNet: put your OpenPose ControlNet name in ControlNetLoader; readout guidance refines "
+                "what the ControlNet starts.") if controlnet else ""
+    wf.note((0, 650), f"Spatial control with a {kind} readout head ({'SDXL' if family == 'sdxl' else 'SD1.5'}).\n"
+            f"Change: the checkpoint, the prompt, the target {kind} map in LoadImage (drawn like a ControlNet "
+            f"control image), and the head file (readout_{family}_spatial_{kind}.pt in models/readout_heads).\n"
+            "weight 0.43 matches the official strength; raise it for tighter control (too high looks cartoonish). "
+            f"The loss_plot preview shows the readout loss falling.{net_text}")
+    return wf.to_ui()
+
+
+def drag_generated(classes) -> dict:
+    wf = Workflow(classes)
+    loader, positive, negative, latent = base_graph(wf, SD15, "a photo of a bear dancing in a forest")
+    plain = wf.add("KSampler", (780, 500), {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "ddim",
+                                            "scheduler": "ddim_uniform"},
+                   model=(loader, "MODEL"), positive=(positive, "CONDITIONING"), negative=(negative, "CONDITIONING"),
+                   latent_image=(latent, "LATENT"))
+    reference = wf.add("VAEDecode", (1150, 500), samples=(plain, "LATENT"), vae=(loader, "VAE"))
+    corr = wf.add("LoadReadoutHead", (0, 250), {"head_name": "readout_sdv15_drag_correspondence.pt"})
+    app = wf.add("LoadReadoutHead", (0, 420), {"head_name": "readout_sdv15_drag_appearance.pt"})
+    drag = wf.add("ReadoutDragTarget", (780, 150), {
+        "points": json.dumps([{"source": [300, 200], "target": [340, 150]}]), "drag_weight": 0.43,
+        "start_percent": 0.0, "end_percent": 0.5, "appearance_weight": 0.2},
+        correspondence_head=(corr, "head"), appearance_head=(app, "head"), reference_image=(reference, "IMAGE"))
+    sampler = guided_sampler(wf, loader, positive, negative, latent, drag)
+    finish(wf, loader, sampler, "readout_drag", reference=True)
+    wf.note((0, 650), "Drag a generated image. The plain KSampler shows the reference (same seed as the guided "
+            "sampler); run once, then click points in the Readout Drag Target canvas: a source, then where it should "
+            "go (drag to move, right-click to delete).\nChange: checkpoint, prompt, seed (keep both samplers on the "
+            "same seed and steps), the points, drag_weight / appearance_weight.")
+    return wf.to_ui()
+
+
+def real_image_branch(wf: Workflow, loader, positive, image_name: str, pos=(0, 420)):
+    image = wf.add("LoadImage", pos, {"image": image_name})
+    scaled = wf.add("ImageScale", (360, 600), {"upscale_method": "bilinear", "width": 512, "height": 512,
+                                               "crop": "center"}, image=(image, "IMAGE"))
+    inverted = wf.add("ReadoutInvertImage", (780, 500), {"steps": 30, "scheduler": "ddim_uniform", "refinements": 5},
+                      model=(loader, "MODEL"), vae=(loader, "VAE"), image=(scaled, "IMAGE"),
+                      positive=(positive, "CONDITIONING"))
+    return scaled, inverted
+
+
+def drag_real_image(classes) -> dict:
+    wf = Workflow(classes)
+    loader, positive, negative, latent = base_graph(wf, SD15, "a photo of a cat sitting on a sofa")
+    scaled, inverted = real_image_branch(wf, loader, positive, "readout_example_photo.png")
+    corr = wf.add("LoadReadoutHead", (0, 250), {"head_name": "readout_sdv15_drag_correspondence.pt"})
+    app = wf.add("LoadReadoutHead", (0, 800), {"head_name": "readout_sdv15_drag_appearance.pt"})
+    drag = wf.add("ReadoutDragTarget", (780, 150), {
+        "points": json.dumps([{"source": [256, 200], "target": [300, 200]}]), "drag_weight": 0.43,
+        "start_percent": 0.0, "end_percent": 0.5, "appearance_weight": 0.2},
+        correspondence_head=(corr, "head"), appearance_head=(app, "head"), reference=(inverted, "reference"),
+        reference_image=(scaled, "IMAGE"))
+    sampler = guided_sampler(wf, loader, positive, negative, latent, drag, cfg=3.5)
+    finish(wf, loader, sampler, "readout_drag_real", reference=True)
+    wf.note((0, 1000), "Drag a real photo: it is inverted (DDIM) along the sampler's schedule, so with no points "
+            "the sampler reconstructs it. Keep ReadoutInvertImage's steps/scheduler equal to the sampler's (ddim).\n"
+            "Change: the image in LoadImage, a prompt that describes it, the points (click source then target in "
+            "the canvas), cfg (3.5 as in the paper; 1.0 reconstructs most faithfully).")
+    return wf.to_ui()
+
+
+def appearance_variation(classes) -> dict:
+    wf = Workflow(classes)
+    loader, positive, negative, latent = base_graph(wf, SD15, "a photo of a toy robot on a table")
+    _, inverted = real_image_branch(wf, loader, positive, "readout_example_photo.png")
+    app = wf.add("LoadReadoutHead", (0, 250), {"head_name": "readout_sdv15_drag_appearance.pt"})
+    target = wf.add("ReadoutAppearanceTarget", (780, 150), {"weight": 0.43, "start_percent": 0.0, "end_percent": 0.5},
+                    appearance_head=(app, "head"), reference=(inverted, "reference"))
+    sampler = guided_sampler(wf, loader, positive, negative, latent, target, seed=7)
+    finish(wf, loader, sampler, "readout_appearance", reference=True)
+    wf.note((0, 1000), "Appearance variations of a reference image: a new sample (its own seed) whose appearance "
+            "follows the reference. Low weights keep colours and textures, high weights the same object.\n"
+            "Change: the reference image, the prompt, the seed, the weight (try 0.2, 0.43, 1.0).")
+    return wf.to_ui()
+
+
+def identity(classes) -> dict:
+    wf = Workflow(classes)
+    loader, positive, negative, latent = base_graph(wf, SD15, "a portrait photo of a person as an astronaut")
+    _, inverted = real_image_branch(wf, loader, positive, "readout_example_portrait.png")
+    mask = wf.add("LoadImageMask", (0, 800), {"image": "readout_example_face_mask.png", "channel": "red"})
+    face = wf.add("LoadReadoutHead", (0, 250), {"head_name": "readout_sdv15_drag_appearance.pt"})
+    target = wf.add("ReadoutIdentityTarget", (780, 150), {"weight": 0.43, "start_percent": 0.0, "end_percent": 0.5,
+                                                          "appearance_weight": 0.0},
+                    identity_head=(face, "head"), face_mask=(mask, "MASK"), reference=(inverted, "reference"))
+    sampler = guided_sampler(wf, loader, positive, negative, latent, target, seed=7)
+    finish(wf, loader, sampler, "readout_identity", reference=True)
+    wf.note((0, 1000), "Identity-consistent generation: a reference portrait, a new prompt. No identity head was "
+            "released, so this uses the released appearance head on the face region (the mask's bounding box); "
+            "an identity head trained with our trainer gives a closer likeness.\nChange: the portrait, its face "
+            "mask (white = face), the new prompt, the weight.")
+    return wf.to_ui()
+
+
+WORKFLOWS = {
+    "spatial_pose.json": lambda c: spatial(c, "pose"),
+    "spatial_depth.json": lambda c: spatial(c, "depth"),
+    "spatial_edge.json": lambda c: spatial(c, "edge"),
+    "spatial_pose_with_controlnet.json": lambda c: spatial(c, "pose", controlnet=True),
+    "sdxl_spatial.json": lambda c: spatial(c, "pose", SDXL, "sdxl", size=1024),
+    "drag_generated.json": drag_generated,
+    "drag_real_image.json": drag_real_image,
+    "appearance_variation.json": appearance_variation,
+    "identity.json": identity,
+}
+
+
+def main() -> None:
+    classes = import_comfyui_in_process(comfyui_path()).NODE_CLASS_MAPPINGS
+    for name, build in WORKFLOWS.items():
+        path = os.path.join(REPO, "workflows", name)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(build(classes), f, indent=1)
+            f.write("\n")
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
