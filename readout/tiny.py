@@ -146,6 +146,11 @@ TINY_HEAD_KINDS = ("pose", "depth", "edge", "correspondence", "appearance")
 CONTROL_RANGES = {"pose": (-0.5, 0.5), "edge": (-0.5, 0.5), "depth": (-1.0, 1.0)}
 
 
+TINY_SDXL_HEAD = "readout_tiny_sdxl_spatial_pose.safetensors"
+"""A small SDXL-family head (official SDXL decoder dims): the wrong head for the tiny SD1.5 model."""
+SDXL_DECODER_DIMS = (1280, 1280, 1280, 640, 640, 640, 320, 320, 320)
+
+
 def tiny_head_name(kind: str, suffix: str = ".safetensors") -> str:
     """File name of the tiny head of a kind, following the official naming."""
     role = "spatial" if kind in CONTROL_RANGES else "drag"
@@ -174,6 +179,17 @@ def tiny_head_state_dict(kind: str, seed: int = TINY_SEED) -> dict[str, torch.Te
         with torch.no_grad():
             head.output_head[4].weight.mul_(TINY_OUTPUT_GAIN)
     return {k: v.detach().clone() for k, v in head.state_dict().items()}
+
+
+def _sdxl_head_file(path: str) -> None:
+    from .checkpoints import save_head_safetensors
+    from .heads import HeadConfig, ReadoutHead
+
+    config = HeadConfig(kind="pose", family="sdxl", dims=SDXL_DECODER_DIMS, projection_dim=128, use_output_head=True,
+                        control_range=CONTROL_RANGES["pose"], sparse_loss=True)
+    head = ReadoutHead(config)
+    init_weights(head, TINY_SEED + 20)
+    save_head_safetensors(path, config, head.state_dict())
 
 
 def official_head_checkpoint(config, state_dict: dict[str, torch.Tensor]) -> dict:
@@ -233,6 +249,7 @@ def tiny_files() -> list[TinyFile]:
     ]
     files += [TinyFile("readout_heads", tiny_head_name(k), _head_file(k, False)) for k in TINY_HEAD_KINDS]
     files.append(TinyFile("readout_heads", tiny_head_name("pose", ".pt"), _head_file("pose", True)))
+    files.append(TinyFile("readout_heads", TINY_SDXL_HEAD, _sdxl_head_file))
     return files
 
 

@@ -14,6 +14,7 @@ SEED_NAMES = {"seed", "noise_seed"}
 SD15 = "v1-5-pruned-emaonly.safetensors"
 SDXL = "sd_xl_base_1.0.safetensors"
 NEGATIVE = "blurry, low quality, deformed, watermark"
+SIZES = {"Note": [420, 220], "ReadoutDragTarget": [520, 780], "LoadImage": [320, 360]}
 
 
 @dataclass
@@ -86,11 +87,11 @@ class Workflow:
                 out_links.setdefault((source.id, slot), []).append(link_id)
         by_target = {(link[3], link[4]): link for link in links}
         for order, node in enumerate(self.nodes):
-            entry = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": [340, 140] if node.type == "Note" else [320, 120],
+            entry = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": SIZES.get(node.type, [320, 120]),
                      "flags": {}, "order": order, "mode": 0, "properties": {"Node name for S&R": node.type},
                      "widgets_values": self._widget_values(node)}
             if node.type == "Note":
-                entry.update(inputs=[], outputs=[], color="#432", bgcolor="#653", size=[420, 220])
+                entry.update(inputs=[], outputs=[], color="#432", bgcolor="#653")
             else:
                 linked = [(n, v) for n, v in self._spec(node.type) if n in node.inputs]
                 entry["inputs"] = [{"name": n, "type": v[0], "link": by_target[(node.id, i)][0]}
@@ -113,17 +114,17 @@ def base_graph(wf: Workflow, ckpt: str, prompt: str, size: int = 512):
 
 def finish(wf: Workflow, loader, sampler, prefix: str, reference: bool = False) -> None:
     """Decode and save the result, preview the loss plot (and the reference branch)."""
-    decoded = wf.add("VAEDecode", (1500, 0), samples=(sampler, "LATENT"), vae=(loader, "VAE"))
-    wf.add("SaveImage", (1750, 0), {"filename_prefix": prefix}, images=(decoded, "IMAGE"))
-    wf.add("PreviewImage", (1500, 420), images=(sampler, "loss_plot"))
+    decoded = wf.add("VAEDecode", (1700, 0), samples=(sampler, "LATENT"), vae=(loader, "VAE"))
+    wf.add("SaveImage", (1950, 0), {"filename_prefix": prefix}, images=(decoded, "IMAGE"))
+    wf.add("PreviewImage", (1700, 420), images=(sampler, "loss_plot"))
     if reference:
-        ref = wf.add("VAEDecode", (1500, 250), samples=(sampler, "reference"), vae=(loader, "VAE"))
-        wf.add("SaveImage", (1750, 420), {"filename_prefix": f"{prefix}_reference"}, images=(ref, "IMAGE"))
+        ref = wf.add("VAEDecode", (1700, 250), samples=(sampler, "reference"), vae=(loader, "VAE"))
+        wf.add("SaveImage", (1950, 420), {"filename_prefix": f"{prefix}_reference"}, images=(ref, "IMAGE"))
 
 
 def guided_sampler(wf: Workflow, loader, positive, negative, latent, guidance, **widgets):
     settings = {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "ddim", "scheduler": "ddim_uniform", **widgets}
-    return wf.add("ReadoutGuidedKSampler", (1150, 0), settings, model=(loader, "MODEL"), positive=(positive, "CONDITIONING"),
+    return wf.add("ReadoutGuidedKSampler", (1350, 0), settings, model=(loader, "MODEL"), positive=(positive, "CONDITIONING"),
                   negative=(negative, "CONDITIONING"), latent_image=(latent, "LATENT"), guidance=(guidance, "guidance"))
 
 
@@ -142,7 +143,7 @@ def spatial(classes, kind: str, ckpt: str = SD15, family: str = "sdv15", control
         applied = wf.add("ControlNetApplyAdvanced", (780, 0), {"strength": 0.8, "start_percent": 0.0, "end_percent": 1.0},
                          positive=(positive, "CONDITIONING"), negative=(negative, "CONDITIONING"),
                          control_net=(net, "CONTROL_NET"), image=(image, "IMAGE"), vae=(loader, "VAE"))
-        sampler = wf.add("ReadoutGuidedKSampler", (1150, 0), {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "ddim",
+        sampler = wf.add("ReadoutGuidedKSampler", (1350, 0), {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "ddim",
                                                               "scheduler": "ddim_uniform"},
                          model=(loader, "MODEL"), positive=(applied, "positive"), negative=(applied, "negative"),
                          latent_image=(latent, "LATENT"), guidance=(target, "guidance"))
@@ -162,11 +163,11 @@ def spatial(classes, kind: str, ckpt: str = SD15, family: str = "sdv15", control
 def drag_generated(classes) -> dict:
     wf = Workflow(classes)
     loader, positive, negative, latent = base_graph(wf, SD15, "a photo of a bear dancing in a forest")
-    plain = wf.add("KSampler", (780, 500), {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "ddim",
+    plain = wf.add("KSampler", (780, 960), {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "ddim",
                                             "scheduler": "ddim_uniform"},
                    model=(loader, "MODEL"), positive=(positive, "CONDITIONING"), negative=(negative, "CONDITIONING"),
                    latent_image=(latent, "LATENT"))
-    reference = wf.add("VAEDecode", (1150, 500), samples=(plain, "LATENT"), vae=(loader, "VAE"))
+    reference = wf.add("VAEDecode", (1350, 960), samples=(plain, "LATENT"), vae=(loader, "VAE"))
     corr = wf.add("LoadReadoutHead", (0, 250), {"head_name": "readout_sdv15_drag_correspondence.pt"})
     app = wf.add("LoadReadoutHead", (0, 420), {"head_name": "readout_sdv15_drag_appearance.pt"})
     drag = wf.add("ReadoutDragTarget", (780, 150), {
@@ -186,7 +187,7 @@ def real_image_branch(wf: Workflow, loader, positive, image_name: str, pos=(0, 4
     image = wf.add("LoadImage", pos, {"image": image_name})
     scaled = wf.add("ImageScale", (360, 600), {"upscale_method": "bilinear", "width": 512, "height": 512,
                                                "crop": "center"}, image=(image, "IMAGE"))
-    inverted = wf.add("ReadoutInvertImage", (780, 500), {"steps": 30, "scheduler": "ddim_uniform", "refinements": 5},
+    inverted = wf.add("ReadoutInvertImage", (780, 960), {"steps": 30, "scheduler": "ddim_uniform", "refinements": 5},
                       model=(loader, "MODEL"), vae=(loader, "VAE"), image=(scaled, "IMAGE"),
                       positive=(positive, "CONDITIONING"))
     return scaled, inverted

@@ -44,6 +44,10 @@ class ComfyServer:
     def run(self, prompt: dict, timeout: float = 300) -> dict:
         """Queue a prompt and wait for its history entry; raise PromptFailed with the server's error text."""
         prompt_id = self.post("/prompt", {"prompt": prompt, "client_id": "readout-guidance"})["prompt_id"]
+        return self.wait(prompt_id, timeout)
+
+    def wait(self, prompt_id: str, timeout: float = 300) -> dict:
+        """The history entry of a queued prompt once it succeeded; PromptFailed with the server's error otherwise."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             entry = self.get(f"/history/{prompt_id}").get(prompt_id)
@@ -55,7 +59,7 @@ class ComfyServer:
             if self.process.poll() is not None:
                 raise PromptFailed(f"server died:\n{self.log_tail()}")
             time.sleep(0.25)
-        raise PromptFailed(f"prompt {prompt_id} did not finish in {timeout}s")
+        raise PromptFailed(f"prompt {prompt_id} did not finish in {timeout}s:\n{self.log_tail()}")
 
     def log_tail(self, chars: int = 4000) -> str:
         with open(self.log_path, encoding="utf-8", errors="replace") as f:

@@ -1,0 +1,122 @@
+"""Headless Chromium (Selenium) driving the real ComfyUI editor served by the `comfy_server` fixture."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from comfy_server import ComfyServer
+from testbed import REPO
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic", "--window-size=1600,1000",
+)
+ARTIFACTS = os.path.join(REPO, "test-artifacts")
+FRONTEND_ONLY_TYPES = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
+
+# Runs an async function body in the page; Selenium's callback gets {value} or {error} (JS errors as text).
+_ASYNC_WRAPPER = """
+const done = arguments[arguments.length - 1];
+const args = Array.from(arguments).slice(0, -1);
+(async (...args) => { %s })(...args).then(
+  (value) => done({ value: value === undefined ? null : value }),
+  (error) => done({ error: String(error && error.stack || error) }));
+"""
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """A headless Chromium driven by Selenium for the whole session, with a throwaway profile."""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(path)]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} missing: scripts/setup_testbed.py installs Debian's chromium and "
+                    "chromium-driver with apt-get (it could not here)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed in this venv: run scripts/setup_testbed.py")
+    profile = tempfile.mkdtemp(prefix="rg-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_script_timeout(120)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def run_js(browser: Any, body: str, *args: Any) -> Any:
+    """Run an async JS function body (`args` holds the arguments) in the page and return its JSON result."""
+    result = browser.execute_async_script(_ASYNC_WRAPPER % body, *args)
+    if "error" in result:
+        raise AssertionError(f"JavaScript failed: {result['error']}")
+    return result["value"]
+
+
+def wait_js(browser: Any, condition: str, timeout: float = 60, what: str = "") -> None:
+    """Wait until a JS expression is truthy."""
+    deadline = time.time() + timeout
+    while not browser.execute_script(f"try {{ return !!({condition}); }} catch (e) {{ return false; }}"):
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}; "
+                                 f"browser console:\n{console_log(browser)}")
+        time.sleep(0.2)
+
+
+def console_log(browser: Any) -> str:
+    """The browser console messages so far (for failure messages)."""
+    return "\n".join(f"{entry['level']}: {entry['message']}" for entry in browser.get_log("browser"))[-4000:]
+
+
+def open_editor(browser: Any, server: ComfyServer) -> None:
+    """Load the editor and wait until the graph exists and every node definition of the server is registered."""
+    browser.get(server.url)
+    wait_js(browser, "window.app && app.graph && app.canvas && window.LiteGraph", what="the editor to start")
+    wait_js(browser, "LiteGraph.registered_node_types['KSampler'] && LiteGraph.registered_node_types['LoadReadoutHead']",
+            what="the node definitions to be registered")
+
+
+def load_workflow(browser: Any, workflow: dict) -> None:
+    """Load an editor-format workflow the way dropping a file does."""
+    run_js(browser, "await app.loadGraphData(args[0]);", workflow)
+
+
+def missing_node_types(browser: Any) -> list[str]:
+    """Types of nodes in the loaded graph that the editor does not know (shown as red nodes)."""
+    return run_js(browser, """
+        const known = (type) => type in LiteGraph.registered_node_types || args[0].includes(type);
+        return [...new Set(app.graph.serialize().nodes.map((n) => n.type).filter((t) => !known(t)))].sort();
+    """, list(FRONTEND_ONLY_TYPES))
+
+
+def graph_to_prompt(browser: Any) -> dict:
+    """The API prompt the editor makes of the loaded graph (`app.graphToPrompt().output`)."""
+    return run_js(browser, "return (await app.graphToPrompt()).output;")
+
+
+def queue(browser: Any, prompt: dict) -> str:
+    """Queue an API prompt through the frontend's API client; returns the prompt id."""
+    response = run_js(browser, "return await app.api.queuePrompt(0, { output: args[0], workflow: app.graph.serialize() });",
+                      prompt)
+    return response["prompt_id"]
+
+
+def screenshot(browser: Any, name: str) -> str:
+    """Save a PNG of the page into test-artifacts/ and return its path."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    path = os.path.join(ARTIFACTS, name if name.endswith(".png") else f"{name}.png")
+    browser.save_screenshot(path)
+    return path
