@@ -26,10 +26,26 @@ def copy_images(entry: dict, server_out: str, dest: str, stem: str) -> list[str]
             if image.get("type") != "output":
                 continue
             src = os.path.join(server_out, image.get("subfolder", ""), image["filename"])
-            target = os.path.join(dest, f"{stem}_{len(copied):02d}.png")
+            target = os.path.join(dest, f"{stem}__{image['filename']}")
             shutil.copyfile(src, target)
             copied.append(target)
     return copied
+
+
+def contact_sheet(images: list[str], path: str, cell: int = 160) -> None:
+    """One picture of every image the demo wrote, each labelled with its file name."""
+    from PIL import Image, ImageDraw
+
+    columns = 4
+    rows = (len(images) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * cell, rows * (cell + 16)), (24, 24, 28))
+    draw = ImageDraw.Draw(sheet)
+    for index, image_path in enumerate(images):
+        x, y = (index % columns) * cell, (index // columns) * (cell + 16)
+        image = Image.open(image_path).convert("RGB")
+        sheet.paste(image.resize((cell, cell), Image.NEAREST), (x, y))
+        draw.text((x + 2, y + cell + 2), os.path.basename(image_path)[:26], fill=(220, 220, 220))
+    sheet.save(path)
 
 
 def run_demo(workflows: list[str], dest: str, size: int, steps: int) -> int:
@@ -38,6 +54,7 @@ def run_demo(workflows: list[str], dest: str, size: int, steps: int) -> int:
     server = start_server(comfyui_path(), server_out, os.path.join(server_out, "server.log"))
     print(f"[demo] ComfyUI server PID {server.process.pid} at {server.url}", flush=True)
     failures = 0
+    written: list[str] = []
     try:
         object_info = server.get("/object_info")
         for path in workflows:
@@ -56,9 +73,13 @@ def run_demo(workflows: list[str], dest: str, size: int, steps: int) -> int:
                 print(f"[demo] FAILED {stem}: the workflow saved no image", file=sys.stderr, flush=True)
             for image in images:
                 print(f"[demo] {stem}: {image}", flush=True)
+            written += images
     finally:
         stop_server(server)
         print(f"[demo] server {server.process.pid} stopped", flush=True)
+    if written:
+        contact_sheet(written, os.path.join(dest, "contact_sheet.png"))
+        print(f"[demo] all images: {os.path.join(dest, 'contact_sheet.png')}", flush=True)
     return 1 if failures else 0
 
 

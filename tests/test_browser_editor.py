@@ -38,7 +38,8 @@ def nodes_and_inputs(prompt: dict) -> dict:
 
 
 def show_whole_graph(browser) -> None:
-    run_js(browser, "await app.extensionManager.command.execute('Comfy.Canvas.FitView');"
+    run_js(browser, "await app.extensionManager.setting.set('LiteGraph.Canvas.LowQualityRenderingZoomThreshold', 0.1);"
+           "await app.extensionManager.command.execute('Comfy.Canvas.FitView');"
            "await new Promise((r) => setTimeout(r, 600));")  # the view animates
 
 
