@@ -29,15 +29,17 @@ class NormalizedGradient:
     second_moment: torch.Tensor | None = None
     steps: int = 0
 
-    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.float()
+    def __call__(self, grad: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        """n for this step; a non-finite gradient (`finite` False, a device tensor) gives 0 and leaves v as it was."""
+        grad = torch.where(finite, grad.float(), torch.zeros((), device=grad.device))
         self.steps += 1
         squared = grad * grad
         if self.second_moment is None or self.second_moment.shape != grad.shape:
             self.second_moment = (1 - self.beta2) * squared
             self.steps = 1
         else:
-            self.second_moment = self.beta2 * self.second_moment + (1 - self.beta2) * squared
+            updated = self.beta2 * self.second_moment + (1 - self.beta2) * squared
+            self.second_moment = torch.where(finite, updated, self.second_moment)
         v_hat = self.second_moment / (1 - self.beta2 ** self.steps)
         return grad / (v_hat.sqrt() + self.eps)
 
@@ -48,7 +50,7 @@ class TargetRun:
 
     normalizer: NormalizedGradient = field(default_factory=NormalizedGradient)
     losses: list[tuple[float, torch.Tensor]] = field(default_factory=list)
-    skipped_nonfinite: int = 0
+    finite: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -57,22 +59,29 @@ class GuidanceRun:
 
     targets: list[TargetRun]
     pending: torch.Tensor | None = None
-    last_sigma: float | None = None
+    windows: list[tuple[float, float]] | None = None
 
     @classmethod
     def fresh(cls, count: int) -> GuidanceRun:
         return cls([TargetRun() for _ in range(count)])
 
-    def add_direction(self, index: int, weight: float, grad: torch.Tensor, sigma: float) -> None:
-        """Normalize one target's gradient and add weight * n to this evaluation's correction (eps units)."""
+    def add_direction(self, index: int, weight: float, grad: torch.Tensor) -> None:
+        """Normalize one target's gradient and add weight * n to this evaluation's correction (eps units).
+
+        No host sync: a gradient with NaN/Inf contributes nothing, and is reported after the run."""
         state = self.targets[index]
-        if not bool(torch.isfinite(grad).all()):
-            state.skipped_nonfinite += 1
-            logging.warning("readout guidance: non-finite gradient for target %d at sigma %.4g: skipped this step",
-                            index, sigma)
-            return
-        direction = weight * state.normalizer(grad)
+        finite = torch.isfinite(grad).all()
+        state.finite.append(finite)
+        direction = weight * state.normalizer(grad, finite)
         self.pending = direction if self.pending is None else self.pending + direction
+
+    def warn_skipped(self, labels: list[str]) -> None:
+        """Log, once per target after sampling, the guided steps skipped for a non-finite gradient."""
+        for state, label in zip(self.targets, labels):
+            skipped = [i for i, finite in enumerate(state.finite) if not bool(finite)]
+            if skipped:
+                logging.warning("readout guidance: non-finite gradient for target %s at guided evaluation(s) %s: "
+                                "those steps were skipped", label, skipped)
 
     def record_loss(self, index: int, sigma: float, loss: torch.Tensor) -> None:
         self.targets[index].losses.append((sigma, loss.detach().float().sum()))

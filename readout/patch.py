@@ -44,6 +44,7 @@ class _Evaluation:
 
     grads: dict[int, torch.Tensor] = field(default_factory=dict)
     losses: dict[int, torch.Tensor] = field(default_factory=dict)
+    sigma: float = 0.0
 
     def add(self, index: int, grad: torch.Tensor, loss: torch.Tensor) -> None:
         self.grads[index] = grad if index not in self.grads else self.grads[index] + grad
@@ -77,15 +78,14 @@ class ReadoutGuidancePatch:
         finally:
             self.last_run = self.run
             self._evaluation = _Evaluation()
+            self.run.warn_skipped([t.label for t in self.targets])
 
     def _active_targets(self, model_sampling, sigma: float) -> list[int]:
-        active = []
-        for index, target in enumerate(self.targets):
-            high = model_sampling.percent_to_sigma(target.window.start_percent)
-            low = model_sampling.percent_to_sigma(target.window.end_percent)
-            if target.weight != 0.0 and target.active and low <= sigma <= high:
-                active.append(index)
-        return active
+        if self.run.windows is None:
+            self.run.windows = [(model_sampling.percent_to_sigma(t.window.end_percent),
+                                 model_sampling.percent_to_sigma(t.window.start_percent)) for t in self.targets]
+        return [index for index, (target, (low, high)) in enumerate(zip(self.targets, self.run.windows))
+                if target.weight != 0.0 and target.active and low <= sigma <= high]
 
     def _loss_chunks(self, cond_or_uncond: list[int], batch: int) -> list[slice]:
         if not cond_or_uncond or batch % len(cond_or_uncond):
@@ -105,6 +105,7 @@ class ReadoutGuidancePatch:
         chunks = self._loss_chunks(transformer_options.get("cond_or_uncond", []), x.shape[0]) if active else []
         if not chunks:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        self._evaluation.sigma = sigma
         diffusion_model = base.diffusion_model
         dtype = COMPUTE_DTYPES[self.options.compute_dtype]
         autocast = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
@@ -157,11 +158,10 @@ class ReadoutGuidancePatch:
         evaluation, self._evaluation = self._evaluation, _Evaluation()
         if not evaluation.grads:
             return denoised
-        sigma = args["sigma"]
         for index, grad in evaluation.grads.items():
-            self.run.record_loss(index, float(sigma[0]), evaluation.losses[index])
-            self.run.add_direction(index, self.targets[index].weight, grad, float(sigma[0]))
-        correction = self.run.take_correction(sigma, denoised)
+            self.run.record_loss(index, evaluation.sigma, evaluation.losses[index])
+            self.run.add_direction(index, self.targets[index].weight, grad)
+        correction = self.run.take_correction(args["sigma"], denoised)
         if correction is None:
             return denoised
         return denoised + correction

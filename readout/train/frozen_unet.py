@@ -1,0 +1,71 @@
+"""The frozen model a head trains on: a checkpoint loaded by ComfyUI, read as the sampler reads it."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..features import capture_decoder_features, decoder_dims, head_embedding, model_family
+from ..heads import HeadConfig
+from ..unet_call import encode_empty_prompt, evaluate_unet
+
+
+@dataclass
+class DecoderReading:
+    """Decoder features of one UNet call on a batch, with the timesteps and the head's timestep embedding."""
+
+    features: list[torch.Tensor]
+    timesteps: torch.Tensor
+    emb: torch.Tensor | None
+
+
+class FrozenUNet:
+    """A ComfyUI model patcher, VAE and empty-prompt conditioning: images in, decoder features out (no grads)."""
+
+    def __init__(self, model_patcher, vae, clip) -> None:
+        self.model_patcher, self.vae = model_patcher, vae
+        self.family = model_family(model_patcher)
+        self.dims = decoder_dims(model_patcher)
+        self.conditioning = encode_empty_prompt(clip)
+
+    @classmethod
+    def from_checkpoint(cls, path: str) -> FrozenUNet:
+        """Load an SD1.5/SDXL checkpoint file with ComfyUI's own loader."""
+        import comfy.sd
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--checkpoint {path} does not exist: give the full path of an SD1.5/SDXL file")
+        model, clip, vae = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)[:3]
+        if clip is None or vae is None:
+            raise ValueError(f"--checkpoint {path} has no CLIP or VAE: use a full SD1.5/SDXL checkpoint")
+        return cls(model, vae, clip)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model_patcher.load_device
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """VAE latents of (B, 3, H, W) images in [0, 1]."""
+        with torch.no_grad():
+            return self.vae.encode(images.movedim(1, -1)).float()
+
+    def read(self, images: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator,
+             config: HeadConfig) -> DecoderReading:
+        """Noise each image's latent to its timestep (0..999) with noise from `generator`, run the UNet once with
+        the empty prompt and capture the decoder features; the embedding follows the head's convention."""
+        import comfy.model_management as mm
+
+        latent = self.encode(images)
+        base = self.model_patcher.model
+        sigma = base.model_sampling.sigma(timesteps.float()).float()
+        noise = torch.randn(latent.shape, generator=generator)
+        x = base.process_latent_in(latent) + noise * sigma[:, None, None, None]
+        mm.load_models_gpu([self.model_patcher])
+        x, sigma, timesteps = x.to(self.device), sigma.to(self.device), timesteps.to(self.device)
+        diffusion_model = base.diffusion_model
+        with torch.no_grad(), capture_decoder_features(diffusion_model) as store:
+            evaluate_unet(self.model_patcher, x, sigma, self.conditioning)
+            features = [feature.detach() for feature in store.complete()]
+            emb = head_embedding(diffusion_model, config, timesteps)
+        return DecoderReading(features, timesteps, None if emb is None else emb.detach().float())

@@ -1,0 +1,75 @@
+"""Training losses per head kind, and nearest-neighbour point matching to measure correspondence features."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..relative_targets import sample_points
+from ..targets import masked_mean, resize_map
+
+APPEARANCE_MARGIN = 0.5
+CORRESPONDENCE_TEMPERATURE = 0.1
+
+
+def spatial_loss(readout: torch.Tensor, target: torch.Tensor, control_range: tuple[float, float],
+                 sparse: bool) -> torch.Tensor:
+    """Per-pixel MSE between the readout and a [0, 1] target map brought to the head's control range; sparse maps
+    (pose, edge) weigh empty and drawn pixels equally. The same measure as the sampler's spatial target."""
+    low, high = control_range
+    target = resize_map(target, readout.shape[-2:]).to(readout) * (high - low) + low
+    error = (readout - target).pow(2).mean(dim=1, keepdim=True)
+    if not sparse:
+        return error.mean()
+    drawn = (target > low + 0.05 * (high - low)).any(dim=1, keepdim=True).to(readout)
+    return (0.5 * masked_mean(error, drawn) + 0.5 * masked_mean(error, 1 - drawn)).mean()
+
+
+def point_cells(points: torch.Tensor, image_size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """Flat index in an (h, w) feature grid of the cell under each (x, y) image pixel."""
+    (height, width), (rows, cols) = image_size, grid
+    col = ((points[:, 0] + 0.5) / width * cols).floor().clamp(0, cols - 1)
+    row = ((points[:, 1] + 0.5) / height * rows).floor().clamp(0, rows - 1)
+    return (row * cols + col).long()
+
+
+def _match_logits(source: torch.Tensor, points: torch.Tensor, other: torch.Tensor,
+                  image_size: tuple[int, int]) -> torch.Tensor:
+    """(P, h*w) cosine similarities between the source features at points and every position of `other`."""
+    query = F.normalize(sample_points(source[None], points.to(source.device), image_size)[0].T, dim=-1)
+    return query @ F.normalize(other.flatten(1), dim=0)
+
+
+def correspondence_loss(features_a: torch.Tensor, features_b: torch.Tensor, points_a: list[torch.Tensor],
+                        points_b: list[torch.Tensor], image_size: tuple[int, int],
+                        temperature: float = CORRESPONDENCE_TEMPERATURE) -> torch.Tensor:
+    """Symmetric cross entropy: each point's feature in one image should be most similar (softmax over all
+    positions of the other image, cosine / temperature) at its matched point's cell."""
+    losses = []
+    for fa, fb, pa, pb in zip(features_a, features_b, points_a, points_b):
+        grid = tuple(fa.shape[-2:])
+        cells_a = point_cells(pa, image_size, grid).to(fa.device)
+        cells_b = point_cells(pb, image_size, grid).to(fa.device)
+        a_to_b = F.cross_entropy(_match_logits(fa, pa, fb, image_size) / temperature, cells_b)
+        b_to_a = F.cross_entropy(_match_logits(fb, pb, fa, image_size) / temperature, cells_a)
+        losses.append(0.5 * (a_to_b + b_to_a))
+    return torch.stack(losses).mean()
+
+
+def match_points(features_a: torch.Tensor, features_b: torch.Tensor, points_a: torch.Tensor,
+                 image_size: tuple[int, int]) -> torch.Tensor:
+    """For each (x, y) point of image a, the pixel centre of the most similar cell of b's (C, h, w) features."""
+    rows, cols = features_b.shape[-2:]
+    best = _match_logits(features_a, points_a, features_b, image_size).argmax(dim=1)
+    height, width = image_size
+    return torch.stack([(best % cols + 0.5) * width / cols - 0.5, (best // cols + 0.5) * height / rows - 0.5], dim=1)
+
+
+def appearance_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean over pixels of the cosine distance between two (B, C, H, W) feature maps."""
+    return (1 - F.cosine_similarity(a, b, dim=1)).flatten(1).mean(dim=1)
+
+
+def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                 margin: float = APPEARANCE_MARGIN) -> torch.Tensor:
+    """Hinge: the positive must be closer to the anchor than the negative by `margin` (cosine distance)."""
+    return F.relu(appearance_distance(anchor, positive) - appearance_distance(anchor, negative) + margin).mean()
