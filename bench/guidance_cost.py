@@ -1,0 +1,178 @@
+"""Cost of readout guidance: time per step and peak memory, guided vs unguided, same model, seed, steps, sampler.
+
+    .venv/bin/python bench/guidance_cost.py                       # tiny SD1.5 model on the CPU, 64 px
+    .venv/bin/python bench/guidance_cost.py --model sd15 --size 512 --device cuda
+    .venv/bin/python bench/guidance_cost.py --model sdxl --size 1024 --device cuda
+
+Each configuration runs in a fresh process so its peak memory is its own (CUDA: max allocated;
+CPU: peak resident set). sd15/sdxl are UNets of ComfyUI's real configs with random weights
+(cost does not depend on weight values). Prints ratios against the issue's targets; never fails on them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path[:0] = [HERE, os.path.join(REPO, "scripts"), REPO]
+
+TARGETS = {"per_guided_step": 2.2, "first_half_run": 1.7, "memory_with_checkpointing": 1.3}
+SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+             "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
+             "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+             "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
+             "context_dim": 768, "num_heads": 8, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+             "use_temporal_attention": False, "use_temporal_resblock": False}
+SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+             "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
+             "model_channels": 320, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
+             "channel_mult": [1, 2, 4], "transformer_depth_middle": 10, "use_linear_in_transformer": True,
+             "context_dim": 2048, "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+             "use_temporal_attention": False, "use_temporal_resblock": False}
+CONFIGS = {
+    "unguided": None,
+    "all_steps": {"end": 1.0, "checkpointing": True, "dtype": "auto"},
+    "first_half": {"end": 0.5, "checkpointing": True, "dtype": "auto"},
+    "all_steps_no_checkpointing": {"end": 1.0, "checkpointing": False, "dtype": "auto"},
+    "all_steps_fp16": {"end": 1.0, "checkpointing": True, "dtype": "float16"},
+    "all_steps_bf16": {"end": 1.0, "checkpointing": True, "dtype": "bfloat16"},
+}
+
+
+def build(model_name: str, device: str):
+    """(ModelPatcher, positive, negative, decoder dims) for the benchmark model."""
+    import torch
+
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+    from helpers_bench import call_node
+    from readout.tiny import TINY_CHECKPOINT, init_weights
+
+    if model_name == "tiny":
+        model, clip = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CHECKPOINT)[:2]
+        pos = call_node("CLIPTextEncode", text="a photo", clip=clip)[0]
+        neg = call_node("CLIPTextEncode", text="", clip=clip)[0]
+        return model, pos, neg
+    config_class, unet = (sm.SD15, SD15_UNET) if model_name == "sd15" else (sm.SDXL, SDXL_UNET)
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    with torch.inference_mode(False):
+        config = config_class(dict(unet))
+        config.set_inference_dtype(dtype, None)
+        base = config.get_model({})
+        init_weights(base.diffusion_model, 0)
+        base.diffusion_model.to(dtype)
+    model = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    width = 768 if model_name == "sd15" else 2048
+    extra = {} if model_name == "sd15" else {"pooled_output": torch.randn(1, 1280), "width": 1024, "height": 1024,
+                                             "crop_w": 0, "crop_h": 0, "target_width": 1024, "target_height": 1024}
+    pos = [[torch.randn(1, 77, width), dict(extra)]]
+    neg = [[torch.randn(1, 77, width), dict(extra)]]
+    return model, pos, neg
+
+
+def run_one(args, name: str) -> dict:
+    """Sample once with one configuration and report seconds per step and peak memory."""
+    import resource
+
+    import torch
+
+    from helpers_bench import bootstrap, call_node, random_head
+
+    bootstrap(args.device)
+    import comfy.model_management as mm
+
+    model, pos, neg = build(args.model, args.device)
+    latent = call_node("EmptyLatentImage", width=args.size, height=args.size, batch_size=1)[0]
+    config = CONFIGS[name]
+    sample = dict(model=model, seed=1, steps=args.steps, cfg=7.5, sampler_name="ddim", scheduler="ddim_uniform",
+                  positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    warm = dict(sample, steps=1)
+    if config is None:
+        call_node("KSampler", **warm)
+        run = lambda: call_node("KSampler", **sample)  # noqa: E731
+    else:
+        head = random_head(model)
+        target = torch.rand(1, args.size, args.size, 3)
+        guidance = call_node("ReadoutTarget", head=head, weight=0.43, start_percent=0.0, end_percent=config["end"],
+                             target_image=target)[0]
+        options = dict(guidance=guidance, gradient_checkpointing=config["checkpointing"],
+                       compute_dtype=config["dtype"])
+        call_node("ReadoutGuidedKSampler", **warm, **options)
+        run = lambda: call_node("ReadoutGuidedKSampler", **sample, **options)  # noqa: E731
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    run()
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() if args.device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    mm.unload_all_models()
+    return {"config": name, "seconds_per_step": seconds / args.steps, "peak_bytes": peak}
+
+
+def supported(name: str, device: str) -> bool:
+    import torch
+
+    if name.endswith("fp16"):
+        return device == "cuda"
+    if name.endswith("bf16"):
+        return device == "cpu" or torch.cuda.is_bf16_supported()
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("tiny", "sd15", "sdxl"), default="tiny")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_one(args, args.one)), flush=True)
+        return
+    results = {}
+    for name in CONFIGS:
+        if not supported(name, args.device):
+            continue
+        cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--size", str(args.size),
+               "--steps", str(args.steps), "--one", name]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{name}: failed\n{out.stderr[-2000:]}")
+            continue
+        results[name] = json.loads(line[7:])
+    report(args, results)
+
+
+def report(args, results: dict) -> None:
+    base = results["unguided"]
+    print(f"\nmodel {args.model}, {args.size}x{args.size} px, {args.steps} ddim steps, cfg 7.5, device {args.device}")
+    print(f"{'configuration':32} {'s/step':>9} {'x time':>8} {'peak MiB':>10} {'x memory':>9}")
+    for name, r in results.items():
+        print(f"{name:32} {r['seconds_per_step']:9.3f} {r['seconds_per_step'] / base['seconds_per_step']:8.2f} "
+              f"{r['peak_bytes'] / 2**20:10.0f} {r['peak_bytes'] / base['peak_bytes']:9.2f}")
+    checks = [
+        ("per guided step (all_steps)", "all_steps", "seconds_per_step", TARGETS["per_guided_step"]),
+        ("whole run, first-half window", "first_half", "seconds_per_step", TARGETS["first_half_run"]),
+        ("peak memory with checkpointing", "all_steps", "peak_bytes", TARGETS["memory_with_checkpointing"]),
+    ]
+    print("\ntargets:")
+    for label, name, key, limit in checks:
+        if name in results:
+            ratio = results[name][key] / base[key]
+            print(f"  {label:34} {ratio:5.2f}x (target <= {limit}x): {'met' if ratio <= limit else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""What the benchmark needs from the test bed: ComfyUI in process, node calls, a random head for any UNet."""
+from __future__ import annotations
+
+import torch
+
+from testbed import comfyui_path, import_comfyui_in_process
+
+
+def bootstrap(device: str) -> None:
+    """Import ComfyUI with this pack; on the CPU unless device is cuda."""
+    import sys
+
+    sys.path.insert(0, comfyui_path())
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = device != "cuda"
+    import_comfyui_in_process(comfyui_path())
+
+
+def call_node(name: str, **inputs):
+    """A node call as ComfyUI's executor makes it (under inference mode); dict results give their `result`."""
+    import nodes
+
+    cls = nodes.NODE_CLASS_MAPPINGS[name]
+    with torch.inference_mode():
+        out = getattr(cls(), cls.FUNCTION)(**inputs)
+    return out["result"] if isinstance(out, dict) else out
+
+
+def random_head(model):
+    """A spatial head with random weights for this model's decoder, managed like a loaded one."""
+    import importlib
+
+    from testbed import pack_dir_in
+
+    base = pack_dir_in(comfyui_path()).replace(".", "_x_")
+    heads = importlib.import_module(f"{base}.readout.heads")
+    features = importlib.import_module(f"{base}.readout.features")
+    head_model = importlib.import_module(f"{base}.readout.head_model")
+    checkpoints = importlib.import_module(f"{base}.readout.checkpoints")
+    config = heads.HeadConfig(kind="depth", family=features.model_family(model),
+                              dims=tuple(features.decoder_dims(model)), use_output_head=True)
+    with torch.inference_mode(False):
+        state = heads.ReadoutHead(config).state_dict()
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    module = checkpoints.build_head(config, state)
+    patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    return head_model.HeadModel("random_head", config, patcher)
