@@ -57,6 +57,9 @@ def sample_guided(model, seed: int, steps: int, cfg: float, sampler_name: str, s
         edited = nodes.common_ksampler(guided, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                        latent, denoise=denoise)[0]["samples"]
         return GuidedResult(edited, edited, patch)
+    if "noise_mask" in latent:
+        raise ValueError("latent_image: relative guidance (drag, appearance, identity) does not take a noise mask "
+                         "(inpainting latent) yet: use a latent without a mask")
     reference = common_reference(targets)
     samples = comfy.sample.fix_empty_latent_channels(guided, latent["samples"])
     sigmas = comfy.samplers.KSampler(guided, steps=steps, device="cpu", sampler=sampler_name, scheduler=scheduler,

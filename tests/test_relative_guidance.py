@@ -183,3 +183,11 @@ def test_drag_node_shows_the_reference_in_the_editor(bed):
                     start_percent=0.0, end_percent=1.0, reference_image=bed.image)
     preview = out["ui"]["reference_preview"][0]
     assert preview["type"] == "temp" and preview["filename"].endswith(".png")
+
+
+def test_inpainting_latent_is_refused_for_relative_guidance(bed):
+    masked = {**bed.latent, "noise_mask": torch.ones(1, 1, 8, 8)}
+    with pytest.raises(ValueError, match="latent_image: relative guidance .* does not take a noise mask"):
+        call_node("ReadoutGuidedKSampler", model=bed.model, seed=3, steps=2, cfg=5.0, sampler_name="euler",
+                  scheduler="normal", positive=bed.pos, negative=bed.neg, latent_image=masked, denoise=1.0,
+                  guidance=bed.drag())
