@@ -43,19 +43,23 @@ class SpatialTarget:
         return True
 
     def loss(self, readout: torch.Tensor) -> torch.Tensor:
-        """Per-sample MSE between readout and target in the head's control range; sparse maps weigh
-        empty and drawn pixels equally (pose, edge), as in the paper."""
         config = self.head.config
-        low, high = config.control_range
-        target = resize_map(self.image, readout.shape[-2:]).to(readout) * (high - low) + low
-        error = (readout - target).pow(2).mean(dim=1, keepdim=True)
-        weights = torch.ones_like(error[:1])
-        if self.mask is not None:
-            weights = weights * resize_map(self.mask, readout.shape[-2:]).to(readout)
-        if config.sparse_loss:
-            drawn = (target > low + 0.05 * (high - low)).any(dim=1, keepdim=True).to(readout)
-            return 0.5 * masked_mean(error, weights * drawn) + 0.5 * masked_mean(error, weights * (1 - drawn))
-        return masked_mean(error, weights)
+        mask = None if self.mask is None else resize_map(self.mask, readout.shape[-2:]).to(readout)
+        return spatial_map_loss(readout, self.image, config.control_range, config.sparse_loss, mask)
+
+
+def spatial_map_loss(readout: torch.Tensor, target: torch.Tensor, control_range: tuple[float, float],
+                     sparse: bool, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample MSE between a readout and a [0, 1] map brought to the head's control range (inside `mask`);
+    sparse maps (pose, edge) weigh empty and drawn pixels equally, as in the paper. Sampler and trainer share it."""
+    low, high = control_range
+    target = resize_map(target, readout.shape[-2:]).to(readout) * (high - low) + low
+    error = (readout - target).pow(2).mean(dim=1, keepdim=True)
+    weights = torch.ones_like(error[:1]) if mask is None else mask
+    if sparse:
+        drawn = (target > low + 0.05 * (high - low)).any(dim=1, keepdim=True).to(readout)
+        return 0.5 * masked_mean(error, weights * drawn) + 0.5 * masked_mean(error, weights * (1 - drawn))
+    return masked_mean(error, weights)
 
 
 def resize_map(image: torch.Tensor, size) -> torch.Tensor:

@@ -9,6 +9,8 @@ from typing import Callable
 
 import torch
 
+from .heads import DEFAULT_CONTROL_RANGES
+
 TINY_SEED = 1234
 TINY_CHECKPOINT = "readout_tiny_sd15.safetensors"
 TINY_CONTROLNET = "readout_tiny_sd15_controlnet.safetensors"
@@ -143,7 +145,6 @@ def tiny_lora_state_dict(seed: int = TINY_SEED, rank: int = 4) -> dict[str, torc
 TINY_OUTPUT_GAIN = 4.0
 """Spreads the random spatial readouts over the tanh range, so they respond to the latent as trained ones do."""
 TINY_HEAD_KINDS = ("pose", "depth", "edge", "correspondence", "appearance")
-CONTROL_RANGES = {"pose": (-0.5, 0.5), "edge": (-0.5, 0.5), "depth": (-1.0, 1.0)}
 
 
 TINY_SDXL_HEAD = "readout_tiny_sdxl_spatial_pose.safetensors"
@@ -153,7 +154,7 @@ SDXL_DECODER_DIMS = (1280, 1280, 1280, 640, 640, 640, 320, 320, 320)
 
 def tiny_head_name(kind: str, suffix: str = ".safetensors") -> str:
     """File name of the tiny head of a kind, following the official naming."""
-    role = "spatial" if kind in CONTROL_RANGES else "drag"
+    role = "spatial" if kind in DEFAULT_CONTROL_RANGES else "drag"
     return f"readout_tiny_sd15_{role}_{kind}{suffix}"
 
 
@@ -161,10 +162,10 @@ def tiny_head_config(kind: str):
     """The config of a tiny readout head for the tiny UNet's decoder."""
     from .heads import HeadConfig
 
-    spatial = kind in CONTROL_RANGES
+    spatial = kind in DEFAULT_CONTROL_RANGES
     return HeadConfig(
         kind=kind, family="sd15", dims=tuple(TINY_DECODER_DIMS), use_output_head=spatial,
-        control_range=CONTROL_RANGES.get(kind, (-1.0, 1.0)), sparse_loss=kind in ("pose", "edge"),
+        control_range=DEFAULT_CONTROL_RANGES.get(kind, (-1.0, 1.0)), sparse_loss=kind in ("pose", "edge"),
         use_emb=kind != "correspondence",
     )
 
@@ -186,7 +187,7 @@ def _sdxl_head_file(path: str) -> None:
     from .heads import HeadConfig, ReadoutHead
 
     config = HeadConfig(kind="pose", family="sdxl", dims=SDXL_DECODER_DIMS, projection_dim=128, use_output_head=True,
-                        control_range=CONTROL_RANGES["pose"], sparse_loss=True)
+                        control_range=DEFAULT_CONTROL_RANGES["pose"], sparse_loss=True)
     head = ReadoutHead(config)
     init_weights(head, TINY_SEED + 20)
     save_head_safetensors(path, config, head.state_dict())

@@ -15,11 +15,12 @@ from tqdm import tqdm
 
 from ..checkpoints import save_head_safetensors
 from ..heads import SPATIAL_KINDS, HeadConfig, ReadoutHead
-from ..tiny import CONTROL_RANGES
+from ..heads import DEFAULT_CONTROL_RANGES
 from .data import DataError, PairExample, SpatialExample, TripletExample, collate
 from .distributed import Workers
 from .frozen_unet import FrozenUNet
-from .losses import APPEARANCE_MARGIN, CORRESPONDENCE_TEMPERATURE, correspondence_loss, spatial_loss, triplet_loss
+from ..targets import spatial_map_loss
+from .losses import APPEARANCE_MARGIN, CORRESPONDENCE_TEMPERATURE, correspondence_loss, triplet_loss
 
 STATE_SUFFIX = ".state.pt"
 VALIDATION_SEED_OFFSET = 1_000_003
@@ -67,7 +68,7 @@ def head_config(kind: str, frozen: FrozenUNet, projection_dim: int = 384) -> Hea
     """The config of a new head of this kind for this model (family and decoder channels read from it)."""
     spatial = kind in SPATIAL_KINDS
     return HeadConfig(kind=kind, family=frozen.family, dims=tuple(frozen.dims), projection_dim=projection_dim,
-                      use_output_head=spatial, control_range=CONTROL_RANGES.get(kind, (-1.0, 1.0)),
+                      use_output_head=spatial, control_range=DEFAULT_CONTROL_RANGES.get(kind, (-1.0, 1.0)),
                       sparse_loss=kind in ("pose", "edge"))
 
 
@@ -133,7 +134,7 @@ class Trainer:
         readout = readout.float()
         if isinstance(first, SpatialExample):
             targets = torch.stack([example.target for example in batch]).to(readout.device)
-            return spatial_loss(readout, targets, self.config.control_range, self.config.sparse_loss)
+            return spatial_map_loss(readout, targets, self.config.control_range, self.config.sparse_loss).mean()
         parts = readout.chunk(groups)
         if isinstance(first, PairExample):
             size = tuple(images.shape[-2:])

@@ -5,23 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from ..relative_targets import sample_points
-from ..targets import masked_mean, resize_map
 
 APPEARANCE_MARGIN = 0.5
 CORRESPONDENCE_TEMPERATURE = 0.1
-
-
-def spatial_loss(readout: torch.Tensor, target: torch.Tensor, control_range: tuple[float, float],
-                 sparse: bool) -> torch.Tensor:
-    """Per-pixel MSE between the readout and a [0, 1] target map brought to the head's control range; sparse maps
-    (pose, edge) weigh empty and drawn pixels equally. The same measure as the sampler's spatial target."""
-    low, high = control_range
-    target = resize_map(target, readout.shape[-2:]).to(readout) * (high - low) + low
-    error = (readout - target).pow(2).mean(dim=1, keepdim=True)
-    if not sparse:
-        return error.mean()
-    drawn = (target > low + 0.05 * (high - low)).any(dim=1, keepdim=True).to(readout)
-    return (0.5 * masked_mean(error, drawn) + 0.5 * masked_mean(error, 1 - drawn)).mean()
 
 
 def point_cells(points: torch.Tensor, image_size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
