@@ -13,7 +13,8 @@ def guidance_option_inputs() -> dict:
             "default": "both",
             "tooltip": "Which CFG branch's features feed the readout loss: both (the official code sums the "
                        "cond and uncond halves), cond only, or uncond only (the empty/negative prompt, as the "
-                       "heads were trained)."}),
+                       "heads were trained). cond or uncond is about a third faster per guided step: the other "
+                       "half then runs without autograd."}),
         "gradient_checkpointing": ("BOOLEAN", {
             "default": True,
             "tooltip": "Recompute UNet activations during the backward pass instead of storing them: much "

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .batch_split import BatchSplit
 from .features import capture_decoder_features, head_embedding
 from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, with_skip_clone
 from .guidance import GuidanceRun
@@ -87,31 +88,51 @@ class ReadoutGuidancePatch:
         return [index for index, (target, (low, high)) in enumerate(zip(self.targets, self.run.windows))
                 if target.weight != 0.0 and target.active and low <= sigma <= high]
 
-    def _loss_chunks(self, cond_or_uncond: list[int], batch: int) -> list[slice]:
+    def _loss_chunks(self, cond_or_uncond: list[int], batch: int) -> tuple[int, ...]:
+        """Positions of the CFG chunks whose readout feeds the loss (none when the batch is not understood)."""
         if not cond_or_uncond or batch % len(cond_or_uncond):
-            return []
-        size = batch // len(cond_or_uncond)
-        if self.branch_split and size != 2 * self.branch_split:
-            return []
+            return ()
+        if self.branch_split and batch // len(cond_or_uncond) != 2 * self.branch_split:
+            return ()
         wanted = LOSS_BRANCHES[self.options.loss_branch]
-        return [slice(i * size, (i + 1) * size) for i, role in enumerate(cond_or_uncond) if role in wanted]
+        return tuple(i for i, role in enumerate(cond_or_uncond) if role in wanted)
 
     def apply_model_wrapper(self, executor, x, t, c_concat=None, c_crossattn=None, control=None,
                             transformer_options={}, **kwargs):
-        """Run the sampler's UNet call with grad and collect each active target's gradient w.r.t. x."""
+        """Run the sampler's UNet call, with grad for the loss branch, and collect each active target's gradient
+        w.r.t. x; chunks outside the loss branch run without autograd."""
         base = executor.class_obj
         sigma = float(t[0])
         active = self._active_targets(base.model_sampling, sigma)
-        chunks = self._loss_chunks(transformer_options.get("cond_or_uncond", []), x.shape[0]) if active else []
-        if not chunks:
+        cond_or_uncond = transformer_options.get("cond_or_uncond", [])
+        grad_chunks = self._loss_chunks(cond_or_uncond, x.shape[0]) if active else ()
+        if not grad_chunks:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         self._evaluation.sigma = sigma
+        x = self._with_reference(x.detach().clone(), chunks_of(x.shape[0], transformer_options), sigma)
+        split = BatchSplit(x.shape[0], len(cond_or_uncond), grad_chunks)
+        calls = (split.grad_chunks, split.rest_chunks) if split.rest_chunks else (split.grad_chunks,)
+        outputs = {}
+        for chunks in calls:
+            args = split.take((x, t, c_concat, c_crossattn, control, kwargs), chunks)
+            options = split.take_options(transformer_options, chunks)
+            if chunks == split.grad_chunks:
+                outputs[chunks] = self._grad_pass(executor, active, *args, options)
+            else:
+                part_kwargs = args[-1]
+                outputs[chunks] = executor(*args[:-1], options, **part_kwargs)
+        return outputs[split.grad_chunks] if len(outputs) == 1 else split.merge(outputs)
+
+    def _grad_pass(self, executor, active: list[int], x, t, c_concat, c_crossattn, control, kwargs,
+                   transformer_options: dict) -> torch.Tensor:
+        """The UNet call on the loss chunks with autograd: features, each target's loss, gradients w.r.t. x."""
+        base = executor.class_obj
         diffusion_model = base.diffusion_model
         dtype = COMPUTE_DTYPES[self.options.compute_dtype]
         autocast = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
+        chunks = chunks_of(x.shape[0], transformer_options)
         with torch.inference_mode(False), torch.enable_grad():
-            x_grad = self._with_reference(x.detach().clone(), chunks_of(x.shape[0], transformer_options), sigma)
-            x_grad.requires_grad_(True)
+            x_grad = x.clone().requires_grad_(True)
             t_copy, c_concat, c_crossattn, control, kwargs = normal_copies((t, c_concat, c_crossattn, control, kwargs))
             with autograd_safe_weights(diffusion_model), \
                     gradient_checkpointing(diffusion_model, self.options.gradient_checkpointing), \
