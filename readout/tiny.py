@@ -36,6 +36,10 @@ TINY_UNET_CONFIG = {
 """Two levels (320, 640 channels), one ResBlock each way: the decoder has 4 ResBlocks at two resolutions."""
 
 TINY_DECODER_DIMS = [640, 640, 320, 320]
+SD15_LATENT_SCALE = 0.18215
+"""SD1.5's latent scale factor (ComfyUI's process_latent_in)."""
+TINY_VERSION = "2"
+"""Bumped when generated tiny files change, so that older copies are rewritten."""
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -71,11 +75,18 @@ def build_unet(seed: int = TINY_SEED) -> torch.nn.Module:
 
 
 def build_taesd(seed: int) -> torch.nn.Module:
-    """A TAESD VAE (2.4M params) that ComfyUI loads from inside a checkpoint."""
+    """A TAESD VAE (2.4M params) that ComfyUI loads from inside a checkpoint, its `vae_scale` calibrated so that
+    latents have unit spread in the UNet's space as SD1.5's do (else the UNet would see noise only)."""
     from comfy.taesd.taesd import TAESD
 
     taesd = TAESD()
     init_weights(taesd, seed)
+    gen = _generator(seed)
+    tiles = torch.rand(8, 3, 8, 8, generator=gen)
+    images = torch.nn.functional.interpolate(tiles, size=(64, 64), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        spread = taesd.taesd_encoder(images).std()
+        taesd.vae_scale.fill_(float(spread) * SD15_LATENT_SCALE)
     return taesd
 
 
@@ -225,7 +236,7 @@ def _tensors_file(make: Callable[[], dict[str, torch.Tensor]]) -> Callable[[str]
     def write(path: str) -> None:
         from safetensors.torch import save_file
 
-        save_file(make(), path, metadata={"generator": "readout.tiny", "seed": str(TINY_SEED)})
+        save_file(make(), path, metadata={"generator": "readout.tiny", "seed": str(TINY_SEED), "version": TINY_VERSION})
     return write
 
 
@@ -254,12 +265,23 @@ def tiny_files() -> list[TinyFile]:
     return files
 
 
+def _is_current(path: str) -> bool:
+    """False for a generated .safetensors model written by an older version of this module."""
+    if not path.endswith(".safetensors"):
+        return True
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return metadata.get("generator") != "readout.tiny" or metadata.get("version") == TINY_VERSION
+
+
 def write_tiny_models(models_dir: str, force: bool = False) -> list[str]:
     """Write missing tiny model files under a ComfyUI models folder; return the paths written."""
     written = []
     for item in tiny_files():
         path = os.path.join(models_dir, item.folder, item.name)
-        if os.path.exists(path) and not force:
+        if os.path.exists(path) and not force and _is_current(path):
             continue
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".part"
