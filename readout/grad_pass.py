@@ -1,9 +1,10 @@
 """Making one UNet call differentiable inside ComfyUI, and undoing every change afterwards.
 
 ComfyUI runs nodes under `torch.inference_mode()`: weights and inputs are inference tensors, which
-autograd cannot save. For the guided call, inputs are cloned outside inference mode and every
-`comfy.ops` layer gets an identity weight/bias function, so ComfyUI's own cast path hands the layer
-a normal copy of its (possibly LoRA-patched) weight. Other parameters are swapped for normal copies.
+autograd cannot save. For the guided call, inputs are cloned outside inference mode and each inference
+parameter is swapped for a normal tensor sharing its memory (no copy). Parameters of other tensor types
+(quantized weights) fall back to copies: an identity weight/bias function on `comfy.ops` layers (ComfyUI's
+cast path then hands the layer a normal copy), a clone elsewhere.
 """
 from __future__ import annotations
 
@@ -36,6 +37,16 @@ def _is_comfy_op(module: nn.Module) -> bool:
     return hasattr(type(module), "weight_function") and hasattr(module, "comfy_cast_weights")
 
 
+def normal_alias(tensor: torch.Tensor) -> torch.Tensor:
+    """A normal (non-inference) tensor on the same memory as `tensor`; call outside inference mode."""
+    alias = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    return alias.set_(tensor.untyped_storage(), tensor.storage_offset(), tensor.size(), tensor.stride())
+
+
+def _plain(param: nn.Parameter) -> bool:
+    return type(param.data) is torch.Tensor
+
+
 @contextmanager
 def autograd_safe_weights(model: nn.Module) -> Iterator[None]:
     """Let autograd save this model's weights for one pass; every module is restored on exit."""
@@ -43,17 +54,18 @@ def autograd_safe_weights(model: nn.Module) -> Iterator[None]:
     swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
     try:
         for module in model.modules():
-            if _is_comfy_op(module):
+            inference = [(name, param) for name, param in module.named_parameters(recurse=False)
+                         if param.is_inference()]
+            if _is_comfy_op(module) and not all(_plain(param) for _, param in inference):
                 for attr in ("weight_function", "bias_function"):
                     previous = module.__dict__.get(attr, _MISSING)
                     saved_functions.append((module, attr, previous))
-                    current = getattr(module, attr)
-                    setattr(module, attr, list(current) + [_identity])
+                    setattr(module, attr, list(getattr(module, attr)) + [_identity])
                 continue
-            for name, param in list(module.named_parameters(recurse=False)):
-                if param.is_inference():
-                    swapped.append((module, name, param))
-                    setattr(module, name, nn.Parameter(param.detach().clone(), requires_grad=False))
+            for name, param in inference:
+                swapped.append((module, name, param))
+                data = normal_alias(param) if _plain(param) else param.detach().clone()
+                setattr(module, name, nn.Parameter(data, requires_grad=False))
         yield
     finally:
         for module, attr, previous in reversed(saved_functions):
