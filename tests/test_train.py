@@ -13,13 +13,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from helpers import TINY_CKPT, call_node
-from readout.checkpoints import load_head_file
+from helpers import TINY_CKPT, call_node, pack_module
+from readout.checkpoints import load_head_file, save_head_safetensors
 from readout.train.data import DataError, PairDataset, SpatialDataset, TripletDataset
 from readout.train.frozen_unet import FrozenUNet
-from readout.train.loop import Trainer, TrainOptions
+from readout.train.loop import Trainer, TrainOptions, head_config, new_head
+from readout.train.losses import match_points
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
@@ -116,6 +118,131 @@ class HeadsFolder:
 
     def __exit__(self, *exc) -> None:
         self.paths.remove(self.folder)
+
+
+def test_guiding_with_the_trained_head_beats_an_untrained_one(checkpoint, depth_run):
+    folder, result = depth_run
+    config, _ = load_head_file(result.output)
+    untrained_path = os.path.join(folder, "readout_tiny_untrained_depth.safetensors")
+    save_head_safetensors(untrained_path, config, new_head(config, seed=5).state_dict())
+    model, clip, _ = checkpoint
+    positive = call_node("CLIPTextEncode", text="a box", clip=clip)[0]
+    negative = call_node("CLIPTextEncode", text="", clip=clip)[0]
+    latent = call_node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)[0]
+    target_map = torch.zeros(1, SIZE, SIZE, 3)
+    target_map[:, 16:48, 12:44] = 1.0
+    sampler = dict(model=model, seed=3, steps=8, cfg=5.0, sampler_name="euler", scheduler="normal",
+                   positive=positive, negative=negative, latent_image=latent, denoise=1.0)
+    with HeadsFolder(folder):
+        trained = call_node("LoadReadoutHead", head_name=os.path.basename(result.output))["result"][0]
+        untrained = call_node("LoadReadoutHead", head_name=os.path.basename(untrained_path))["result"][0]
+        targets = {name: call_node("ReadoutTarget", head=head, weight=1.0, start_percent=0.0, end_percent=1.0,
+                                   target_image=target_map)[0] for name, head in (("trained", trained),
+                                                                                ("untrained", untrained))}
+        samples = {name: call_node("ReadoutGuidedKSampler", guidance=guidance, **sampler)[0]["samples"]
+                   for name, guidance in targets.items()}
+    samples["plain"] = call_node("KSampler", **sampler)[0]["samples"]
+    extract = pack_module("readout.extract")
+    judge = targets["trained"][0]
+    with torch.inference_mode():
+        losses = {name: float(judge.loss(extract.latent_readout(model, trained, latent_samples, negative, 0, 0)))
+                  for name, latent_samples in samples.items()}
+    print("depth target loss (trained head as judge):", {k: round(v, 4) for k, v in losses.items()})
+    # measured: trained 0.764, untrained 0.802, plain 0.798 (a 40-step head on a random tiny UNet)
+    assert losses["trained"] < 0.98 * losses["plain"]
+    assert losses["trained"] < 0.98 * losses["untrained"]
+
+
+PAIR_STEPS = 80
+MATCH_TIMESTEP = 100
+PCK_THRESHOLD = 0.1 * SIZE
+
+
+def mosaic(rng: np.random.Generator, width: int, height: int, tile: int) -> np.ndarray:
+    """A (height, width, 3) image of random-coloured square tiles."""
+    cells = rng.uniform(0, 1, ((height + tile - 1) // tile, (width + tile - 1) // tile, 3))
+    return np.repeat(np.repeat(cells, tile, axis=0), tile, axis=1)[:height, :width]
+
+
+def outside_box(points: np.ndarray, box: tuple[int, int, int, int], margin: int = 2) -> np.ndarray:
+    x0, y0, w, h = box
+    return ((points[:, 0] < x0 - margin) | (points[:, 0] > x0 + w - 1 + margin)
+            | (points[:, 1] < y0 - margin) | (points[:, 1] > y0 + h - 1 + margin))
+
+
+def write_pairs(folder: str, count: int, seed: int, shape_points: int = 8, background_points: int = 0) -> str:
+    """Frame pairs where a textured shape moves over a still textured background by a known offset and the second
+    frame is relit (per-channel gain and offset); tracked points on the shape and, optionally, on the background
+    away from the shape in both frames. Returns the manifest."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    entries = []
+    for index in range(count):
+        box = random_box(rng, 18, 28, margin=10)
+        x0, y0, w, h = box
+        dx, dy = (int(v) for v in rng.integers(-10, 11, 2))
+        background, texture = 0.5 * mosaic(rng, SIZE, SIZE, 16), mosaic(rng, w, h, 8)
+        for name, (left, top) in (("a", (x0, y0)), ("b", (x0 + dx, y0 + dy))):
+            image = background.copy()
+            image[top:top + h, left:left + w] = texture
+            if name == "b":
+                image = image * rng.uniform(0.7, 1.3, 3) + rng.uniform(-0.15, 0.15, 3)
+            save_image(image, os.path.join(folder, f"{index:03d}_{name}.png"))
+        points_a = np.stack([rng.uniform(x0, x0 + w - 1, shape_points), rng.uniform(y0, y0 + h - 1, shape_points)], 1)
+        points_b = points_a + [dx, dy]
+        if background_points:
+            candidates = rng.uniform(0, SIZE - 1, (8 * background_points, 2))
+            still = candidates[outside_box(candidates, box) & outside_box(candidates, (x0 + dx, y0 + dy, w, h))]
+            points_a = np.concatenate([points_a, still[:background_points]])
+            points_b = np.concatenate([points_b, still[:background_points]])
+        entries.append({"a": f"{index:03d}_a.png", "b": f"{index:03d}_b.png", "points_a": points_a.tolist(),
+                        "points_b": points_b.tolist()})
+    manifest = os.path.join(folder, "pairs.json")
+    with open(manifest, "w", encoding="utf-8") as handle:
+        json.dump(entries, handle)
+    return manifest
+
+
+def matching_accuracy(frozen: FrozenUNet, dataset: PairDataset, head=None) -> float:
+    """Share of points whose nearest neighbour in the other frame lies within PCK_THRESHOLD pixels of the track:
+    with the head's readout, or with the raw decoder features (each normalised, resized to the largest map,
+    concatenated)."""
+    config = head.config if head is not None else head_config("correspondence", frozen, PROJECTION)
+    hits, total = 0, 0
+    for index in range(len(dataset)):
+        example = dataset[index]
+        images = torch.stack([example.image_a, example.image_b])
+        reading = frozen.read(images, torch.full((2,), MATCH_TIMESTEP), torch.Generator().manual_seed(index), config)
+        with torch.no_grad():
+            if head is not None:
+                features = head(reading.features, reading.emb)
+            else:
+                size = max((f.shape[-2:] for f in reading.features), key=lambda hw: hw[0] * hw[1])
+                features = torch.cat([F.interpolate(F.normalize(f.float(), dim=1), size=tuple(size),
+                                                    mode="bilinear", align_corners=False)
+                                      for f in reading.features], dim=1)
+        found = match_points(features[0], features[1], example.points_a, (SIZE, SIZE))
+        hits += int(((found - example.points_b).norm(dim=1) <= PCK_THRESHOLD).sum())
+        total += len(found)
+    return hits / total
+
+
+def test_correspondence_training_improves_point_matching(frozen, tmp_path):
+    train = PairDataset(write_pairs(str(tmp_path / "train"), 32, seed=1, shape_points=48, background_points=16), SIZE)
+    held_out = PairDataset(write_pairs(str(tmp_path / "held_out"), 16, seed=2), SIZE)
+    output = str(tmp_path / "correspondence.safetensors")
+    trainer = Trainer(frozen, options("correspondence", output, steps=PAIR_STEPS, val_fraction=0.125))
+    untrained = new_head(trainer.config, seed=0).eval()
+    result = trainer.train(train)
+    trainer.head.eval()
+    scores = {"trained": matching_accuracy(frozen, held_out, trainer.head),
+              "untrained": matching_accuracy(frozen, held_out, untrained), "raw": matching_accuracy(frozen, held_out)}
+    print(f"correspondence PCK@{PCK_THRESHOLD:.1f}px on held-out pairs (t = {MATCH_TIMESTEP}):",
+          {name: round(value, 3) for name, value in scores.items()},
+          f"validation loss {result.val_losses[0][1]:.3f} -> {result.val_losses[-1][1]:.3f}")
+    # measured: trained 0.383, untrained 0.336, raw decoder features 0.469 (raw still wins on this tiny model)
+    assert result.val_losses[-1][1] < 0.8 * result.val_losses[0][1]
+    assert scores["trained"] > scores["untrained"]
 
 
 def test_resume_continues_where_it_stopped(frozen, tmp_path):
