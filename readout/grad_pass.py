@@ -79,7 +79,7 @@ def autograd_safe_weights(model: nn.Module) -> Iterator[None]:
 
 def _checkpointed(forward):
     def run(*args, **kwargs):
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
     return run
 
 
