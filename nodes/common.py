@@ -7,14 +7,14 @@ CATEGORY = "readout_guidance"
 
 
 def guidance_option_inputs() -> dict:
-    """The options of the guided pass, with the official code's behaviour as defaults."""
+    """The options of the guided pass; defaults keep a guided step near 2x an unguided one."""
     return {
         "loss_branch": (list(LOSS_BRANCHES), {
-            "default": "both",
-            "tooltip": "Which CFG branch's features feed the readout loss: both (the official code sums the "
-                       "cond and uncond halves), cond only, or uncond only (the empty/negative prompt, as the "
-                       "heads were trained). cond or uncond is about a third faster per guided step: the other "
-                       "half then runs without autograd."}),
+            "default": "cond",
+            "tooltip": "Which CFG branch's features feed the readout loss. cond (default): the prompt's half; the "
+                       "other half runs without autograd (SD1.5 512 px: about 1.9x the time of an unguided step). "
+                       "both: the official code's sum over the cond and uncond halves (about 3x, more memory). "
+                       "uncond: the empty/negative prompt's half, as the heads were trained."}),
         "gradient_checkpointing": ("BOOLEAN", {
             "default": True,
             "tooltip": "Recompute UNet activations during the backward pass instead of storing them: much "

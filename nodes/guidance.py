@@ -100,7 +100,7 @@ class ReadoutGuidedKSampler:
     DESCRIPTION = "Samples like KSampler while readout heads steer the latent toward your targets."
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-               denoise=1.0, guidance=(), loss_branch="both", gradient_checkpointing=True, compute_dtype="auto"):
+               denoise=1.0, guidance=(), loss_branch="cond", gradient_checkpointing=True, compute_dtype="auto"):
         options = guidance_options(loss_branch, gradient_checkpointing, compute_dtype)
         result = sample_guided(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                                denoise, tuple(guidance or ()), options)
@@ -127,7 +127,7 @@ class ApplyReadoutGuidance:
     CATEGORY = CATEGORY
     DESCRIPTION = "Patches a clone of the model so any sampler node applies readout guidance."
 
-    def apply(self, model, guidance, loss_branch="both", gradient_checkpointing=True, compute_dtype="auto"):
+    def apply(self, model, guidance, loss_branch="cond", gradient_checkpointing=True, compute_dtype="auto"):
         options = guidance_options(loss_branch, gradient_checkpointing, compute_dtype)
         return (apply_readout_guidance(model, tuple(guidance), options)[0],)
 

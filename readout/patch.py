@@ -28,7 +28,7 @@ COMPUTE_DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float
 class GuidanceOptions:
     """How the guided pass runs: which CFG branch feeds the loss, checkpointing, compute dtype."""
 
-    loss_branch: str = "both"
+    loss_branch: str = "cond"
     gradient_checkpointing: bool = True
     compute_dtype: str = "auto"
 

@@ -61,7 +61,9 @@ def test_drag_loss_falls_with_a_generated_reference(bed):
     guidance = bed.drag()
     edited, reference, plot = bed.sample(guidance)
     unguided, same_reference, _ = bed.sample(bed.drag(weight=0.0))
-    assert torch.equal(reference, same_reference), "the reference branch must stay unguided"
+    # the guided run splits the CFG halves into two UNet calls: equal up to batch-size rounding, not bit for bit
+    torch.testing.assert_close(reference, same_reference, rtol=1e-4, atol=1e-3,
+                               msg="the reference branch must stay unguided")
     assert bed.relative_loss(guidance[0], edited, reference) < bed.relative_loss(guidance[0], unguided, reference) - 0.01
     assert plot.std() > 0.01
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 
@@ -153,7 +155,8 @@ def test_guiding_with_the_trained_head_beats_an_untrained_one(checkpoint, depth_
     assert losses["trained"] < 0.98 * losses["untrained"]
 
 
-PAIR_STEPS = 80
+PAIR_STEPS = 160
+PAIR_MAX_TIMESTEP = 300
 MATCH_TIMESTEP = 100
 PCK_THRESHOLD = 0.1 * SIZE
 
@@ -227,11 +230,13 @@ def matching_accuracy(frozen: FrozenUNet, dataset: PairDataset, head=None) -> fl
     return hits / total
 
 
-def test_correspondence_training_improves_point_matching(frozen, tmp_path):
+def test_correspondence_head_matches_points_better_than_raw_features(frozen, tmp_path):
+    """Trained on timesteps below 300 (where the tiny model still sees the frames) and judged at t = 100."""
     train = PairDataset(write_pairs(str(tmp_path / "train"), 32, seed=1, shape_points=48, background_points=16), SIZE)
     held_out = PairDataset(write_pairs(str(tmp_path / "held_out"), 16, seed=2), SIZE)
     output = str(tmp_path / "correspondence.safetensors")
-    trainer = Trainer(frozen, options("correspondence", output, steps=PAIR_STEPS, val_fraction=0.125))
+    trainer = Trainer(frozen, options("correspondence", output, steps=PAIR_STEPS, val_fraction=0.125,
+                                      max_timestep=PAIR_MAX_TIMESTEP))
     untrained = new_head(trainer.config, seed=0).eval()
     result = trainer.train(train)
     trainer.head.eval()
@@ -240,9 +245,46 @@ def test_correspondence_training_improves_point_matching(frozen, tmp_path):
     print(f"correspondence PCK@{PCK_THRESHOLD:.1f}px on held-out pairs (t = {MATCH_TIMESTEP}):",
           {name: round(value, 3) for name, value in scores.items()},
           f"validation loss {result.val_losses[0][1]:.3f} -> {result.val_losses[-1][1]:.3f}")
-    # measured: trained 0.383, untrained 0.336, raw decoder features 0.469 (raw still wins on this tiny model)
+    # measured: trained 0.625, raw decoder features 0.469 (validation loss 3.36 -> 2.20)
     assert result.val_losses[-1][1] < 0.8 * result.val_losses[0][1]
-    assert scores["trained"] > scores["untrained"]
+    assert scores["raw"] > 0.3, "the raw features are a real baseline, not noise"
+    assert scores["trained"] > 0.55
+    assert scores["trained"] > scores["raw"] + 0.08
+    assert scores["trained"] > scores["untrained"] + 0.1
+
+
+def write_triplets(folder: str, count: int, seed: int) -> str:
+    """Anchor; positive: the same scene a few pixels later (another frame); negative: the same layout in other
+    colours (another appearance). Returns the manifest."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    entries = []
+    for index in range(count):
+        box = random_box(rng, margin=4)
+        dx, dy = (int(v) for v in rng.integers(-4, 5, 2))
+        colors, background = rng.uniform(0, 1, (2, 3)), rng.uniform(0, 1, 3)
+        images = {"anchor": draw_shape(box, colors, background)[0],
+                  "positive": draw_shape((box[0] + dx, box[1] + dy, box[2], box[3]), colors, background)[0],
+                  "negative": draw_shape(box, rng.uniform(0, 1, (2, 3)), rng.uniform(0, 1, 3))[0]}
+        for role, image in images.items():
+            save_image(image, os.path.join(folder, f"{index:03d}_{role}.png"))
+        entries.append({role: f"{index:03d}_{role}.png" for role in images})
+    manifest = os.path.join(folder, "triplets.json")
+    with open(manifest, "w", encoding="utf-8") as handle:
+        json.dump(entries, handle)
+    return manifest
+
+
+def test_appearance_triplet_loss_falls(frozen, tmp_path):
+    dataset = TripletDataset(write_triplets(str(tmp_path), 24, seed=3), SIZE)
+    result = Trainer(frozen, options("appearance", str(tmp_path / "appearance.safetensors"), max_timestep=300,
+                                     val_fraction=0.25)).train(dataset)
+    first, last = result.val_losses[0][1], result.val_losses[-1][1]
+    print(f"appearance hinge validation loss: {first:.3f} -> {last:.3f}")
+    # measured: 0.455 -> 0.293 in 40 steps (margin 0.5)
+    assert last < 0.75 * first
+    config, _ = load_head_file(result.output)
+    assert config.kind == "appearance" and not config.use_output_head
 
 
 def test_resume_continues_where_it_stopped(frozen, tmp_path):
@@ -297,6 +339,12 @@ def test_bad_spatial_data_is_named(tmp_path):
         SpatialDataset(str(images), str(targets), 60)
 
 
+def test_timestep_range_is_checked(frozen, tmp_path):
+    for bad in (0, 1001):
+        with pytest.raises(DataError, match=rf"--max-timestep must be in \[1, 1000\], got {bad}"):
+            Trainer(frozen, options("depth", str(tmp_path / "d.safetensors"), max_timestep=bad))
+
+
 def write_manifest(path, entries) -> str:
     path.write_text(entries if isinstance(entries, str) else json.dumps(entries))
     return str(path)
@@ -336,3 +384,29 @@ def test_command_line_reports_bad_data_before_loading_the_model(tmp_path):
     assert f"targets folder {tmp_path / 'targets'} is empty" in done.stderr
     done = subprocess.run(command[:-1] + ["pose.pt"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--output must end in .safetensors" in done.stderr
+
+
+def test_torchrun_trains_with_two_processes(tmp_path, comfyui_dir):
+    """The documented multi-GPU launch, on two CPU processes (Gloo): ranks split the data, rank 0 writes."""
+    import folder_paths
+
+    images, targets = write_shapes(str(tmp_path / "data"), 10, seed=6)
+    output = tmp_path / "depth.safetensors"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
+               "-m", "readout.train",
+               "--comfyui", comfyui_dir, "--checkpoint", folder_paths.get_full_path("checkpoints", TINY_CKPT),
+               "--kind", "depth", "--images", images, "--targets", targets, "--resolution", str(SIZE),
+               "--steps", "3", "--batch-size", "2", "--projection-dim", str(PROJECTION), "--val-fraction", "0.2",
+               "--val-every", "0", "--checkpoint-every", "0", "--output", str(output)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    validations = re.findall(r"step (\d+): validation loss", done.stdout + done.stderr)
+    assert validations == ["0", "3"], "rank 0 alone validates, at step 0 and at the end"
+    state = torch.load(str(output).replace(".safetensors", ".state.pt"), weights_only=True)
+    assert state["step"] == 3 and len(state["train_losses"]) == 3
+    config, weights = load_head_file(str(output))
+    assert config.kind == "depth" and all(torch.isfinite(w).all() for w in weights.values())

@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, head init, noise and timesteps")
     parser.add_argument("--temperature", type=float, default=0.1, help="correspondence softmax temperature")
     parser.add_argument("--margin", type=float, default=0.5, help="appearance/identity hinge margin")
+    parser.add_argument("--max-timestep", type=int, default=1000,
+                        help="draw training timesteps from [0, N) (default: the whole schedule)")
     parser.add_argument("--num-workers", type=int, default=0, help="image loading worker processes")
     args = parser.parse_args(argv)
     if not args.output.lower().endswith(".safetensors"):
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             kind=args.kind, output=args.output, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
             projection_dim=args.projection_dim, val_fraction=args.val_fraction, val_every=args.val_every,
             checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
-            temperature=args.temperature, margin=args.margin, num_workers=args.num_workers)
+            temperature=args.temperature, margin=args.margin, num_workers=args.num_workers,
+            max_timestep=args.max_timestep)
         result = Trainer(frozen, options, workers).train(dataset)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -46,6 +46,7 @@ class TrainOptions:
     margin: float = APPEARANCE_MARGIN
     num_workers: int = 0
     progress: bool = True
+    max_timestep: int = 1000
 
     @property
     def state_path(self) -> str:
@@ -99,6 +100,8 @@ class Trainer:
     def __init__(self, frozen: FrozenUNet, options: TrainOptions, workers: Workers = Workers()) -> None:
         self.frozen, self.options, self.workers = frozen, options, workers
         self.config = head_config(options.kind, frozen, options.projection_dim)
+        if not 1 <= options.max_timestep <= self.config.num_timesteps:
+            raise DataError(f"--max-timestep must be in [1, {self.config.num_timesteps}], got {options.max_timestep}")
         self.device = frozen.device
         self.head = new_head(self.config, options.seed).to(self.device)
         self.model = workers.wrap(self.head)
@@ -116,9 +119,9 @@ class Trainer:
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
     def batch_loss(self, model: nn.Module, batch: list, generator: torch.Generator) -> torch.Tensor:
-        """The kind's loss on a batch, at timesteps drawn uniformly over the schedule (one per example; the images
-        of a pair or triplet share it)."""
-        timesteps = torch.randint(0, self.config.num_timesteps, (len(batch),), generator=generator)
+        """The kind's loss on a batch, at timesteps drawn uniformly from [0, max_timestep) (one per example; the
+        images of a pair or triplet share it)."""
+        timesteps = torch.randint(0, self.options.max_timestep, (len(batch),), generator=generator)
         first = batch[0]
         if isinstance(first, SpatialExample):
             images = torch.stack([example.image for example in batch])
