@@ -8,11 +8,12 @@ closes a run. Hooks, weight functions and checkpointing exist only inside the gr
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
+from .attention import AttentionStore, capture_cross_attention
 from .batch_split import BatchSplit
 from .features import capture_decoder_features, head_embedding
 from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, with_skip_clone
@@ -50,6 +51,16 @@ class _Evaluation:
     def add(self, index: int, grad: torch.Tensor, loss: torch.Tensor) -> None:
         self.grads[index] = grad if index not in self.grads else self.grads[index] + grad
         self.losses[index] = loss if index not in self.losses else self.losses[index] + loss
+
+
+@dataclass
+class Readings:
+    """What one guided UNet call offers the targets: decoder features, cross-attention maps, latent size, timesteps."""
+
+    features: list[torch.Tensor]
+    attention: AttentionStore | None
+    latent_size: tuple[int, int]
+    timesteps: torch.Tensor
 
 
 class ReadoutGuidancePatch:
@@ -131,21 +142,23 @@ class ReadoutGuidancePatch:
         dtype = COMPUTE_DTYPES[self.options.compute_dtype]
         autocast = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
         chunks = chunks_of(x.shape[0], transformer_options)
-        with torch.inference_mode(False), torch.enable_grad():
+        tokens = [token for index in active if self.targets[index].head is None for token in self.targets[index].tokens]
+        with torch.inference_mode(False), torch.enable_grad(), ExitStack() as stack:
             x_grad = x.clone().requires_grad_(True)
             t_copy, c_concat, c_crossattn, control, kwargs = normal_copies((t, c_concat, c_crossattn, control, kwargs))
-            with autograd_safe_weights(diffusion_model), \
-                    gradient_checkpointing(diffusion_model, self.options.gradient_checkpointing), \
-                    capture_decoder_features(diffusion_model) as store:
-                with autocast:
-                    out = executor(x_grad, t_copy, c_concat, c_crossattn, control,
-                                   with_skip_clone(transformer_options), **kwargs)
-                features = store.complete()
-                timesteps = base.model_sampling.timestep(t_copy).float()
-                for order, index in enumerate(active):
-                    self._backprop_target(index, features, diffusion_model, timesteps, x_grad, chunks,
-                                          retain=order < len(active) - 1, autocast=autocast)
-                store.clear()
+            stack.enter_context(autograd_safe_weights(diffusion_model))
+            stack.enter_context(gradient_checkpointing(diffusion_model, self.options.gradient_checkpointing))
+            store = stack.enter_context(capture_decoder_features(diffusion_model))
+            attention = stack.enter_context(capture_cross_attention(diffusion_model, tokens)) if tokens else None
+            with autocast:
+                out = executor(x_grad, t_copy, c_concat, c_crossattn, control,
+                               with_skip_clone(transformer_options), **kwargs)
+            readings = Readings(store.complete(), attention, tuple(x.shape[-2:]),
+                                base.model_sampling.timestep(t_copy).float())
+            for order, index in enumerate(active):
+                self._backprop_target(index, readings, diffusion_model, x_grad, chunks,
+                                      retain=order < len(active) - 1, autocast=autocast)
+            store.clear()
         return out.detach()
 
     def _with_reference(self, x: torch.Tensor, all_chunks: list[slice], sigma: float) -> torch.Tensor:
@@ -163,11 +176,15 @@ class ReadoutGuidancePatch:
         reference, edited = readout[:self.branch_split].detach(), readout[self.branch_split:]
         return target.loss(edited, reference) if target.relative else target.loss(edited)
 
-    def _backprop_target(self, index, features, diffusion_model, timesteps, x_grad, chunks, retain, autocast):
+    def _backprop_target(self, index, readings: Readings, diffusion_model, x_grad, chunks, retain, autocast):
         target = self.targets[index]
-        with autocast:
-            emb = head_embedding(diffusion_model, target.head.config, timesteps)
-            readout = target.head.module(features, emb).float()
+        if target.head is None:
+            readout = target.read(readings.attention.word_maps(target.tokens, *readings.latent_size),
+                                  readings.features)
+        else:
+            with autocast:
+                emb = head_embedding(diffusion_model, target.head.config, readings.timesteps)
+                readout = target.head.module(readings.features, emb).float()
         losses = torch.stack([self._chunk_loss(target, readout[chunk]) for chunk in chunks])
         grad = torch.autograd.grad(losses.sum(), x_grad, retain_graph=retain)[0]
         folded = sum(grad[chunk] for chunk in chunks)
@@ -202,8 +219,7 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
     if not allow_relative and any(t.relative for t in targets):
         raise ValueError("guidance: relative targets (drag, appearance, identity) need KSampler (Readout Guidance), "
                          "which samples their reference branch next to the edit")
-    for target in targets:
-        target.head.check_model(model)
+    check_targets_fit(model, targets, options)
     guided = model.clone()
     previous = find_patch(guided)
     if previous is not None:
@@ -218,11 +234,28 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
     guided.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, PATCH_KEY, patch.apply_model_wrapper)
     guided.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, PATCH_KEY, patch.outer_sample_wrapper)
     guided.set_model_sampler_post_cfg_function(patch.post_cfg_function)
-    heads = {id(t.head.patcher): t.head.patcher for t in patch.targets}
+    heads = {id(t.head.patcher): t.head.patcher for t in patch.targets if t.head is not None}
     guided.set_additional_models(PATCH_KEY, list(heads.values()))
     if not patch.targets:
         logging.info("readout guidance: no targets, the model samples as before")
     return guided, patch
+
+
+def check_targets_fit(model, targets: tuple, options: GuidanceOptions) -> None:
+    """Heads must read this model; self-guidance needs this model family's CLIP and the cond loss branch."""
+    from .features import model_family
+
+    for target in targets:
+        if target.head is not None:
+            target.head.check_model(model)
+            continue
+        family = model_family(model)
+        if target.family != family:
+            raise ValueError(f"clip: the words {target.words!r} were tokenized with an {target.family} CLIP but the "
+                             f"model is {family}: connect the CLIP that encodes this model's prompt")
+        if options.loss_branch != "cond":
+            raise ValueError(f"loss_branch: self-guidance ({target.label}) reads the prompt's cross-attention; "
+                             f"use cond, not {options.loss_branch}")
 
 
 def find_patch(model) -> ReadoutGuidancePatch | None:

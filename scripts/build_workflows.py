@@ -246,6 +246,24 @@ def identity(classes) -> dict:
     return wf.to_ui()
 
 
+def self_guidance_move_object(classes) -> dict:
+    wf = Workflow(classes)
+    prompt = "a photo of a cat sitting on a sofa in a living room"
+    loader, positive, negative, latent = base_graph(wf, SD15, prompt)
+    move = wf.add("SelfGuidanceTarget", (780, 150), {
+        "prompt": prompt, "words": "cat", "edit": "move_by", "dx": 0.25, "dy": 0.0, "x": 0.5, "y": 0.5,
+        "size_factor": 1.5, "weight": 1.0, "start_percent": 0.0, "end_percent": 0.5}, clip=(loader, "CLIP"))
+    sampler = guided_sampler(wf, loader, positive, negative, latent, move)
+    finish(wf, loader, sampler, "self_guidance_move", reference=True)
+    wf.note((0, 650), "Self-Guidance: move the cat a quarter of the width to the right, read from its "
+            "cross-attention (no head file needed). The reference output is the same seed unguided.\n"
+            "Change: the checkpoint, the prompt (keep the Self-Guidance Target's prompt identical to the positive "
+            "prompt), words, edit (move_by dx/dy, move_to x/y, scale_size size_factor, keep_shape), weight (raise it "
+            "if the object does not move). Chain a ReadoutTarget into its guidance input to combine with a learned "
+            "head; it works with ControlNet conditioning too.")
+    return wf.to_ui()
+
+
 WORKFLOWS = {
     "spatial_pose.json": lambda c: spatial(c, "pose"),
     "spatial_depth.json": lambda c: spatial(c, "depth"),
@@ -256,6 +274,7 @@ WORKFLOWS = {
     "drag_real_image.json": drag_real_image,
     "appearance_variation.json": appearance_variation,
     "identity.json": identity,
+    "self_guidance_move_object.json": self_guidance_move_object,
 }
 
 
