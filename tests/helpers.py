@@ -35,6 +35,15 @@ def call_node(name: str, **inputs: Any) -> tuple:
         return getattr(cls(), cls.FUNCTION)(**inputs)
 
 
+def with_tiny_controlnet(positive, negative, vae) -> tuple:
+    """Both prompts through the tiny ControlNet (a bright box as the hint), as ControlNetApplyAdvanced makes them."""
+    controlnet = call_node("ControlNetLoader", control_net_name=TINY_CONTROLNET)[0]
+    hint = torch.zeros(1, 64, 64, 3)
+    hint[:, 8:40, 20:50] = 1.0
+    return call_node("ControlNetApplyAdvanced", positive=positive, negative=negative, control_net=controlnet,
+                     image=hint, strength=1.0, start_percent=0.0, end_percent=1.0, vae=vae)
+
+
 def pack_module(submodule: str = "") -> ModuleType:
     """This pack's module (or a submodule) exactly as ComfyUI imported it."""
     base = pack_dir_in(comfyui_path()).replace(".", "_x_")

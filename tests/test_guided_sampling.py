@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import TINY_CKPT, TINY_CONTROLNET, TINY_LORA, call_node, pack_module
+from helpers import TINY_CKPT, TINY_LORA, call_node, pack_module, with_tiny_controlnet
 from readout.tiny import tiny_head_name
 
 STEPS = 8
@@ -114,11 +114,7 @@ def assert_lowered(bed, guidance, samples, plain):
 
 
 def test_with_controlnet(bed):
-    controlnet = call_node("ControlNetLoader", control_net_name=TINY_CONTROLNET)[0]
-    hint = torch.zeros(1, 64, 64, 3)
-    hint[:, 8:40, 20:50] = 1.0
-    pos, neg = call_node("ControlNetApplyAdvanced", positive=bed.pos, negative=bed.neg, control_net=controlnet,
-                         image=hint, strength=1.0, start_percent=0.0, end_percent=1.0, vae=bed.vae)
+    pos, neg = with_tiny_controlnet(bed.pos, bed.neg, bed.vae)
     guidance = bed.target()
     plain = bed.ksampler(bed.model, positive=pos, negative=neg)
     assert not torch.equal(plain, bed.ksampler(bed.model)), "the ControlNet had no effect"
@@ -142,11 +138,7 @@ def zero_gradient_head(head):
 def test_one_loss_branch_splits_the_call_without_changing_the_unet_output(bed, branch):
     """With one loss branch the other CFG chunk runs in its own call (ControlNet residuals, prompts and sigmas cut
     to match); with a zero gradient, guided sampling must then reproduce KSampler for a batch of two."""
-    controlnet = call_node("ControlNetLoader", control_net_name=TINY_CONTROLNET)[0]
-    hint = torch.zeros(1, 64, 64, 3)
-    hint[:, 8:40, 20:50] = 1.0
-    pos, neg = call_node("ControlNetApplyAdvanced", positive=bed.pos, negative=bed.neg, control_net=controlnet,
-                         image=hint, strength=1.0, start_percent=0.0, end_percent=1.0, vae=bed.vae)
+    pos, neg = with_tiny_controlnet(bed.pos, bed.neg, bed.vae)
     latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=2)[0]
     guidance = bed.target(head=zero_gradient_head(bed.head))
     plain = bed.ksampler(bed.model, positive=pos, negative=neg, latent=latent)

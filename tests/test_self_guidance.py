@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import TINY_CKPT, TINY_CONTROLNET, call_node, pack_module
+from helpers import TINY_CKPT, call_node, pack_module, with_tiny_controlnet
 from readout.tiny import tiny_head_name
 
 PROMPT = "a red cat on a blue sofa"
@@ -151,11 +151,7 @@ def test_weight_zero_is_bit_identical_to_unguided(bed):
 
 
 def test_with_a_learned_spatial_target_and_controlnet(bed):
-    controlnet = call_node("ControlNetLoader", control_net_name=TINY_CONTROLNET)[0]
-    hint = torch.zeros(1, 64, 64, 3)
-    hint[:, 8:40, 20:50] = 1.0
-    pos, neg = call_node("ControlNetApplyAdvanced", positive=bed.pos, negative=bed.neg, control_net=controlnet,
-                         image=hint, strength=1.0, start_percent=0.0, end_percent=1.0, vae=bed.vae)
+    pos, neg = with_tiny_controlnet(bed.pos, bed.neg, bed.vae)
     head = call_node("LoadReadoutHead", head_name=tiny_head_name("pose"))["result"][0]
     pose_map = torch.zeros(1, 64, 64, 3)
     pose_map[:, 20:44, 10:54] = 1.0
