@@ -216,8 +216,9 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
     """A clone of model that samples with these targets (added to any guidance it already carries)."""
     import comfy.patcher_extension as pe
 
-    if not allow_relative and any(t.relative for t in targets):
-        raise ValueError("guidance: relative targets (drag, appearance, identity) need KSampler (Readout Guidance), "
+    relative = [t.label for t in targets if t.relative]
+    if not allow_relative and relative:
+        raise ValueError(f"guidance: relative targets ({', '.join(relative)}) need KSampler (Readout Guidance), "
                          "which samples their reference branch next to the edit")
     check_targets_fit(model, targets, options)
     guided = model.clone()

@@ -181,3 +181,11 @@ def test_needs_the_cond_branch_and_a_matching_conditioning(bed):
         bed.guided(guidance)
     hooked = [name for name, module in bed.model.model.diffusion_model.named_modules() if module._forward_hooks]
     assert not hooked, f"attention hooks left on the shared model after the error: {hooked[:3]}"
+
+
+def test_edits_relative_to_the_unguided_image_need_the_guided_sampler(bed):
+    with pytest.raises(ValueError, match="relative targets \\(self-guidance move_by 'cat'\\) need KSampler"):
+        call_node("ApplyReadoutGuidance", model=bed.model, guidance=bed.target("move_by"))
+    guided = call_node("ApplyReadoutGuidance", model=bed.model, guidance=bed.target("move_to", x=0.2, y=0.8))[0]
+    moved = call_node("KSampler", **{**bed.sampler_inputs(), "model": guided})[0]["samples"]
+    assert bed.centroid(moved)[0] < bed.centroid(bed.plain())[0], "move_to works through Apply Readout Guidance"
