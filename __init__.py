@@ -1,5 +1,5 @@
 """Readout Guidance for ComfyUI: registers the nodes and the `readout_heads` model folder."""
-from .readout.model_folder import register_readout_heads_folder
+from .readout.heads.model_folder import register_readout_heads_folder
 
 register_readout_heads_folder()
 

@@ -57,7 +57,7 @@ def build(model_name: str, device: str):
     import comfy.model_patcher
     import comfy.supported_models as sm
     from helpers_bench import call_node
-    from readout.tiny import TINY_CHECKPOINT, init_weights
+    from tiny.models import TINY_CHECKPOINT, init_weights
 
     if model_name == "tiny":
         model, clip = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CHECKPOINT)[:2]

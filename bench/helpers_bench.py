@@ -34,10 +34,10 @@ def random_head(model):
     from testbed import pack_dir_in
 
     base = pack_dir_in(comfyui_path()).replace(".", "_x_")
-    heads = importlib.import_module(f"{base}.readout.heads")
-    features = importlib.import_module(f"{base}.readout.features")
-    head_model = importlib.import_module(f"{base}.readout.head_model")
-    checkpoints = importlib.import_module(f"{base}.readout.checkpoints")
+    heads = importlib.import_module(f"{base}.readout.heads.architecture")
+    features = importlib.import_module(f"{base}.readout.heads.features")
+    head_model = importlib.import_module(f"{base}.readout.heads.head_model")
+    checkpoints = importlib.import_module(f"{base}.readout.heads.files")
     config = heads.HeadConfig(kind="depth", family=features.model_family(model),
                               dims=tuple(features.decoder_dims(model)), use_output_head=True)
     with torch.inference_mode(False):

@@ -1,7 +1,7 @@
 """Inputs shared by the nodes that sample with readout guidance."""
 from __future__ import annotations
 
-from ..readout.patch import COMPUTE_DTYPES, LOSS_BRANCHES, GuidanceOptions
+from ..readout.guidance.patch import COMPUTE_DTYPES, LOSS_BRANCHES, GuidanceOptions
 
 CATEGORY = "readout_guidance"
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import nodes as comfy_nodes
 
-from ..readout.guidance import OFFICIAL_WEIGHT
-from ..readout.loss_plot import plot_losses
-from ..readout.patch import apply_readout_guidance
-from ..readout.readouts import spatial_to_unit
-from ..readout.sampling import sample_guided
-from ..readout.targets import SpatialTarget, StepWindow
+from ..readout.guidance.rule import OFFICIAL_WEIGHT
+from ..readout.guidance.loss_plot import plot_losses
+from ..readout.guidance.patch import apply_readout_guidance
+from ..readout.heads.readouts import spatial_to_unit
+from ..readout.guidance.sampling import sample_guided
+from ..readout.targets.spatial import SpatialTarget, StepWindow
 from .common import CATEGORY, guidance_option_inputs, guidance_options
 
 WEIGHT_INPUT = ("FLOAT", {

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import folder_paths
 
-from ..readout.extract import extract_readout
-from ..readout.head_model import load_head_model
-from ..readout.heads import HEAD_KINDS
-from ..readout.model_folder import FOLDER_NAME
-from ..readout.readouts import render_readout
-from ..readout.unet_call import encode_empty_prompt
+from ..readout.heads.extract import extract_readout
+from ..readout.heads.head_model import load_head_model
+from ..readout.heads.architecture import HEAD_KINDS
+from ..readout.heads.model_folder import FOLDER_NAME
+from ..readout.heads.readouts import render_readout
+from ..readout.guidance.unet_call import encode_empty_prompt
 from .common import CATEGORY
 
 AUTO = "auto"

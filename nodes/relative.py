@@ -5,10 +5,10 @@ import comfy.samplers
 import comfy.utils
 import nodes as comfy_nodes
 
-from ..readout.inversion import invert_image
-from ..readout.points import check_inside, parse_drag_pairs
-from ..readout.relative_targets import AppearanceTarget, CorrespondenceTarget
-from ..readout.targets import StepWindow
+from ..readout.targets.inversion import invert_image
+from ..readout.targets.points import check_inside, parse_drag_pairs
+from ..readout.targets.relative import AppearanceTarget, CorrespondenceTarget
+from ..readout.targets.spatial import StepWindow
 from .common import CATEGORY
 from .guidance import END_INPUT, START_INPUT, WEIGHT_INPUT, chained
 

@@ -1,9 +1,9 @@
 """Self-Guidance: training-free targets on a prompt word's cross-attention, in the readout-guided sampler."""
 from __future__ import annotations
 
-from ..readout.prompt_tokens import clip_family, word_token_positions
-from ..readout.self_guidance import SELF_GUIDANCE_EDITS, SelfGuidanceTarget as Target
-from ..readout.targets import StepWindow
+from ..readout.targets.prompt_tokens import clip_family, word_token_positions
+from ..readout.targets.self_guidance import SELF_GUIDANCE_EDITS, SelfGuidanceTarget as Target
+from ..readout.targets.spatial import StepWindow
 from .common import CATEGORY
 from .guidance import END_INPUT, START_INPUT, WEIGHT_INPUT, chained
 

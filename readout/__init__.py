@@ -1,1 +1,1 @@
-"""Readout Guidance library: heads, features, targets, guidance rule and ComfyUI glue."""
+"""Readout Guidance library in four parts: heads/, guidance/, targets/, train/."""

@@ -127,7 +127,7 @@ def ensure_tiny_models(comfy_dir: str) -> None:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
-    from readout.tiny import write_tiny_models
+    from tiny.models import write_tiny_models
 
     for path in write_tiny_models(os.path.join(comfy_dir, "models")):
         log(f"wrote {path}")

@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from readout.tiny import TINY_CHECKPOINT, TINY_CONTROLNET, TINY_HEAD_KINDS, TINY_LORA, tiny_head_name  # noqa: E402
+from tiny.models import TINY_CHECKPOINT, TINY_CONTROLNET, TINY_HEAD_KINDS, TINY_LORA, tiny_head_name  # noqa: E402
 
 TINY_BY_INPUT = {"ckpt_name": TINY_CHECKPOINT, "control_net_name": TINY_CONTROLNET, "lora_name": TINY_LORA}
 HEAD_STAND_INS = {"identity": "appearance"}

@@ -18,7 +18,7 @@ import torch
 from comfy_server import ComfyServer, start_server, stop_server
 from testbed import comfyui_path, pack_dir_in
 
-from readout.tiny import TINY_CHECKPOINT as TINY_CKPT, TINY_CONTROLNET, TINY_LORA  # noqa: F401
+from tiny.models import TINY_CHECKPOINT as TINY_CKPT, TINY_CONTROLNET, TINY_LORA  # noqa: F401
 
 
 def node_class(name: str) -> type:

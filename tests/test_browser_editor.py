@@ -13,7 +13,7 @@ from PIL import Image
 
 from browser import graph_to_prompt, load_workflow, missing_node_types, open_editor, queue, run_js, screenshot, wait_js
 from comfy_server import PromptFailed
-from readout.tiny import TINY_SDXL_HEAD, tiny_head_name
+from tiny.models import TINY_SDXL_HEAD, tiny_head_name
 from testbed import REPO
 from tiny_names import fit_for_cpu
 from workflow_api import ui_to_api

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from readout import convert
-from readout.checkpoints import (
+from readout.heads import convert
+from readout.heads.files import (
     HeadFileError,
     HeadModelMismatch,
     build_head,

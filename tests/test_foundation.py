@@ -111,7 +111,7 @@ def test_setup_refuses_a_comfyui_path_that_is_not_comfyui(tmp_path):
 def test_tiny_models_are_deterministic_and_match_the_files(comfyui_dir):
     from safetensors import safe_open
 
-    from readout.tiny import build_taesd, tiny_lora_state_dict
+    from tiny.models import build_taesd, tiny_lora_state_dict
 
     lora_a, lora_b = tiny_lora_state_dict(), tiny_lora_state_dict()
     assert lora_a.keys() == lora_b.keys() and all(torch.equal(lora_a[k], lora_b[k]) for k in lora_a)
@@ -135,7 +135,7 @@ def test_readout_heads_folder_is_registered_and_keeps_extra_paths(tmp_path):
     paths = folder_paths.get_folder_paths("readout_heads")
     assert paths[0] == os.path.join(folder_paths.models_dir, "readout_heads")
     folder_paths.add_model_folder_path("readout_heads", str(tmp_path))
-    pack_module("readout.model_folder").register_readout_heads_folder()
+    pack_module("readout.heads.model_folder").register_readout_heads_folder()
     paths, extensions = folder_paths.folder_names_and_paths["readout_heads"]
     assert str(tmp_path) in paths and {".pt", ".safetensors"} <= extensions
     (tmp_path / "extra_head.safetensors").write_bytes(b"")

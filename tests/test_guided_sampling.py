@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import TINY_CKPT, TINY_LORA, call_node, pack_module, with_tiny_controlnet
-from readout.tiny import tiny_head_name
+from tiny.models import tiny_head_name
 
 STEPS = 8
 SDXL_DIMS = [1280] * 3 + [640] * 3 + [320] * 3
@@ -44,10 +44,10 @@ class Bed:
     def readout(self, samples: torch.Tensor, head=None) -> torch.Tensor:
         """The head's readout of a final latent, as ExtractReadout reads images (t = 0, empty prompt)."""
         with torch.inference_mode():
-            return pack_module("readout.extract").latent_readout(self.model, head or self.head, samples, self.neg, 0, 0)
+            return pack_module("readout.heads.extract").latent_readout(self.model, head or self.head, samples, self.neg, 0, 0)
 
     def target(self, weight: float = 1.0, end: float = 1.0, image=None, head=None, **extra):
-        unit = pack_module("readout.readouts").spatial_to_unit(self.target_map, self.head.config.control_range)
+        unit = pack_module("readout.heads.readouts").spatial_to_unit(self.target_map, self.head.config.control_range)
         image = unit.movedim(1, -1) if image is None else image
         return call_node("ReadoutTarget", head=head or self.head, weight=weight, start_percent=0.0, end_percent=end,
                          target_image=image, **extra)[0]
@@ -96,7 +96,7 @@ def test_apply_readout_guidance_with_ksampler_advanced_matches_the_guided_sample
 def test_two_chained_targets_each_with_its_own_head(bed):
     depth = call_node("LoadReadoutHead", head_name=tiny_head_name("depth"))["result"][0]
     depth_map = bed.readout(bed.ksampler(bed.model, seed=7), head=depth)
-    depth_image = pack_module("readout.readouts").spatial_to_unit(depth_map, depth.config.control_range).movedim(1, -1)
+    depth_image = pack_module("readout.heads.readouts").spatial_to_unit(depth_map, depth.config.control_range).movedim(1, -1)
     chain = call_node("ReadoutTarget", head=depth, weight=1.0, start_percent=0.0, end_percent=1.0,
                       target_image=depth_image, guidance=bed.target())[0]
     assert [t.head.config.kind for t in chain] == ["pose", "depth"]
@@ -131,7 +131,7 @@ def zero_gradient_head(head):
         module.output_head[-2].weight.zero_()
     patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
-    return pack_module("readout.head_model").HeadModel("zero_gradient.safetensors", head.config, patcher)
+    return pack_module("readout.heads.head_model").HeadModel("zero_gradient.safetensors", head.config, patcher)
 
 
 @pytest.mark.parametrize("branch", ["cond", "uncond"])
@@ -271,7 +271,7 @@ def test_model_is_clean_after_a_user_cancel(bed, monkeypatch):
 
 
 def test_target_of_another_size_and_aspect_is_resized(bed):
-    unit = pack_module("readout.readouts").spatial_to_unit(bed.target_map, bed.head.config.control_range)
+    unit = pack_module("readout.heads.readouts").spatial_to_unit(bed.target_map, bed.head.config.control_range)
     wide = F.interpolate(unit, size=(48, 112), mode="nearest").movedim(1, -1)
     guidance = bed.target(image=wide)
     assert_lowered(bed, guidance, bed.guided(guidance)[0], bed.ksampler(bed.model))
@@ -291,7 +291,7 @@ def test_nonfinite_gradient_skips_the_step_with_a_warning(bed, monkeypatch, capl
 def test_head_for_another_family_is_refused_at_the_sampler(bed, tmp_path, monkeypatch):
     import folder_paths
 
-    heads, checkpoints = pack_module("readout.heads"), pack_module("readout.checkpoints")
+    heads, checkpoints = pack_module("readout.heads.architecture"), pack_module("readout.heads.files")
     config = heads.HeadConfig(kind="pose", family="sdxl", dims=tuple(SDXL_DIMS), use_output_head=True)
     with torch.inference_mode(False):
         checkpoints.save_head_safetensors(str(tmp_path / "xl_pose.safetensors"), config, heads.ReadoutHead(config).state_dict())

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from readout.heads import HeadConfig, ReadoutHead
+from readout.heads.architecture import HeadConfig, ReadoutHead
 
 SD15_DIMS = (1280,) * 6 + (640,) * 3 + (320,) * 3
 SDXL_DIMS = (1280,) * 3 + (640,) * 3 + (320,) * 3

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from helpers import TINY_CKPT, call_node, pack_module
-from readout.tiny import tiny_head_name
+from tiny.models import tiny_head_name
 
 SD15_DIMS = [1280] * 6 + [640] * 3 + [320] * 3
 SDXL_DIMS = [1280] * 3 + [640] * 3 + [320] * 3
@@ -109,7 +109,7 @@ def extra_heads_dir(tmp_path):
 
 
 def write_random_head(path, kind: str, family: str, dims: list[int]) -> None:
-    checkpoints, heads = pack_module("readout.checkpoints"), pack_module("readout.heads")
+    checkpoints, heads = pack_module("readout.heads.files"), pack_module("readout.heads.architecture")
     config = heads.HeadConfig(kind=kind, family=family, dims=tuple(dims), use_output_head=True)
     with torch.inference_mode(False):
         state = heads.ReadoutHead(config).state_dict()

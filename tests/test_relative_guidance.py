@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import TINY_CKPT, call_node, pack_module
-from readout.tiny import tiny_head_name
+from tiny.models import tiny_head_name
 
 STEPS = 10
 POINTS = json.dumps([{"source": [16, 16], "target": [40, 40]}, {"source": [48, 20], "target": [30, 20]}])
@@ -41,7 +41,7 @@ class Bed:
 
     def readout(self, samples: torch.Tensor, head) -> torch.Tensor:
         with torch.inference_mode():
-            return pack_module("readout.extract").latent_readout(self.model, head, samples, self.neg, 0, 0)
+            return pack_module("readout.heads.extract").latent_readout(self.model, head, samples, self.neg, 0, 0)
 
     def relative_loss(self, target, edited: torch.Tensor, reference: torch.Tensor) -> float:
         return float(target.loss(self.readout(edited, target.head), self.readout(reference, target.head)).sum())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers import TINY_CKPT, call_node, pack_module, with_tiny_controlnet
-from readout.tiny import tiny_head_name
+from tiny.models import tiny_head_name
 
 PROMPT = "a red cat on a blue sofa"
 STEPS = 8
@@ -42,11 +42,11 @@ class Bed:
 
     def word_reading(self, samples: torch.Tensor, words: str = "cat") -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The word's cross-attention map and the decoder features on a final latent (t = 0, the prompt)."""
-        attention = pack_module("readout.attention")
-        extract = pack_module("readout.extract")
-        features = pack_module("readout.features")
-        unet_call = pack_module("readout.unet_call")
-        tokens = pack_module("readout.prompt_tokens").word_token_positions(self.clip, PROMPT, words)
+        attention = pack_module("readout.guidance.attention")
+        extract = pack_module("readout.heads.extract")
+        features = pack_module("readout.heads.features")
+        unet_call = pack_module("readout.guidance.unet_call")
+        tokens = pack_module("readout.targets.prompt_tokens").word_token_positions(self.clip, PROMPT, words)
         diffusion_model = self.model.model.diffusion_model
         with torch.inference_mode():
             x, sigma = extract.noised_latent(self.model, samples, 0, 0)
@@ -60,13 +60,13 @@ class Bed:
 
     def appearance(self, samples: torch.Tensor) -> torch.Tensor:
         maps, features = self.word_reading(samples)
-        return pack_module("readout.self_guidance").appearance(maps, features[-1])[0]
+        return pack_module("readout.targets.self_guidance").appearance(maps, features[-1])[0]
 
     def centroid(self, samples: torch.Tensor) -> torch.Tensor:
-        return pack_module("readout.self_guidance").centroid(self.word_map(samples))[0]
+        return pack_module("readout.targets.self_guidance").centroid(self.word_map(samples))[0]
 
     def size(self, samples: torch.Tensor) -> float:
-        return float(pack_module("readout.self_guidance").size(self.word_map(samples))[0])
+        return float(pack_module("readout.targets.self_guidance").size(self.word_map(samples))[0])
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def bed() -> Bed:
 
 
 def test_words_are_found_at_their_token_positions(bed):
-    find = pack_module("readout.prompt_tokens").word_token_positions
+    find = pack_module("readout.targets.prompt_tokens").word_token_positions
     assert find(bed.clip, PROMPT, "cat") == (3,), "start token, 'a', 'red', then 'cat'"
     assert find(bed.clip, PROMPT, "blue sofa") == (6, 7)
     with pytest.raises(ValueError, match="words: 'dog' is not in the prompt 'a red cat on a blue sofa'"):
@@ -162,7 +162,7 @@ def test_with_a_learned_spatial_target_and_controlnet(bed):
     edited = latent["samples"]
     plain = bed.plain(positive=pos, negative=neg)
     assert torch.isfinite(edited).all()
-    extract = pack_module("readout.extract")
+    extract = pack_module("readout.heads.extract")
     with torch.inference_mode():
         losses = [float(spatial[0].loss(extract.latent_readout(bed.model, head, s, bed.neg, 0, 0)).sum())
                   for s in (edited, plain)]

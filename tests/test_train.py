@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from helpers import TINY_CKPT, call_node, pack_module
-from readout.checkpoints import load_head_file, save_head_safetensors
+from readout.heads.files import load_head_file, save_head_safetensors
 from readout.train.data import DataError, PairDataset, SpatialDataset, TripletDataset
 from readout.train.frozen_unet import FrozenUNet
 from readout.train.loop import Trainer, TrainOptions, head_config, new_head
@@ -144,7 +144,7 @@ def test_guiding_with_the_trained_head_beats_an_untrained_one(checkpoint, depth_
         samples = {name: call_node("ReadoutGuidedKSampler", guidance=guidance, **sampler)[0]["samples"]
                    for name, guidance in targets.items()}
     samples["plain"] = call_node("KSampler", **sampler)[0]["samples"]
-    extract = pack_module("readout.extract")
+    extract = pack_module("readout.heads.extract")
     judge = targets["trained"][0]
     with torch.inference_mode():
         losses = {name: float(judge.loss(extract.latent_readout(model, trained, latent_samples, negative, 0, 0)))

@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from ..heads import HEAD_KINDS, SPATIAL_KINDS
+from ..heads.architecture import HEAD_KINDS, SPATIAL_KINDS
 from .data import DataError, PairDataset, SpatialDataset, TripletDataset
 from .distributed import close_workers, init_workers
 from .frozen_unet import FrozenUNet

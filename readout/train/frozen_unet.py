@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..features import capture_decoder_features, decoder_dims, head_embedding, model_family
-from ..heads import HeadConfig
-from ..unet_call import encode_empty_prompt, evaluate_unet
+from ..heads.features import capture_decoder_features, decoder_dims, head_embedding, model_family
+from ..heads.architecture import HeadConfig
+from ..guidance.unet_call import encode_empty_prompt, evaluate_unet
 
 
 @dataclass

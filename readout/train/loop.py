@@ -13,13 +13,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from ..checkpoints import save_head_safetensors
-from ..heads import SPATIAL_KINDS, HeadConfig, ReadoutHead
-from ..heads import DEFAULT_CONTROL_RANGES
+from ..heads.files import save_head_safetensors
+from ..heads.architecture import SPATIAL_KINDS, HeadConfig, ReadoutHead
+from ..heads.architecture import DEFAULT_CONTROL_RANGES
 from .data import DataError, PairExample, SpatialExample, TripletExample, collate
 from .distributed import Workers
 from .frozen_unet import FrozenUNet
-from ..targets import spatial_map_loss
+from ..targets.spatial import spatial_map_loss
 from .losses import APPEARANCE_MARGIN, CORRESPONDENCE_TEMPERATURE, correspondence_loss, triplet_loss
 
 STATE_SUFFIX = ".state.pt"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..relative_targets import sample_points
+from ..targets.relative import sample_points
 
 APPEARANCE_MARGIN = 0.5
 CORRESPONDENCE_TEMPERATURE = 0.1

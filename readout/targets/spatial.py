@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .head_model import HeadModel
+from ..heads.head_model import HeadModel
 
 
 @dataclass(frozen=True)

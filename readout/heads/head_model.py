@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .checkpoints import build_head, check_head_matches_model, load_head_file
+from .files import build_head, check_head_matches_model, load_head_file
 from .features import decoder_dims, model_family
-from .heads import FAMILY_LABELS, HeadConfig, ReadoutHead
+from .architecture import FAMILY_LABELS, HeadConfig, ReadoutHead
 
 
 @dataclass(frozen=True)

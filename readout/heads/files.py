@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .heads import (
+from .architecture import (
     FAMILY_LABELS,
     FAMILY_NUM_LAYERS,
     HEAD_KINDS,

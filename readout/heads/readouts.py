@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .heads import HeadConfig
+from .architecture import HeadConfig
 
 
 @dataclass(frozen=True)

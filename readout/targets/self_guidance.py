@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .reference import InvertedReference
-from .targets import StepWindow
+from .spatial import StepWindow
 
 SELF_GUIDANCE_EDITS = ("move_by", "move_to", "scale_size", "keep_shape", "keep_appearance")
 SHAPE_THRESHOLD = 0.5

@@ -1,11 +1,11 @@
-"""Convert an official readout head `.pt` to our `.safetensors`: `python -m readout.convert in.pt out.safetensors`."""
+"""Convert an official readout head `.pt` to our `.safetensors`: `python -m readout.heads.convert in.pt out.safetensors`."""
 from __future__ import annotations
 
 import argparse
 from typing import Sequence
 
-from .checkpoints import HeadFileError, load_head_file, save_head_safetensors
-from .heads import HEAD_KINDS
+from .files import HeadFileError, load_head_file, save_head_safetensors
+from .architecture import HEAD_KINDS
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .head_model import HeadModel
+from ..heads.head_model import HeadModel
 from .points import DragPair
 from .reference import InvertedReference
-from .targets import StepWindow, masked_mean, resize_map
+from .spatial import StepWindow, masked_mean, resize_map
 
 
 def _similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 from .features import capture_decoder_features, head_embedding
 from .head_model import HeadModel
 from .readouts import Readout
-from .unet_call import evaluate_unet
+from ..guidance.unet_call import evaluate_unet
 
 
 def noised_latent(model_patcher, latent: torch.Tensor, timestep: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,10 +15,10 @@ import torch
 
 from .attention import AttentionStore, capture_cross_attention
 from .batch_split import BatchSplit
-from .features import capture_decoder_features, head_embedding
+from ..heads.features import capture_decoder_features, head_embedding
 from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, with_skip_clone
-from .guidance import GuidanceRun
-from .reference import InvertedReference
+from .rule import GuidanceRun
+from ..targets.reference import InvertedReference
 
 PATCH_KEY = "readout_guidance"
 LOSS_BRANCHES = {"both": (0, 1), "cond": (0,), "uncond": (1,)}
@@ -244,7 +244,7 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
 
 def check_targets_fit(model, targets: tuple, options: GuidanceOptions) -> None:
     """Heads must read this model; self-guidance needs this model family's CLIP and the cond loss branch."""
-    from .features import model_family
+    from ..heads.features import model_family
 
     for target in targets:
         if target.head is not None:

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from .heads import DEFAULT_CONTROL_RANGES
+from readout.heads.architecture import DEFAULT_CONTROL_RANGES
 
 TINY_SEED = 1234
 TINY_CHECKPOINT = "readout_tiny_sd15.safetensors"
@@ -171,7 +171,7 @@ def tiny_head_name(kind: str, suffix: str = ".safetensors") -> str:
 
 def tiny_head_config(kind: str):
     """The config of a tiny readout head for the tiny UNet's decoder."""
-    from .heads import HeadConfig
+    from readout.heads.architecture import HeadConfig
 
     spatial = kind in DEFAULT_CONTROL_RANGES
     return HeadConfig(
@@ -183,7 +183,7 @@ def tiny_head_config(kind: str):
 
 def tiny_head_state_dict(kind: str, seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
     """Deterministic random weights for the tiny head of a kind."""
-    from .heads import ReadoutHead
+    from readout.heads.architecture import ReadoutHead
 
     head = ReadoutHead(tiny_head_config(kind))
     init_weights(head, seed + 10 + TINY_HEAD_KINDS.index(kind))
@@ -194,8 +194,8 @@ def tiny_head_state_dict(kind: str, seed: int = TINY_SEED) -> dict[str, torch.Te
 
 
 def _sdxl_head_file(path: str) -> None:
-    from .checkpoints import save_head_safetensors
-    from .heads import HeadConfig, ReadoutHead
+    from readout.heads.files import save_head_safetensors
+    from readout.heads.architecture import HeadConfig, ReadoutHead
 
     config = HeadConfig(kind="pose", family="sdxl", dims=SDXL_DECODER_DIMS, projection_dim=128, use_output_head=True,
                         control_range=DEFAULT_CONTROL_RANGES["pose"], sparse_loss=True)
@@ -236,13 +236,13 @@ def _tensors_file(make: Callable[[], dict[str, torch.Tensor]]) -> Callable[[str]
     def write(path: str) -> None:
         from safetensors.torch import save_file
 
-        save_file(make(), path, metadata={"generator": "readout.tiny", "seed": str(TINY_SEED), "version": TINY_VERSION})
+        save_file(make(), path, metadata={"generator": "tiny.models", "seed": str(TINY_SEED), "version": TINY_VERSION})
     return write
 
 
 def _head_file(kind: str, official: bool) -> Callable[[str], None]:
     def write(path: str) -> None:
-        from .checkpoints import save_head_safetensors
+        from readout.heads.files import save_head_safetensors
 
         config, state_dict = tiny_head_config(kind), tiny_head_state_dict(kind)
         if official:
@@ -273,7 +273,7 @@ def _is_current(path: str) -> bool:
 
     with safe_open(path, framework="pt") as handle:
         metadata = handle.metadata() or {}
-    return metadata.get("generator") != "readout.tiny" or metadata.get("version") == TINY_VERSION
+    return metadata.get("generator") != "tiny.models" or metadata.get("version") == TINY_VERSION
 
 
 def write_tiny_models(models_dir: str, force: bool = False) -> list[str]:

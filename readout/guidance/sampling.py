@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .patch import GuidanceOptions, ReadoutGuidancePatch, apply_readout_guidance
-from .reference import InvertedReference
+from ..targets.reference import InvertedReference
 
 
 @dataclass
