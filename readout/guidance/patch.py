@@ -22,6 +22,11 @@ from ..targets.reference import InvertedReference
 
 PATCH_KEY = "readout_guidance"
 LOSS_BRANCHES = {"both": (0, 1), "cond": (0,), "uncond": (1,)}
+AREA_ONLY_ERROR = (
+    "ConditioningSetArea: readout guidance reads the UNet call on the whole latent, but every prompt of its loss "
+    "branch ({branch}) is restricted to an area; combine the area prompt with a whole-image prompt "
+    "(ConditioningCombine), or set loss_branch of KSampler (Readout Guidance) / Apply Readout Guidance to a branch "
+    "whose prompt covers the whole image")
 COMPUTE_DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -47,6 +52,7 @@ class _Evaluation:
     grads: dict[int, torch.Tensor] = field(default_factory=dict)
     losses: dict[int, torch.Tensor] = field(default_factory=dict)
     sigma: float = 0.0
+    skipped_crop: bool = False
 
     def add(self, index: int, grad: torch.Tensor, loss: torch.Tensor) -> None:
         self.grads[index] = grad if index not in self.grads else self.grads[index] + grad
@@ -74,6 +80,7 @@ class ReadoutGuidancePatch:
         self.options = options
         self.branch_split: int | None = None
         self.reference: InvertedReference | None = None
+        self.latent_size: tuple[int, int] | None = None
         self.run = GuidanceRun.fresh(len(targets))
         self.last_run = self.run
         self._evaluation = _Evaluation()
@@ -83,6 +90,8 @@ class ReadoutGuidancePatch:
 
     def outer_sample_wrapper(self, executor, *args, **kwargs):
         """Open a fresh run around one sampling, and close it even on error or cancel."""
+        noise = args[0] if args else kwargs["noise"]
+        self.latent_size = tuple(noise.shape[-2:])
         self.run = GuidanceRun.fresh(len(self.targets))
         self._evaluation = _Evaluation()
         try:
@@ -111,12 +120,16 @@ class ReadoutGuidancePatch:
     def apply_model_wrapper(self, executor, x, t, c_concat=None, c_crossattn=None, control=None,
                             transformer_options={}, **kwargs):
         """Run the sampler's UNet call, with grad for the loss branch, and collect each active target's gradient
-        w.r.t. x; chunks outside the loss branch run without autograd."""
+        w.r.t. x; chunks outside the loss branch, and calls on an area of the latent (ConditioningSetArea), run
+        without autograd: the targets read the whole latent."""
         base = executor.class_obj
         sigma = float(t[0])
         active = self._active_targets(base.model_sampling, sigma)
         cond_or_uncond = transformer_options.get("cond_or_uncond", [])
         grad_chunks = self._loss_chunks(cond_or_uncond, x.shape[0]) if active else ()
+        if grad_chunks and self.latent_size not in (None, tuple(x.shape[-2:])):
+            self._evaluation.skipped_crop = True
+            grad_chunks = ()
         if not grad_chunks:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         self._evaluation.sigma = sigma
@@ -195,6 +208,8 @@ class ReadoutGuidancePatch:
         denoised = args["denoised"]
         evaluation, self._evaluation = self._evaluation, _Evaluation()
         if not evaluation.grads:
+            if evaluation.skipped_crop:
+                raise ValueError(AREA_ONLY_ERROR.format(branch=self.options.loss_branch))
             return denoised
         for index, grad in evaluation.grads.items():
             self.run.record_loss(index, evaluation.sigma, evaluation.losses[index])
