@@ -81,6 +81,7 @@ class ReadoutGuidancePatch:
         self.branch_split: int | None = None
         self.reference: InvertedReference | None = None
         self.latent_size: tuple[int, int] | None = None
+        self.cond_names: dict = {}
         self.run = GuidanceRun.fresh(len(targets))
         self.last_run = self.run
         self._evaluation = _Evaluation()
@@ -92,6 +93,9 @@ class ReadoutGuidancePatch:
         """Open a fresh run around one sampling, and close it even on error or cancel."""
         noise = args[0] if args else kwargs["noise"]
         self.latent_size = tuple(noise.shape[-2:])
+        conds = getattr(getattr(executor, "class_obj", None), "conds", None) or {}
+        self.cond_names = {c["uuid"]: name for name, group in conds.items() for c in group or ()
+                           if isinstance(c, dict) and "uuid" in c}
         self.run = GuidanceRun.fresh(len(self.targets))
         self._evaluation = _Evaluation()
         try:
@@ -107,6 +111,15 @@ class ReadoutGuidancePatch:
                                  model_sampling.percent_to_sigma(t.window.start_percent)) for t in self.targets]
         return [index for index, (target, (low, high)) in enumerate(zip(self.targets, self.run.windows))
                 if target.weight != 0.0 and target.active and low <= sigma <= high]
+
+    def _roles(self, transformer_options: dict) -> list[int]:
+        """Each chunk's role, 0 for the guider's positive prompt and 1 for any other: by the chunk's cond uuid when
+        the guider names its conds (DualCFGGuider batches its negative first), else ComfyUI's cond_or_uncond."""
+        roles = transformer_options.get("cond_or_uncond", [])
+        uuids = transformer_options.get("uuids", [])
+        if self.cond_names and len(uuids) == len(roles) and all(u in self.cond_names for u in uuids):
+            return [0 if self.cond_names[u] == "positive" else 1 for u in uuids]
+        return list(roles)
 
     def _loss_chunks(self, cond_or_uncond: list[int], batch: int) -> tuple[int, ...]:
         """Positions of the CFG chunks whose readout feeds the loss (none when the batch is not understood)."""
@@ -126,7 +139,7 @@ class ReadoutGuidancePatch:
         sigma = float(t[0])
         active = self._active_targets(base.model_sampling, sigma)
         cond_or_uncond = transformer_options.get("cond_or_uncond", [])
-        grad_chunks = self._loss_chunks(cond_or_uncond, x.shape[0]) if active else ()
+        grad_chunks = self._loss_chunks(self._roles(transformer_options), x.shape[0]) if active else ()
         if grad_chunks and self.latent_size not in (None, tuple(x.shape[-2:])):
             self._evaluation.skipped_crop = True
             grad_chunks = ()
