@@ -81,7 +81,7 @@ class ReadoutGuidancePatch:
         self.branch_split: int | None = None
         self.reference: InvertedReference | None = None
         self.latent_size: tuple[int, int] | None = None
-        self.cond_names: dict = {}
+        self.cond_names: dict[object, str] = {}
         self.run = GuidanceRun.fresh(len(targets))
         self.last_run = self.run
         self._evaluation = _Evaluation()
@@ -103,6 +103,7 @@ class ReadoutGuidancePatch:
         finally:
             self.last_run = self.run
             self._evaluation = _Evaluation()
+            self.latent_size, self.cond_names = None, {}
             self.run.warn_skipped([t.label for t in self.targets])
 
     def _active_targets(self, model_sampling, sigma: float) -> list[int]:
