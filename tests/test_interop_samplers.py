@@ -1,7 +1,8 @@
 """Readout guidance next to the samplers, guiders, conditioning and weight dtypes users chain, on the real nodes.
 
 Every case samples one graph four ways: without our nodes, with a weight-0 target (must be bit-identical),
-with a target (its loss must drop) and without the other element (which must change the output)."""
+with a target (its loss must drop) and without the other element (which must change the output; weight dtypes:
+the UNet must be stored in that dtype); the shared model must be as before."""
 from __future__ import annotations
 
 from dataclasses import dataclass
