@@ -172,7 +172,7 @@ def assert_lowered(bed: SpatialBed, guidance, samples: torch.Tensor, plain: torc
 
 def model_state(model) -> dict:
     """What a guided run could leave behind on the shared model: hooks, instance forwards, weight/bias
-    functions, parameter objects and values, and the patcher's post-CFG functions and wrappers."""
+    functions, parameter objects and values, and the patcher's post-CFG functions, wrappers and patches."""
     modules = {}
     for name, module in model.model.diffusion_model.named_modules():
         modules[name] = (
@@ -182,8 +182,10 @@ def model_state(model) -> dict:
         )
     with torch.no_grad():
         sums = [float(p.double().sum()) for p in model.model.diffusion_model.parameters()]
+    patches = model.model_options.get("transformer_options", {}).get("patches", {})
     return {"modules": modules, "post_cfg": list(model.model_options.get("sampler_post_cfg_function", [])),
-            "wrappers": {k: dict(v) for k, v in model.wrappers.items() if v}, "weight_sums": sums}
+            "wrappers": {k: dict(v) for k, v in model.wrappers.items() if v}, "weight_sums": sums,
+            "patches": {k: list(v) for k, v in patches.items()}, "object_patches": dict(model.object_patches)}
 
 
 def assert_model_untouched(model, before: dict) -> None:
@@ -192,3 +194,4 @@ def assert_model_untouched(model, before: dict) -> None:
     assert not changed, f"left on the shared model: {changed[:5]}"
     assert after["post_cfg"] == before["post_cfg"] == [] and after["wrappers"] == before["wrappers"] == {}
     assert after["weight_sums"] == before["weight_sums"], "the shared model's weights changed"
+    assert (after["patches"], after["object_patches"]) == (before["patches"], before["object_patches"])
