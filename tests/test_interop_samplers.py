@@ -202,6 +202,8 @@ def test_one_target_map_per_latent(bed):
     assert (own < straight[0].loss(readouts(bed, crossed))).all(), "a latent followed the other latent's map"
     with pytest.raises(ValueError, match=r"target_image: 3 maps for a batch of 2 latents; connect one map .* \(2\)"):
         bed.guided(bed.target(image=bed.unit_map(torch.cat([maps, maps[:1]]))), latent=latent)
+    with pytest.raises(ValueError, match=r"mask: 3 maps for a batch of 2 latents"):
+        bed.guided(bed.target(image=bed.unit_map(maps), mask=torch.ones(3, 64, 64)), latent=latent)
 
 
 def test_dual_cfg_guider_loss_reads_cond1(bed, monkeypatch):
