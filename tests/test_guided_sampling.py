@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import TINY_CKPT, TINY_LORA, call_node, pack_module, with_tiny_controlnet
+from helpers import (TINY_CKPT, TINY_LORA, assert_model_untouched, call_node, model_state, pack_module,
+                     with_tiny_controlnet)
 from tiny.models import tiny_head_name
 
 STEPS = 8
@@ -197,27 +198,6 @@ def test_options_branch_checkpointing_and_dtype(bed):
     assert not torch.equal(cond_only, uncond_only)
     for samples in (cond_only, uncond_only, bed.guided(guidance, compute_dtype="bfloat16")[0]):
         assert_lowered(bed, guidance, samples, plain)
-
-
-def model_state(model) -> dict:
-    """What a guided run could leave behind on the shared model: hooks, instance forwards, weight/bias
-    functions, parameter objects, and the patcher's post-CFG functions and wrappers."""
-    modules = {}
-    for name, module in model.model.diffusion_model.named_modules():
-        modules[name] = (
-            len(module._forward_hooks), "forward" in module.__dict__,
-            tuple(module.__dict__.get("weight_function", ())), tuple(module.__dict__.get("bias_function", ())),
-            tuple(id(p) for p in module.parameters(recurse=False)),
-        )
-    return {"modules": modules, "post_cfg": list(model.model_options.get("sampler_post_cfg_function", [])),
-            "wrappers": {k: dict(v) for k, v in model.wrappers.items() if v}}
-
-
-def assert_model_untouched(model, before: dict) -> None:
-    after = model_state(model)
-    changed = [name for name in before["modules"] if before["modules"][name] != after["modules"].get(name)]
-    assert not changed, f"left on the shared model: {changed[:5]}"
-    assert after["post_cfg"] == before["post_cfg"] == [] and after["wrappers"] == before["wrappers"] == {}
 
 
 def fresh_plain(bed) -> torch.Tensor:

@@ -4,6 +4,10 @@ Per model evaluation: the APPLY_MODEL wrapper runs the sampler's own UNet call w
 decoder features, runs each active target's head and loss, and backpropagates to x; the post-CFG
 function turns the gradients into the correction of `denoised`. The OUTER_SAMPLE wrapper opens and
 closes a run. Hooks, weight functions and checkpointing exist only inside the grad pass (`finally`).
+
+Only the sampler's own model evaluation is guided: the first calc_cond_batch of each predict_noise. Extra UNet
+calls that other patches make in the same step (SAG's and PAG's post-CFG passes) run as they would without
+guidance: no grad, no gradient added, not counted as a guided evaluation.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch
 
 from .attention import AttentionStore, capture_cross_attention
 from .batch_split import BatchSplit
+from .compatibility import check_compatible
 from ..heads.features import capture_decoder_features, head_embedding
 from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, with_skip_clone
 from .rule import GuidanceRun
@@ -77,12 +82,15 @@ class ReadoutGuidancePatch:
         self.run = GuidanceRun.fresh(len(targets))
         self.last_run = self.run
         self._evaluation = _Evaluation()
+        self._evaluation_open = False
+        self._guiding = False
 
     def __deepcopy__(self, memo: dict) -> ReadoutGuidancePatch:
         return self
 
     def outer_sample_wrapper(self, executor, *args, **kwargs):
         """Open a fresh run around one sampling, and close it even on error or cancel."""
+        check_compatible(executor.class_obj.model_options)
         self.run = GuidanceRun.fresh(len(self.targets))
         self._evaluation = _Evaluation()
         try:
@@ -91,6 +99,22 @@ class ReadoutGuidancePatch:
             self.last_run = self.run
             self._evaluation = _Evaluation()
             self.run.warn_skipped([t.label for t in self.targets])
+
+    def predict_noise_wrapper(self, executor, *args, **kwargs):
+        """One model evaluation of the sampler: its first calc_cond_batch is the one to guide."""
+        self._evaluation_open = True
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self._evaluation_open = False
+
+    def calc_cond_batch_wrapper(self, executor, *args, **kwargs):
+        """Guide the UNet calls of the evaluation's main calc_cond_batch; later ones in the step run unguided."""
+        self._guiding, self._evaluation_open = self._evaluation_open, False
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self._guiding = False
 
     def _active_targets(self, model_sampling, sigma: float) -> list[int]:
         if self.run.windows is None:
@@ -114,7 +138,7 @@ class ReadoutGuidancePatch:
         w.r.t. x; chunks outside the loss branch run without autograd."""
         base = executor.class_obj
         sigma = float(t[0])
-        active = self._active_targets(base.model_sampling, sigma)
+        active = self._active_targets(base.model_sampling, sigma) if self._guiding else []
         cond_or_uncond = transformer_options.get("cond_or_uncond", [])
         grad_chunks = self._loss_chunks(cond_or_uncond, x.shape[0]) if active else ()
         if not grad_chunks:
@@ -220,6 +244,7 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
     if not allow_relative and relative:
         raise ValueError(f"guidance: relative targets ({', '.join(relative)}) need KSampler (Readout Guidance), "
                          "which samples their reference branch next to the edit")
+    check_compatible(model.model_options)
     check_targets_fit(model, targets, options)
     guided = model.clone()
     previous = find_patch(guided)
@@ -230,10 +255,15 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
             if getattr(fn, "__self__", None) is not previous
         ]
     patch = ReadoutGuidancePatch(tuple(targets), options)
-    guided.remove_wrappers_with_key(pe.WrappersMP.APPLY_MODEL, PATCH_KEY)
-    guided.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, PATCH_KEY)
-    guided.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, PATCH_KEY, patch.apply_model_wrapper)
-    guided.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, PATCH_KEY, patch.outer_sample_wrapper)
+    wrappers = {
+        pe.WrappersMP.OUTER_SAMPLE: patch.outer_sample_wrapper,
+        pe.WrappersMP.PREDICT_NOISE: patch.predict_noise_wrapper,
+        pe.WrappersMP.CALC_COND_BATCH: patch.calc_cond_batch_wrapper,
+        pe.WrappersMP.APPLY_MODEL: patch.apply_model_wrapper,
+    }
+    for kind, wrapper in wrappers.items():
+        guided.remove_wrappers_with_key(kind, PATCH_KEY)
+        guided.add_wrapper_with_key(kind, PATCH_KEY, wrapper)
     guided.set_model_sampler_post_cfg_function(patch.post_cfg_function)
     heads = {id(t.head.patcher): t.head.patcher for t in patch.targets if t.head is not None}
     guided.set_additional_models(PATCH_KEY, list(heads.values()))
