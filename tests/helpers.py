@@ -138,7 +138,8 @@ def assert_model_untouched(model, before: dict) -> None:
     """The MODEL is as `model_state` saw it before the run."""
     after = model_state(model)
     changed = [name for name in before["modules"] if before["modules"][name] != after["modules"].get(name)]
-    assert not changed, f"left on the shared model: {changed[:5]}"
+    assert not changed, (f"left on the shared model: {changed[:5]}; first: {before['modules'][changed[0]]} -> "
+                         f"{after['modules'].get(changed[0])}" if changed else "")
     for key in ("post_cfg", "wrappers", "patches"):
         assert after[key] == before[key], f"the model's {key} changed"
 

@@ -179,6 +179,8 @@ def assert_patch_acts(bed, case: Case, plain: torch.Tensor, unpatched: torch.Ten
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_spatial_guidance_next_to(bed, case, monkeypatch, loss_histories):
+    """The model state is compared before the loss readouts: they run the bare model, which makes ComfyUI take the
+    patched weights (LoRA) off the shared module."""
     unpatched = bed.plain(bed.model, case, patched=False)
     patched = case.patch(bed, bed.model)
     plain = bed.plain(patched, case, patched=True)
@@ -189,14 +191,14 @@ def test_spatial_guidance_next_to(bed, case, monkeypatch, loss_histories):
     head_calls = count_calls(monkeypatch, bed.head.module)
     guided = bed.guided(patched, guidance, case)[0]
     monkeypatch.undo()
+    assert_model_untouched(patched, model_before)
+    assert_model_untouched(bed.model, base_before)
     assert torch.isfinite(guided).all()
     guided_loss, plain_loss = bed.spatial_loss(guidance, guided), bed.spatial_loss(guidance, plain)
     print(f"{case.name}: loss guided {guided_loss:.4f}, unguided {plain_loss:.4f}")
     assert guided_loss < 0.95 * plain_loss
     assert len(head_calls) == len(loss_histories[-1][0]) == STEPS, "one guided evaluation per euler step, no more"
     assert_patch_acts(bed, case, plain, unpatched, calls_before)
-    assert_model_untouched(patched, model_before)
-    assert_model_untouched(bed.model, base_before)
 
 
 @pytest.mark.parametrize("case", TWO_PASS_CASES, ids=lambda case: case.name)
@@ -212,6 +214,7 @@ def test_self_guidance_and_drag_next_to(bed, case):
                          dx=0.0, dy=0.0, x=0.2, y=0.8, size_factor=1.0, start_percent=0.0, end_percent=1.0,
                          guidance=drag)[0]
     edited, reference = bed.guided(patched, guidance, case)
+    assert_model_untouched(patched, before)
     assert torch.isfinite(edited).all()
     moved, start = bed.centroid(edited), bed.centroid(reference)
     drag_losses = bed.drag_loss(drag[0], edited, reference), bed.drag_loss(drag[0], reference, reference)
@@ -219,7 +222,6 @@ def test_self_guidance_and_drag_next_to(bed, case):
           f"drag loss guided {drag_losses[0]:.4f}, unguided {drag_losses[1]:.4f}")
     assert (moved - goal).abs().sum() < 0.95 * (start - goal).abs().sum()
     assert drag_losses[0] < 0.9 * drag_losses[1]
-    assert_model_untouched(patched, before)
 
 
 def test_sag_records_its_attention_inside_the_guided_pass(bed):

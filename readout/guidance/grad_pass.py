@@ -141,7 +141,7 @@ def _autograd_safe_patch(patch):
     return run
 
 
-def with_skip_clone(transformer_options: dict) -> dict:
+def grad_pass_options(transformer_options: dict) -> dict:
     """A copy of transformer_options for the grad pass only: each skip tensor cloned (ControlNet adds into it in
     place) and every block patch made autograd-safe."""
     options = dict(transformer_options)

@@ -21,7 +21,7 @@ from .attention import AttentionStore, capture_cross_attention
 from .batch_split import BatchSplit
 from .compatibility import check_compatible
 from ..heads.features import capture_decoder_features, head_embedding
-from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, with_skip_clone
+from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, grad_pass_options
 from .rule import GuidanceRun
 from ..targets.reference import InvertedReference
 
@@ -176,7 +176,7 @@ class ReadoutGuidancePatch:
             attention = stack.enter_context(capture_cross_attention(diffusion_model, tokens)) if tokens else None
             with autocast:
                 out = executor(x_grad, t_copy, c_concat, c_crossattn, control,
-                               with_skip_clone(transformer_options), **kwargs)
+                               grad_pass_options(transformer_options), **kwargs)
             readings = Readings(store.complete(), attention, tuple(x.shape[-2:]),
                                 base.model_sampling.timestep(t_copy).float())
             for order, index in enumerate(active):
