@@ -18,8 +18,8 @@ import torch
 from comfy_server import ComfyServer, start_server, stop_server
 from testbed import comfyui_path, pack_dir_in
 
-from tiny.models import (TINY_CHECKPOINT as TINY_CKPT, TINY_CONTROLNET, TINY_LORA, TINY_T2I_ADAPTER,  # noqa: F401
-                         tiny_head_name)
+from tiny.models import (TINY_CHECKPOINT as TINY_CKPT, TINY_CONTROLNET, TINY_LORA, TINY_MIDDLE_UNET,  # noqa: F401
+                         TINY_T2I_ADAPTER, tiny_head_name)
 
 STEPS = 8
 
@@ -171,27 +171,47 @@ def assert_lowered(bed: SpatialBed, guidance, samples: torch.Tensor, plain: torc
 
 
 def model_state(model) -> dict:
-    """What a guided run could leave behind on the shared model: hooks, instance forwards, weight/bias
-    functions, parameter objects and values, and the patcher's post-CFG functions, wrappers and patches."""
+    """What a guided run could leave behind on a user's MODEL: module hooks, instance forwards, weight/bias functions,
+    parameters (an autograd-safe alias is not an inference tensor) and the patcher's post-CFG functions, wrappers and
+    transformer and object patches. Parameter objects themselves may change: ComfyUI re-patches LoRA weights into new ones."""
     modules = {}
     for name, module in model.model.diffusion_model.named_modules():
         modules[name] = (
-            len(module._forward_hooks), "forward" in module.__dict__,
+            len(module._forward_hooks), len(module._forward_pre_hooks), "forward" in module.__dict__,
             tuple(module.__dict__.get("weight_function", ())), tuple(module.__dict__.get("bias_function", ())),
-            tuple(id(p) for p in module.parameters(recurse=False)),
+            tuple((p.is_inference(), p.dtype, float(p.detach().float().sum()))
+                  for p in module.parameters(recurse=False)),
         )
-    with torch.no_grad():
-        sums = [float(p.double().sum()) for p in model.model.diffusion_model.parameters()]
-    patches = model.model_options.get("transformer_options", {}).get("patches", {})
+    transformer_options = model.model_options.get("transformer_options", {})
+    patches = {kind: {key: list(value) if isinstance(value, list) else dict(value) for key, value in
+                      transformer_options.get(kind, {}).items()} for kind in ("patches", "patches_replace")}
     return {"modules": modules, "post_cfg": list(model.model_options.get("sampler_post_cfg_function", [])),
-            "wrappers": {k: dict(v) for k, v in model.wrappers.items() if v}, "weight_sums": sums,
-            "patches": {k: list(v) for k, v in patches.items()}, "object_patches": dict(model.object_patches)}
+            "wrappers": {k: dict(v) for k, v in model.wrappers.items() if v}, "patches": patches,
+            "object_patches": dict(model.object_patches)}
 
 
 def assert_model_untouched(model, before: dict) -> None:
+    """The MODEL is as `model_state` saw it before the run."""
     after = model_state(model)
     changed = [name for name in before["modules"] if before["modules"][name] != after["modules"].get(name)]
-    assert not changed, f"left on the shared model: {changed[:5]}"
-    assert after["post_cfg"] == before["post_cfg"] == [] and after["wrappers"] == before["wrappers"] == {}
-    assert after["weight_sums"] == before["weight_sums"], "the shared model's weights changed"
-    assert (after["patches"], after["object_patches"]) == (before["patches"], before["object_patches"])
+    assert not changed, (f"left on the shared model: {changed[:5]}; first: {before['modules'][changed[0]]} -> "
+                         f"{after['modules'].get(changed[0])}" if changed else "")
+    for key in ("post_cfg", "wrappers", "patches", "object_patches"):
+        assert after[key] == before[key], f"the model's {key} changed"
+
+
+def word_reading(model, clip, prompt: str, positive, samples: torch.Tensor,
+                 words: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A prompt word's cross-attention map and the decoder features on a final latent (t = 0, the prompt)."""
+    attention = pack_module("readout.guidance.attention")
+    extract = pack_module("readout.heads.extract")
+    features = pack_module("readout.heads.features")
+    unet_call = pack_module("readout.guidance.unet_call")
+    tokens = pack_module("readout.targets.prompt_tokens").word_token_positions(clip, prompt, words)
+    diffusion_model = model.model.diffusion_model
+    with torch.inference_mode():
+        x, sigma = extract.noised_latent(model, samples, 0, 0)
+        with attention.capture_cross_attention(diffusion_model, list(tokens)) as store, \
+                features.capture_decoder_features(diffusion_model) as feature_store:
+            unet_call.evaluate_unet(model, x, sigma.expand(x.shape[0]), positive)
+            return store.word_maps(tokens, *samples.shape[-2:]).float(), feature_store.complete()

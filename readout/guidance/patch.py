@@ -4,6 +4,10 @@ Per model evaluation: the APPLY_MODEL wrapper runs the sampler's own UNet call w
 decoder features, runs each active target's head and loss, and backpropagates to x; the post-CFG
 function turns the gradients into the correction of `denoised`. The OUTER_SAMPLE wrapper opens and
 closes a run. Hooks, weight functions and checkpointing exist only inside the grad pass (`finally`).
+
+Only the sampler's own model evaluation is guided: the first calc_cond_batch of each predict_noise. Extra UNet
+calls that other patches make in the same step (SAG's and PAG's post-CFG passes) run as they would without
+guidance: no grad, no gradient added, not counted as a guided evaluation.
 """
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ import torch
 
 from .attention import AttentionStore, capture_cross_attention
 from .batch_split import BatchSplit
+from .compatibility import check_compatible
 from ..heads.features import capture_decoder_features, head_embedding
-from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, with_skip_clone
+from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, grad_pass_options
 from .rule import GuidanceRun
 from ..targets.reference import InvertedReference
 
@@ -85,6 +90,8 @@ class ReadoutGuidancePatch:
         self.run = GuidanceRun.fresh(len(targets))
         self.last_run = self.run
         self._evaluation = _Evaluation()
+        self._evaluation_open = False
+        self._guiding = False
 
     def __deepcopy__(self, memo: dict) -> ReadoutGuidancePatch:
         return self
@@ -96,6 +103,7 @@ class ReadoutGuidancePatch:
         conds = getattr(getattr(executor, "class_obj", None), "conds", None) or {}
         self.cond_names = {c["uuid"]: name for name, group in conds.items() for c in group or ()
                            if isinstance(c, dict) and "uuid" in c}
+        check_compatible(executor.class_obj.model_options)
         self.run = GuidanceRun.fresh(len(self.targets))
         self._evaluation = _Evaluation()
         try:
@@ -105,6 +113,22 @@ class ReadoutGuidancePatch:
             self._evaluation = _Evaluation()
             self.latent_size, self.cond_names = None, {}
             self.run.warn_skipped([t.label for t in self.targets])
+
+    def predict_noise_wrapper(self, executor, *args, **kwargs):
+        """One model evaluation of the sampler: its first calc_cond_batch is the one to guide."""
+        self._evaluation_open = True
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self._evaluation_open = False
+
+    def calc_cond_batch_wrapper(self, executor, *args, **kwargs):
+        """Guide the UNet calls of the evaluation's main calc_cond_batch; later ones in the step run unguided."""
+        self._guiding, self._evaluation_open = self._evaluation_open, False
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self._guiding = False
 
     def _active_targets(self, model_sampling, sigma: float) -> list[int]:
         if self.run.windows is None:
@@ -138,7 +162,7 @@ class ReadoutGuidancePatch:
         without autograd: the targets read the whole latent."""
         base = executor.class_obj
         sigma = float(t[0])
-        active = self._active_targets(base.model_sampling, sigma)
+        active = self._active_targets(base.model_sampling, sigma) if self._guiding else []
         cond_or_uncond = transformer_options.get("cond_or_uncond", [])
         grad_chunks = self._loss_chunks(self._roles(transformer_options), x.shape[0]) if active else ()
         if grad_chunks and self.latent_size not in (None, tuple(x.shape[-2:])):
@@ -179,7 +203,7 @@ class ReadoutGuidancePatch:
             attention = stack.enter_context(capture_cross_attention(diffusion_model, tokens)) if tokens else None
             with autocast:
                 out = executor(x_grad, t_copy, c_concat, c_crossattn, control,
-                               with_skip_clone(transformer_options), **kwargs)
+                               grad_pass_options(transformer_options), **kwargs)
             readings = Readings(store.complete(), attention, tuple(x.shape[-2:]),
                                 base.model_sampling.timestep(t_copy).float())
             for order, index in enumerate(active):
@@ -249,6 +273,7 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
     if not allow_relative and relative:
         raise ValueError(f"guidance: relative targets ({', '.join(relative)}) need KSampler (Readout Guidance), "
                          "which samples their reference branch next to the edit")
+    check_compatible(model.model_options)
     check_targets_fit(model, targets, options)
     guided = model.clone()
     previous = find_patch(guided)
@@ -259,10 +284,15 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
             if getattr(fn, "__self__", None) is not previous
         ]
     patch = ReadoutGuidancePatch(tuple(targets), options)
-    guided.remove_wrappers_with_key(pe.WrappersMP.APPLY_MODEL, PATCH_KEY)
-    guided.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, PATCH_KEY)
-    guided.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, PATCH_KEY, patch.apply_model_wrapper)
-    guided.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, PATCH_KEY, patch.outer_sample_wrapper)
+    wrappers = {
+        pe.WrappersMP.OUTER_SAMPLE: patch.outer_sample_wrapper,
+        pe.WrappersMP.PREDICT_NOISE: patch.predict_noise_wrapper,
+        pe.WrappersMP.CALC_COND_BATCH: patch.calc_cond_batch_wrapper,
+        pe.WrappersMP.APPLY_MODEL: patch.apply_model_wrapper,
+    }
+    for kind, wrapper in wrappers.items():
+        guided.remove_wrappers_with_key(kind, PATCH_KEY)
+        guided.add_wrapper_with_key(kind, PATCH_KEY, wrapper)
     guided.set_model_sampler_post_cfg_function(patch.post_cfg_function)
     heads = {id(t.head.patcher): t.head.patcher for t in patch.targets if t.head is not None}
     guided.set_additional_models(PATCH_KEY, list(heads.values()))
