@@ -83,7 +83,9 @@ def run_prompt(prompt: dict) -> PromptResult:
     if not valid[0]:
         raise AssertionError(f"prompt failed validation: {valid[1]} {valid[3]}")
     server = _ServerStub()
-    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    # "ram_inactive" is read by ComfyUI 0.33's executor; 0.3.75 ignores it
+    cache_args = {"lru": 0, "ram": 0, "ram_inactive": 0}
+    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args=cache_args)
     executor.execute(prompt, prompt_id, {}, valid[2])
     return PromptResult(executor.success, executor.history_result["outputs"], executor.status_messages)
 
