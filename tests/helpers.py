@@ -92,9 +92,10 @@ def run_prompt(prompt: dict) -> PromptResult:
 
 @pytest.fixture(scope="session")
 def comfy_server() -> Iterator[ComfyServer]:
-    """The real ComfyUI server with this pack, for the whole test session."""
+    """The real ComfyUI server with this pack, for the whole test session (editor settings at their defaults)."""
     out = tempfile.mkdtemp(prefix="rg-server-out-")
-    server = start_server(comfyui_path(), out, os.path.join(out, "server.log"))
+    user_dir = tempfile.mkdtemp(prefix="rg-server-user-")
+    server = start_server(comfyui_path(), out, os.path.join(out, "server.log"), user_dir=user_dir)
     try:
         yield server
     finally:

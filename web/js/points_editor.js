@@ -54,6 +54,7 @@ class PointsEditor {
     const editor = node.addDOMWidget("points_editor", "points_editor", this.canvas, {
       serialize: false, // options.serialize: not sent to the backend; widget.serialize: not saved in the workflow
       getMinHeight: () => 220,
+      hideInPanel: true, // the new frontend's side panel would otherwise take the canvas out of the node
     });
     const button = node.addWidget("button", "clear points", null, clear, { serialize: false });
     editor.serialize = button.serialize = false;
@@ -190,6 +191,7 @@ class PointsEditor {
     const handle = pairs && this.hit(e, pairs);
     if (!handle) return;
     e.preventDefault();
+    e.stopPropagation(); // "Nodes 2.0" would open the node's menu over the editor
     if (handle.index < 0) {
       this.pending = null;
       this.draw();
