@@ -92,9 +92,16 @@ def run_prompt(prompt: dict) -> PromptResult:
 
 @pytest.fixture(scope="session")
 def comfy_server() -> Iterator[ComfyServer]:
-    """The real ComfyUI server with this pack, for the whole test session (editor settings at their defaults)."""
+    """The real ComfyUI server with this pack, for the whole test session.
+
+    Its user folder is fresh: the editor's settings are the defaults, except that the first-run templates
+    dialog has been seen (it would cover the canvas).
+    """
     out = tempfile.mkdtemp(prefix="rg-server-out-")
     user_dir = tempfile.mkdtemp(prefix="rg-server-user-")
+    os.makedirs(os.path.join(user_dir, "default"))
+    with open(os.path.join(user_dir, "default", "comfy.settings.json"), "w", encoding="utf-8") as f:
+        json.dump({"Comfy.TutorialCompleted": True}, f)
     server = start_server(comfyui_path(), out, os.path.join(out, "server.log"), user_dir=user_dir)
     try:
         yield server

@@ -223,6 +223,17 @@ def test_points_editor_adds_moves_and_deletes_pairs(browser, nodes_2):
     assert saved_pairs(browser) == []
 
 
+def head_info_shown_and_saved(browser) -> tuple[str, dict]:
+    """After a run: the LoadReadoutHead node's head_info text and the node as the saved workflow has it."""
+    find = "app.graph._nodes.find((n) => n.type === 'LoadReadoutHead')"
+    wait_js(browser, f"{find}.widgets.find((w) => w.name === 'head_info')?.value", what="the head_info text")
+    return tuple(run_js(browser, f"""
+        const head = {find};
+        const saved = app.graph.serialize().nodes.find((n) => String(n.id) === String(head.id));
+        return [head.widgets.find((w) => w.name === "head_info").value, saved];
+    """))
+
+
 def upload_reference(server, size=(640, 320)) -> str:
     """A reference image uploaded into input/readout-tests/; its LoadImage value."""
     from PIL import Image, ImageDraw
@@ -277,6 +288,9 @@ def test_points_editor_shows_the_reference_image_and_its_preview_after_a_run(bro
     node = str(drag_id)  # the editor's own widgets are neither sent nor saved: our converter agrees
     assert nodes_and_inputs(prompt)[node] == ui_to_api(workflow, comfy_server.get("/object_info"))[node]
     entry = comfy_server.wait(queue(browser, prompt))
+    info, saved = head_info_shown_and_saved(browser)
+    assert info.startswith(f"{tiny_head_name('correspondence')}: ") and "SD1.5" in info, info
+    assert info not in json.dumps(saved), f"head_info was saved in the workflow: {saved}"
     preview = entry["outputs"][str(drag_id)]["reference_preview"][0]
     assert preview["type"] == "temp"
     wait_js(browser, f"app.graph.getNodeById({json.dumps(drag_id)}).pointsEditor.image?.src.includes('type=temp')",
