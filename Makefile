@@ -32,14 +32,12 @@ test-comfyui-033: setup-comfyui-033
 setup-comfyui-033: $(VENV_033)/.torch-ok $(COMFYUI_033)/main.py
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) scripts/setup_testbed.py
 
-$(COMFYUI_033)/main.py: | $(COMFYUI_033_TARBALL)
+$(COMFYUI_033)/main.py:
+	@test -f $(COMFYUI_033_TARBALL) || { echo "$(COMFYUI_033_TARBALL) is missing: ComfyUI 0.33.0's source is" \
+		"only in the project's shared folder (SHARED=$(SHARED))" >&2; exit 2; }
 	mkdir -p $(dir $(COMFYUI_033))
 	tar -xzf $(COMFYUI_033_TARBALL) -C $(dir $(COMFYUI_033))
 	touch $@
-
-$(COMFYUI_033_TARBALL):
-	@echo "$@ is missing: ComfyUI 0.33.0's source is only in the project's shared folder (SHARED=$(SHARED))" >&2
-	@exit 2
 
 %/.torch-ok:
 	$(PYTHON) -m venv $*
