@@ -88,16 +88,26 @@ def run_prompt(prompt: dict) -> PromptResult:
     if not valid[0]:
         raise AssertionError(f"prompt failed validation: {valid[1]} {valid[3]}")
     server = _ServerStub()
-    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    # "ram_inactive" is read by ComfyUI 0.33's executor; 0.3.75 ignores it
+    cache_args = {"lru": 0, "ram": 0, "ram_inactive": 0}
+    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args=cache_args)
     executor.execute(prompt, prompt_id, {}, valid[2])
     return PromptResult(executor.success, executor.history_result["outputs"], executor.status_messages)
 
 
 @pytest.fixture(scope="session")
 def comfy_server() -> Iterator[ComfyServer]:
-    """The real ComfyUI server with this pack, for the whole test session."""
+    """The real ComfyUI server with this pack, for the whole test session.
+
+    Its user folder is fresh: the editor's settings are the defaults, except that the first-run templates
+    dialog has been seen (it would cover the canvas).
+    """
     out = tempfile.mkdtemp(prefix="rg-server-out-")
-    server = start_server(comfyui_path(), out, os.path.join(out, "server.log"))
+    user_dir = tempfile.mkdtemp(prefix="rg-server-user-")
+    os.makedirs(os.path.join(user_dir, "default"))
+    with open(os.path.join(user_dir, "default", "comfy.settings.json"), "w", encoding="utf-8") as f:
+        json.dump({"Comfy.TutorialCompleted": True}, f)
+    server = start_server(comfyui_path(), out, os.path.join(out, "server.log"), user_dir=user_dir)
     try:
         yield server
     finally:

@@ -1,5 +1,28 @@
-// Shows a loaded readout head's kind, model family and layers on the LoadReadoutHead node.
+// Shows a loaded readout head's kind, model family and layers on the LoadReadoutHead node, after a run.
 import { app } from "../../scripts/app.js";
+
+const NAME = "head_info";
+
+// A read-only text box (a DOM widget: public on both frontends): not sent to the backend, not saved in the
+// workflow, not listed as a parameter in the new frontend's side panel.
+function headInfoWidget(node) {
+  const existing = node.widgets?.find((w) => w.name === NAME);
+  if (existing) return existing;
+  const box = document.createElement("textarea");
+  box.className = "comfy-multiline-input";
+  box.readOnly = true;
+  box.style.opacity = 0.8;
+  const widget = node.addDOMWidget(NAME, NAME, box, {
+    serialize: false,
+    hideInPanel: true,
+    getValue: () => box.value,
+    setValue: (text) => (box.value = text),
+    getMinHeight: () => 54,
+  });
+  widget.serialize = false;
+  node.setSize([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
+  return widget;
+}
 
 app.registerExtension({
   name: "readout_guidance.HeadInfo",
@@ -8,13 +31,7 @@ app.registerExtension({
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
-      const text = (message?.text ?? []).join("\n");
-      let widget = this.widgets?.find((w) => w.name === "head_info");
-      if (!widget) {
-        widget = this.addWidget("text", "head_info", "", () => {}, { serialize: false });
-        widget.disabled = true;
-      }
-      widget.value = text;
+      headInfoWidget(this).value = (message?.text ?? []).join("\n");
       this.setDirtyCanvas(true, true);
     };
   },
