@@ -23,21 +23,26 @@ from ..targets.reference import InvertedReference
 PATCH_KEY = "readout_guidance"
 LOSS_BRANCHES = {"both": (0, 1), "cond": (0,), "uncond": (1,)}
 COMPUTE_DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+RULES = ("fast", "official")
 
 
 @dataclass(frozen=True)
 class GuidanceOptions:
-    """How the guided pass runs: which CFG branch feeds the loss, checkpointing, compute dtype."""
+    """How the guided pass runs: which CFG branch feeds the loss, checkpointing, compute dtype, and the rule
+    (fast: ours; official: the official code's step, see official.py)."""
 
     loss_branch: str = "cond"
     gradient_checkpointing: bool = True
     compute_dtype: str = "auto"
+    rule: str = "fast"
 
     def __post_init__(self) -> None:
         if self.loss_branch not in LOSS_BRANCHES:
             raise ValueError(f"loss_branch: use one of {', '.join(LOSS_BRANCHES)}, got {self.loss_branch!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype: use one of {', '.join(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
+        if self.rule not in RULES:
+            raise ValueError(f"rule: use one of {', '.join(RULES)}, got {self.rule!r}")
 
 
 @dataclass
@@ -155,9 +160,7 @@ class ReadoutGuidancePatch:
                                with_skip_clone(transformer_options), **kwargs)
             readings = Readings(store.complete(), attention, tuple(x.shape[-2:]),
                                 base.model_sampling.timestep(t_copy).float())
-            for order, index in enumerate(active):
-                self._backprop_target(index, readings, diffusion_model, x_grad, chunks,
-                                      retain=order < len(active) - 1, autocast=autocast)
+            self._backprop_targets(active, readings, diffusion_model, x_grad, chunks, autocast)
             store.clear()
         return out.detach()
 
@@ -176,15 +179,23 @@ class ReadoutGuidancePatch:
         reference, edited = readout[:self.branch_split].detach(), readout[self.branch_split:]
         return target.loss(edited, reference) if target.relative else target.loss(edited)
 
+    def _backprop_targets(self, active: list[int], readings: Readings, diffusion_model, x_grad, chunks, autocast):
+        """Each active target's own gradient w.r.t. x (normalized per target later)."""
+        for order, index in enumerate(active):
+            self._backprop_target(index, readings, diffusion_model, x_grad, chunks,
+                                  retain=order < len(active) - 1, autocast=autocast)
+
+    def _readout(self, target, readings: Readings, diffusion_model, autocast) -> torch.Tensor:
+        """The target's readout of this UNet call (a head's output, or self-guidance's attention reading)."""
+        if target.head is None:
+            return target.read(readings.attention.word_maps(target.tokens, *readings.latent_size), readings.features)
+        with autocast:
+            emb = head_embedding(diffusion_model, target.head.config, readings.timesteps)
+            return target.head.module(readings.features, emb).float()
+
     def _backprop_target(self, index, readings: Readings, diffusion_model, x_grad, chunks, retain, autocast):
         target = self.targets[index]
-        if target.head is None:
-            readout = target.read(readings.attention.word_maps(target.tokens, *readings.latent_size),
-                                  readings.features)
-        else:
-            with autocast:
-                emb = head_embedding(diffusion_model, target.head.config, readings.timesteps)
-                readout = target.head.module(readings.features, emb).float()
+        readout = self._readout(target, readings, diffusion_model, autocast)
         losses = torch.stack([self._chunk_loss(target, readout[chunk]) for chunk in chunks])
         grad = torch.autograd.grad(losses.sum(), x_grad, retain_graph=retain)[0]
         folded = sum(grad[chunk] for chunk in chunks)
@@ -229,17 +240,27 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
             fn for fn in guided.model_options.get("sampler_post_cfg_function", [])
             if getattr(fn, "__self__", None) is not previous
         ]
-    patch = ReadoutGuidancePatch(tuple(targets), options)
-    guided.remove_wrappers_with_key(pe.WrappersMP.APPLY_MODEL, PATCH_KEY)
-    guided.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, PATCH_KEY)
+    patch = _patch_class(options.rule)(tuple(targets), options)
+    for kind in (pe.WrappersMP.APPLY_MODEL, pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.SAMPLER_SAMPLE):
+        guided.remove_wrappers_with_key(kind, PATCH_KEY)
     guided.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, PATCH_KEY, patch.apply_model_wrapper)
     guided.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, PATCH_KEY, patch.outer_sample_wrapper)
+    if hasattr(patch, "sampler_sample_wrapper"):
+        guided.add_wrapper_with_key(pe.WrappersMP.SAMPLER_SAMPLE, PATCH_KEY, patch.sampler_sample_wrapper)
     guided.set_model_sampler_post_cfg_function(patch.post_cfg_function)
     heads = {id(t.head.patcher): t.head.patcher for t in patch.targets if t.head is not None}
     guided.set_additional_models(PATCH_KEY, list(heads.values()))
     if not patch.targets:
         logging.info("readout guidance: no targets, the model samples as before")
     return guided, patch
+
+
+def _patch_class(rule: str) -> type[ReadoutGuidancePatch]:
+    """ReadoutGuidancePatch for rule fast; the official code's procedure for rule official."""
+    if rule == "official":
+        from .official import OfficialPatch
+        return OfficialPatch
+    return ReadoutGuidancePatch
 
 
 def check_targets_fit(model, targets: tuple, options: GuidanceOptions) -> None:
