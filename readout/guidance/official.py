@@ -23,8 +23,8 @@ from ..targets.official_losses import official_loss
 
 OFFICIAL_LR = 2e-2
 ADAM_BETA1 = 0.9
-OFFICIAL_SAMPLERS = {"ddim": "DDIM, eta 0 (the official drag setting)", "euler": "the same step as ddim",
-                     "euler_ancestral": "DDIM, eta 1 (the official spatial setting)"}
+OFFICIAL_SAMPLERS = ("ddim", "euler", "euler_ancestral")
+"""ddim and euler: DDIM with eta 0 (the official drag setting); euler_ancestral: DDIM with eta 1 (spatial)."""
 
 
 def step_window(start_percent: float, end_percent: float, steps: int) -> range:
@@ -47,11 +47,11 @@ def fresh_adam_step(param: torch.Tensor, grad: torch.Tensor, lr: float) -> torch
     return leaf
 
 
-def _sampler_names() -> dict:
-    """ComfyUI's k-diffusion step functions the official rule runs, by sampler name."""
+def _official_step_functions() -> tuple:
+    """ComfyUI's k-diffusion step functions behind ddim/euler and euler_ancestral."""
     import comfy.k_diffusion.sampling as k
 
-    return {k.sample_euler: "ddim", k.sample_euler_ancestral: "euler_ancestral"}
+    return k.sample_euler, k.sample_euler_ancestral
 
 
 def check_official_sampler(sampler_name: str) -> None:
@@ -73,6 +73,7 @@ class OfficialPatch(ReadoutGuidancePatch):
         super().__init__(targets, dataclasses.replace(options, loss_branch="both"))
         self.step_targets: list[int] = []
         self.joint_grad: torch.Tensor | None = None
+        self._width: torch.Tensor | None = None
 
     def _active_targets(self, model_sampling, sigma: float) -> list[int]:
         return self.step_targets
@@ -81,30 +82,27 @@ class OfficialPatch(ReadoutGuidancePatch):
         """One backward of the weighted sum of the official losses over the active targets and all CFG chunks."""
         sigma = self._evaluation.sigma
         x_t = x_grad.detach() / math.sqrt(1 + sigma * sigma)
-        width = x_t.max() - x_t.min()
+        self._width = x_t.max() - x_t.min()
         top = max(self.targets[index].weight for index in active)
         total = x_grad.new_zeros(())
         for index in active:
             target = self.targets[index]
             readout = self._readout(target, readings, diffusion_model, autocast)
-            losses = torch.stack([self._official_chunk_loss(target, readout[chunk], width) for chunk in chunks])
+            losses = torch.stack([self._chunk_loss(target, readout[chunk]) for chunk in chunks])
             self.run.record_loss(index, sigma, losses.detach().sum(dim=0))
             total = total + target.weight / top * losses.sum()
         grad = torch.autograd.grad(total, x_grad)[0]
         folded = sum(grad[chunk] for chunk in chunks).detach()
         self.joint_grad = folded if self.joint_grad is None else self.joint_grad + folded
 
-    def _official_chunk_loss(self, target, readout: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
-        if not self.branch_split:
-            return official_loss(target, readout, None, width)
-        reference, edited = readout[:self.branch_split].detach(), readout[self.branch_split:]
-        return official_loss(target, edited, reference, width)
+    def _target_loss(self, target, edited: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
+        return official_loss(target, edited, reference, self._width)
 
     def sampler_sample_wrapper(self, executor, *args, **kwargs):
         """Run the sampler's step function one step at a time with the official update before each step."""
         sampler = executor.class_obj
         step_function = getattr(sampler, "sampler_function", None)
-        if step_function not in _sampler_names():
+        if step_function not in _official_step_functions():
             name = getattr(step_function, "__name__", type(sampler).__name__).removeprefix("sample_")
             check_official_sampler(name)
         sampler.sampler_function = partial(self._sample, step_function)
@@ -141,7 +139,7 @@ class OfficialPatch(ReadoutGuidancePatch):
         finally:
             self.step_targets = []
         grad, self.joint_grad = self.joint_grad, None
-        if grad is None or grad.shape != x.shape:
+        if grad is None:
             return x
         finite = torch.isfinite(grad).all()
         for index in active:

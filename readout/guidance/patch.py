@@ -175,9 +175,13 @@ class ReadoutGuidancePatch:
     def _chunk_loss(self, target, readout: torch.Tensor) -> torch.Tensor:
         """Loss of one CFG chunk: on the edited half when a reference half rides along in the batch."""
         if not self.branch_split:
-            return target.loss(readout)
+            return self._target_loss(target, readout, None)
         reference, edited = readout[:self.branch_split].detach(), readout[self.branch_split:]
-        return target.loss(edited, reference) if target.relative else target.loss(edited)
+        return self._target_loss(target, edited, reference)
+
+    def _target_loss(self, target, edited: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
+        """A target's per-sample loss (`reference`: the reference branch's readout, None without one)."""
+        return target.loss(edited, reference) if target.relative and reference is not None else target.loss(edited)
 
     def _backprop_targets(self, active: list[int], readings: Readings, diffusion_model, x_grad, chunks, autocast):
         """Each active target's own gradient w.r.t. x (normalized per target later)."""
