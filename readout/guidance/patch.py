@@ -33,21 +33,26 @@ AREA_ONLY_ERROR = (
     "(ConditioningCombine), or set loss_branch of KSampler (Readout Guidance) / Apply Readout Guidance to a branch "
     "whose prompt covers the whole image")
 COMPUTE_DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+RULES = ("fast", "official")
 
 
 @dataclass(frozen=True)
 class GuidanceOptions:
-    """How the guided pass runs: which CFG branch feeds the loss, checkpointing, compute dtype."""
+    """How the guided pass runs: which CFG branch feeds the loss, checkpointing, compute dtype, and the rule
+    (fast: ours; official: the official code's step, see official.py)."""
 
     loss_branch: str = "cond"
     gradient_checkpointing: bool = True
     compute_dtype: str = "auto"
+    rule: str = "fast"
 
     def __post_init__(self) -> None:
         if self.loss_branch not in LOSS_BRANCHES:
             raise ValueError(f"loss_branch: use one of {', '.join(LOSS_BRANCHES)}, got {self.loss_branch!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype: use one of {', '.join(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
+        if self.rule not in RULES:
+            raise ValueError(f"rule: use one of {', '.join(RULES)}, got {self.rule!r}")
 
 
 @dataclass
@@ -206,9 +211,7 @@ class ReadoutGuidancePatch:
                                grad_pass_options(transformer_options), **kwargs)
             readings = Readings(store.complete(), attention, tuple(x.shape[-2:]),
                                 base.model_sampling.timestep(t_copy).float())
-            for order, index in enumerate(active):
-                self._backprop_target(index, readings, diffusion_model, x_grad, chunks,
-                                      retain=order < len(active) - 1, autocast=autocast)
+            self._backprop_targets(active, readings, diffusion_model, x_grad, chunks, autocast)
             store.clear()
         return out.detach()
 
@@ -223,19 +226,31 @@ class ReadoutGuidancePatch:
     def _chunk_loss(self, target, readout: torch.Tensor) -> torch.Tensor:
         """Loss of one CFG chunk: on the edited half when a reference half rides along in the batch."""
         if not self.branch_split:
-            return target.loss(readout)
+            return self._target_loss(target, readout, None)
         reference, edited = readout[:self.branch_split].detach(), readout[self.branch_split:]
-        return target.loss(edited, reference) if target.relative else target.loss(edited)
+        return self._target_loss(target, edited, reference)
+
+    def _target_loss(self, target, edited: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
+        """A target's per-sample loss (`reference`: the reference branch's readout, None without one)."""
+        return target.loss(edited, reference) if target.relative and reference is not None else target.loss(edited)
+
+    def _backprop_targets(self, active: list[int], readings: Readings, diffusion_model, x_grad, chunks, autocast):
+        """Each active target's own gradient w.r.t. x (normalized per target later)."""
+        for order, index in enumerate(active):
+            self._backprop_target(index, readings, diffusion_model, x_grad, chunks,
+                                  retain=order < len(active) - 1, autocast=autocast)
+
+    def _readout(self, target, readings: Readings, diffusion_model, autocast) -> torch.Tensor:
+        """The target's readout of this UNet call (a head's output, or self-guidance's attention reading)."""
+        if target.head is None:
+            return target.read(readings.attention.word_maps(target.tokens, *readings.latent_size), readings.features)
+        with autocast:
+            emb = head_embedding(diffusion_model, target.head.config, readings.timesteps)
+            return target.head.module(readings.features, emb).float()
 
     def _backprop_target(self, index, readings: Readings, diffusion_model, x_grad, chunks, retain, autocast):
         target = self.targets[index]
-        if target.head is None:
-            readout = target.read(readings.attention.word_maps(target.tokens, *readings.latent_size),
-                                  readings.features)
-        else:
-            with autocast:
-                emb = head_embedding(diffusion_model, target.head.config, readings.timesteps)
-                readout = target.head.module(readings.features, emb).float()
+        readout = self._readout(target, readings, diffusion_model, autocast)
         losses = torch.stack([self._chunk_loss(target, readout[chunk]) for chunk in chunks])
         grad = torch.autograd.grad(losses.sum(), x_grad, retain_graph=retain)[0]
         folded = sum(grad[chunk] for chunk in chunks)
@@ -283,22 +298,32 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
             fn for fn in guided.model_options.get("sampler_post_cfg_function", [])
             if getattr(fn, "__self__", None) is not previous
         ]
-    patch = ReadoutGuidancePatch(tuple(targets), options)
+    patch = _patch_class(options.rule)(tuple(targets), options)
     wrappers = {
         pe.WrappersMP.OUTER_SAMPLE: patch.outer_sample_wrapper,
         pe.WrappersMP.PREDICT_NOISE: patch.predict_noise_wrapper,
         pe.WrappersMP.CALC_COND_BATCH: patch.calc_cond_batch_wrapper,
         pe.WrappersMP.APPLY_MODEL: patch.apply_model_wrapper,
+        pe.WrappersMP.SAMPLER_SAMPLE: getattr(patch, "sampler_sample_wrapper", None),
     }
     for kind, wrapper in wrappers.items():
         guided.remove_wrappers_with_key(kind, PATCH_KEY)
-        guided.add_wrapper_with_key(kind, PATCH_KEY, wrapper)
+        if wrapper is not None:
+            guided.add_wrapper_with_key(kind, PATCH_KEY, wrapper)
     guided.set_model_sampler_post_cfg_function(patch.post_cfg_function)
     heads = {id(t.head.patcher): t.head.patcher for t in patch.targets if t.head is not None}
     guided.set_additional_models(PATCH_KEY, list(heads.values()))
     if not patch.targets:
         logging.info("readout guidance: no targets, the model samples as before")
     return guided, patch
+
+
+def _patch_class(rule: str) -> type[ReadoutGuidancePatch]:
+    """ReadoutGuidancePatch for rule fast; the official code's procedure for rule official."""
+    if rule == "official":
+        from .official import OfficialPatch
+        return OfficialPatch
+    return ReadoutGuidancePatch
 
 
 def check_targets_fit(model, targets: tuple, options: GuidanceOptions) -> None:
