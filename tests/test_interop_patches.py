@@ -25,6 +25,10 @@ class AttentionCalls:
     def __init__(self) -> None:
         self.count = 0
 
+    def __deepcopy__(self, memo: dict) -> "AttentionCalls":
+        """Model clones deep-copy their patches: the copies count here too."""
+        return self
+
     def __call__(self, q, k, v, extra_options):
         from comfy.ldm.modules.attention import optimized_attention
 
