@@ -78,6 +78,9 @@ class ExtractReadout:
                     "tooltip": "Prompt for the UNet pass. Leave empty to use the empty prompt (as the heads "
                                "were trained); then connect clip."}),
                 "clip": ("CLIP", {"tooltip": "Encodes the empty prompt when positive is not connected."}),
+                "colors_from": ("READOUT", {
+                    "tooltip": "Relative heads: colour with this readout's principal components (same head), so "
+                               "two images' readouts show the same feature in the same colour."}),
             },
         }
 
@@ -91,15 +94,18 @@ class ExtractReadout:
     CATEGORY = CATEGORY
     DESCRIPTION = "Runs the UNet once on the noised image and reads its decoder features with the head."
 
-    def extract(self, model, vae, head, image, timestep: int, seed: int, positive=None, clip=None):
+    def extract(self, model, vae, head, image, timestep: int, seed: int, positive=None, clip=None, colors_from=None):
         if positive is None:
             if clip is None:
                 raise ValueError("positive / clip: connect a positive conditioning, or a CLIP to encode the empty prompt")
             positive = encode_empty_prompt(clip)
         if timestep < 0:
             timestep = head.config.save_timestep[0]
+        if colors_from is not None and colors_from.head_name != head.name:
+            raise ValueError(f"colors_from: it was read with {colors_from.head_name!r}, not {head.name!r}; connect a "
+                             "readout of the same head")
         readout = extract_readout(model, vae, head, image, positive, timestep, seed)
-        return (render_readout(readout), readout)
+        return (render_readout(readout, colors_from), readout)
 
 
 NODE_CLASS_MAPPINGS = {"LoadReadoutHead": LoadReadoutHead, "ExtractReadout": ExtractReadout}

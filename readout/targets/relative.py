@@ -12,7 +12,7 @@ from .reference import InvertedReference
 from .spatial import StepWindow, masked_mean, resize_map
 
 
-def _similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity mapped to [0, 1] along the channel dimension."""
     return (F.cosine_similarity(a, b, dim=1) + 1) / 2
 
@@ -32,8 +32,8 @@ def correspondence_loss(reference: torch.Tensor, edited: torch.Tensor, pairs: li
     sources = torch.tensor([p.source for p in pairs], device=edited.device)
     targets = torch.tensor([p.target for p in pairs], device=edited.device)
     anchor = sample_points(reference, sources, image_size)
-    pulled = _similarity(anchor, sample_points(edited, targets, image_size)).mean(dim=1)
-    ghost = _similarity(anchor, sample_points(edited, sources, image_size)).mean(dim=1)
+    pulled = similarity(anchor, sample_points(edited, targets, image_size)).mean(dim=1)
+    ghost = similarity(anchor, sample_points(edited, sources, image_size)).mean(dim=1)
     return 0.5 * -pulled + 0.5 * ghost
 
 
