@@ -246,7 +246,7 @@ def drag_generated(classes) -> dict:
     corr = wf.add("LoadReadoutHead", (0, 250), {"head_name": "readout_sdv15_drag_correspondence.pt"})
     app = wf.add("LoadReadoutHead", (0, 420), {"head_name": "readout_sdv15_drag_appearance.pt"})
     drag = wf.add("ReadoutDragTarget", (780, 150), {
-        "points": json.dumps([{"source": [300, 200], "target": [340, 150]}]), "drag_weight": 0.43,
+        "points": json.dumps([{"source": [190, 260], "target": [330, 200]}]), "drag_weight": 0.43,
         "start_percent": 0.0, "end_percent": 0.5, "appearance_weight": 0.2},
         correspondence_head=(corr, "head"), appearance_head=(app, "head"), reference_image=(reference, "IMAGE"))
     sampler = guided_sampler(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, drag)
@@ -285,7 +285,7 @@ def drag_real_image(classes) -> dict:
     corr = wf.add("LoadReadoutHead", (0, 250), {"head_name": "readout_sdv15_drag_correspondence.pt"})
     app = wf.add("LoadReadoutHead", (0, 800), {"head_name": "readout_sdv15_drag_appearance.pt"})
     drag = wf.add("ReadoutDragTarget", (780, 150), {
-        "points": json.dumps([{"source": [256, 200], "target": [300, 200]}]), "drag_weight": 0.43,
+        "points": json.dumps([{"source": [200, 220], "target": [340, 220]}]), "drag_weight": 0.43,
         "start_percent": 0.0, "end_percent": 0.5, "appearance_weight": 0.2},
         correspondence_head=(corr, "head"), appearance_head=(app, "head"), reference=(inverted, "reference"),
         reference_image=(scaled, "IMAGE"))

@@ -1,6 +1,7 @@
 """`make demo`: run every workflow in workflows/ on a real ComfyUI server with the tiny models, and show what
 guidance did: output/index.html has one panel per workflow, from the workflows' own comparison nodes.
 
+`scripts/demo.py NAME.json ...` runs only those workflows; DEMO_OUTPUT sets the folder (default output/).
 Model and head file names are swapped for the tiny ones, the canvas is capped at DEMO_SIZE pixels
 (default 64) and steps at DEMO_STEPS (default 10), so the demo takes minutes on a CPU. It exits non-zero when a
 workflow fails or when a spatial, drag or self-guidance panel's guided score is not better than the unguided one.
@@ -12,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 
@@ -46,7 +48,7 @@ def run_workflow(server: ComfyServer, object_info: dict, path: str, dest: str, s
         workflow = json.load(f)
     titles = {str(node["id"]): node.get("title") for node in workflow["nodes"]}
     prompt = fit_for_cpu(ui_to_api(workflow, object_info), size, steps)
-    entry = server.run(prompt)
+    entry = server.run(prompt, timeout=1800)
     panel, saved = Panel(os.path.basename(path), workflow_kind(workflow)), []
     for node_id, output in entry.get("outputs", {}).items():
         title = titles.get(node_id)
@@ -93,6 +95,7 @@ def run_workflows(server: ComfyServer, workflows: list[str], dest: str, size: in
     object_info = server.get("/object_info")
     panels, saved, failures = [], [], 0
     for path in workflows:
+        started = time.monotonic()
         try:
             panel, images = run_workflow(server, object_info, path, dest, size, steps)
         except (WorkflowError, PromptFailed) as err:
@@ -104,7 +107,8 @@ def run_workflows(server: ComfyServer, workflows: list[str], dest: str, size: in
             print(f"[demo] FAILED {panel.workflow}: the workflow saved no image", file=sys.stderr, flush=True)
         panels.append(panel)
         saved += images
-        print(f"[demo] {panel.workflow}: {panel_png(panel, dest)} {json.dumps(panel.scores)}", flush=True)
+        scores = {title: panel.score_line(title) for title in panel.scores}
+        print(f"[demo] {panel.workflow} ({time.monotonic() - started:.0f} s): {panel_png(panel, dest)} {scores}", flush=True)
     if saved:
         contact_sheet(saved, os.path.join(dest, "contact_sheet.png"))
     if panels:
@@ -118,17 +122,19 @@ def guidance_failures(panels: list[Panel]) -> list[str]:
             for p in panels if p.kind in ASSERTED_KINDS and p.guided_is_better() is not True]
 
 
-def main() -> int:
+def main(names: list[str]) -> int:
     workflows = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
+    workflows = [w for w in workflows if not names or os.path.basename(w) in names]
     if not workflows:
-        print("[demo] no workflows in workflows/", file=sys.stderr)
+        print(f"[demo] no workflows in workflows/ {' '.join(names)}", file=sys.stderr)
         return 1
     size, steps = int(os.environ.get("DEMO_SIZE", "64")), int(os.environ.get("DEMO_STEPS", "10"))
+    dest = os.environ.get("DEMO_OUTPUT") or os.path.join(REPO, "output")
     server_out = tempfile.mkdtemp(prefix="readout-demo-")
     server = start_server(comfyui_path(), server_out, os.path.join(server_out, "server.log"))
     print(f"[demo] ComfyUI server PID {server.process.pid} at {server.url}", flush=True)
     try:
-        panels, failures = run_workflows(server, workflows, os.path.join(REPO, "output"), size, steps)
+        panels, failures = run_workflows(server, workflows, dest, size, steps)
     finally:
         stop_server(server)
         print(f"[demo] server {server.process.pid} stopped", flush=True)
@@ -139,4 +145,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
