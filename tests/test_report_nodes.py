@@ -39,7 +39,7 @@ def test_spatial_score_is_the_target_loss_and_lowest_for_the_readout_itself(tiny
                       target_image=1 - readout_image)[0]
     near = call_node("ReadoutScore", readout=readout, guidance=own)
     far = call_node("ReadoutScore", readout=readout, guidance=other)
-    assert near["result"][0] < 0.01 < far["result"][0]
+    assert near["result"][0] < 0.25 * far["result"][0]
     assert near["ui"]["scores"][0]["higher_is_better"] is False
     assert "pose loss" in near["result"][1] and "lower is better" in near["result"][1]
 
@@ -57,8 +57,8 @@ def test_drag_score_is_similarity_at_each_target_and_points_are_drawn(tiny):
     assert all(s["higher_is_better"] for s in scores)
     drawn = call_node("DrawDragPoints", image=reference_image, guidance=drag)[0]
     assert drawn.shape == reference_image.shape
-    red = (drawn[0, ..., 0] > 0.9) & (drawn[0, ..., 1] < 0.4)
-    assert red[3:8, 3:8].any() and not red[30:40, 30:40].any()
+    changed = (drawn - reference_image).abs().sum(dim=-1)[0] > 0.1
+    assert changed[4:7, 4:7].all() and changed[56:64, 56:64].any() and not changed[40:50, 5:15].any()
 
 
 def test_relative_colours_follow_colors_from(tiny):
