@@ -106,7 +106,7 @@ class WordAttentionMap:
 
     RETURN_TYPES = ("IMAGE", "FLOAT", "STRING")
     RETURN_NAMES = ("attention_map", "loss", "report")
-    OUTPUT_TOOLTIPS = ("The words' attention (yellow = most), centroid (white cross), goal (green ring).",
+    OUTPUT_TOOLTIPS = ("The words' attention (yellow = most, blue = least), centroid (white cross), goal (green ring).",
                        "The Self-Guidance loss of the image (lower is better).", "Centroid, goal and loss as text.")
     FUNCTION = "read"
     CATEGORY = CATEGORY

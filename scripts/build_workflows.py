@@ -372,7 +372,7 @@ def self_guidance_move_object(classes) -> dict:
                       model=(loader, "MODEL"), vae=(loader, "VAE"), positive=(positive, "CONDITIONING"),
                       image=(image, "IMAGE"), guidance=(move, "guidance"), unguided_image=(unguided, "IMAGE"))
         added += [read, wf.add("PreviewImage", (1080, y), title=title, images=(read, "attention_map"))]
-    check_group(wf, added, "the word's cross-attention map (yellow = most) in the unguided image (the sampler's "
+    check_group(wf, added, "the word's cross-attention map (yellow = most, blue = least) in the unguided image (the sampler's "
                 "reference output) and in the guided one; white cross: its centroid, green ring: the goal (the "
                 "unguided centroid moved by dx, dy). Each node reports the Self-Guidance loss (lower is better).")
     return wf.to_ui()

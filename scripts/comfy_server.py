@@ -78,13 +78,15 @@ def execution_error_text(status: dict) -> str:
     return json.dumps(status)[:4000]
 
 
-def start_server(comfy: str, output_dir: str, log_path: str, port: int | None = None) -> ComfyServer:
-    """Start `main.py --cpu` on a free loopback port and wait until it answers /object_info."""
+def start_server(comfy: str, output_dir: str, log_path: str, port: int | None = None,
+                 temp_dir: str | None = None) -> ComfyServer:
+    """Start `main.py --cpu` on a free loopback port and wait until it answers /object_info; a temp_dir of its own
+    keeps its previews from being wiped when another server on the same ComfyUI starts."""
     port = port or free_port()
     log = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-         "--output-directory", output_dir, "--disable-auto-launch"],
+         "--output-directory", output_dir, "--disable-auto-launch", *(["--temp-directory", temp_dir] if temp_dir else [])],
         cwd=comfy, stdout=log, stderr=subprocess.STDOUT,
     )
     server = ComfyServer(f"http://127.0.0.1:{port}", output_dir, proc, log_path)

@@ -131,7 +131,7 @@ def main(names: list[str]) -> int:
     size, steps = int(os.environ.get("DEMO_SIZE", "64")), int(os.environ.get("DEMO_STEPS", "10"))
     dest = os.environ.get("DEMO_OUTPUT") or os.path.join(REPO, "output")
     server_out = tempfile.mkdtemp(prefix="readout-demo-")
-    server = start_server(comfyui_path(), server_out, os.path.join(server_out, "server.log"))
+    server = start_server(comfyui_path(), server_out, os.path.join(server_out, "server.log"), temp_dir=server_out)
     print(f"[demo] ComfyUI server PID {server.process.pid} at {server.url}", flush=True)
     try:
         panels, failures = run_workflows(server, workflows, dest, size, steps)

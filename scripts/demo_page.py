@@ -3,8 +3,11 @@ written as output/index.html and as one PNG per panel."""
 from __future__ import annotations
 
 import html
+import json
 import os
-from dataclasses import dataclass, field
+import sys
+import textwrap
+from dataclasses import asdict, dataclass, field
 
 from demo_roles import GUIDED_SCORE, GUIDED_VIEW, LOSS_PLOT, REFERENCE_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW
 
@@ -24,7 +27,7 @@ WHAT_TO_LOOK_FOR = {
                   "better) shows how much closer guidance brought the new image to the reference's appearance.",
     "identity": "The same as appearance, measured on the face region (the mask's bounding box): the identity "
                 "distance to the reference portrait's readout, without and with guidance (lower is better).",
-    "self_guidance": "The cross-attention map of the word (yellow = most) in the image from the same seed without "
+    "self_guidance": "The cross-attention map of the word (yellow = most, blue = least) in the image from the same seed without "
                      "guidance and in the guided one. White cross: its centroid; green ring: the goal (the unguided "
                      "centroid moved right by a quarter of the width). Guided, the centroid is nearer the goal: the "
                      "Self-Guidance loss (lower is better) falls.",
@@ -85,16 +88,16 @@ def panel_png(panel: Panel, folder: str, cell: int = 192) -> str:
         picture = Image.open(os.path.join(folder, name)).convert("RGB")
         width = round(picture.width * cell / picture.height)
         pictures.append((title, picture.resize((width, cell), Image.NEAREST if picture.height < cell else Image.BILINEAR)))
-    sheet = Image.new("RGB", (8 + sum(p.width + 8 for _, p in pictures), cell + 76), (24, 24, 28))
+    sheet = Image.new("RGB", (8 + sum(p.width + 8 for _, p in pictures), cell + 90), (24, 24, 28))
     draw = ImageDraw.Draw(sheet)
     draw.text((8, 6), panel.workflow, fill=(240, 240, 240))
     x = 8
     for title, picture in pictures:
         sheet.paste(picture, (x, 24))
         draw.text((x, 28 + cell), title, fill=(220, 220, 220))
-        score = panel.score_line(panel.score_title(title))
-        if score:
-            draw.text((x, 44 + cell), score[:34], fill=(160, 220, 160))
+        lines = textwrap.wrap(panel.score_line(panel.score_title(title)), max(12, picture.width // 6))
+        for row, line in enumerate(lines[:2]):
+            draw.text((x, 44 + cell + 14 * row), line, fill=(160, 220, 160))
         x += picture.width + 8
     name = f"panel_{os.path.splitext(panel.workflow)[0]}.png"
     sheet.save(os.path.join(folder, name))
@@ -121,4 +124,19 @@ def write_page(panels: list[Panel], folder: str) -> str:
     path = os.path.join(folder, "index.html")
     with open(path, "w", encoding="utf-8") as f:
         f.write(page)
+    with open(os.path.join(folder, "panels.json"), "w", encoding="utf-8") as f:
+        json.dump([asdict(panel) for panel in panels], f, indent=1)
     return path
+
+
+def main(folder: str) -> None:
+    """Rebuild the panels and the page from a demo folder's panels.json (after editing captions or layout)."""
+    with open(os.path.join(folder, "panels.json"), encoding="utf-8") as f:
+        panels = [Panel(**{**item, "images": [tuple(i) for i in item["images"]]}) for item in json.load(f)]
+    for panel in panels:
+        print(panel_png(panel, folder))
+    print(write_page(panels, folder))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.dirname(__file__)), "output"))

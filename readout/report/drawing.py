@@ -40,8 +40,11 @@ def draw_pairs(images: torch.Tensor, pairs, image_size: tuple[int, int]) -> torc
 
 
 def heat(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, 1, h, w) maps as an IMAGE (B, H, W, 3) of size (H, W): each map over its maximum, dark blue to yellow."""
-    unit = maps.float() / maps.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None, None]
+    """(B, 1, h, w) maps as an IMAGE (B, H, W, 3) of size (H, W): each map from its minimum (dark blue) to its
+    maximum (yellow)."""
+    flat = maps.float().flatten(1)
+    low_value, high_value = flat.amin(dim=1)[:, None, None, None], flat.amax(dim=1)[:, None, None, None]
+    unit = (maps.float() - low_value) / (high_value - low_value).clamp_min(1e-12)
     unit = torch.nn.functional.interpolate(unit, size=size, mode="bilinear", align_corners=False).clamp(0, 1)[:, 0]
     low, high = torch.tensor([0.05, 0.05, 0.3]), torch.tensor([1.0, 0.9, 0.1])
     return low + unit[..., None].cpu() * (high - low)
