@@ -10,13 +10,10 @@ import textwrap
 from dataclasses import asdict, dataclass, field
 
 from demo_roles import GUIDED_SCORE, GUIDED_VIEW, LOSS_PLOT, REFERENCE_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW
-from tiny_names import TINY_TUNING
 
 NOISE = ("The pictures themselves are noise: the demo's tiny models have random weights. What guidance did is "
          "visible in the readout space, as the heads read the images.")
-FITTED = "Fitted for a CPU: 64 px canvas and at most 10 steps (scripts/tiny_names.py fit_for_cpu)" + "".join(
-    f"; {node} {name} set to {value} for the tiny models" for node, inputs in TINY_TUNING.items()
-    for name, value in inputs.items()) + "."
+FITTED = "Fitted for a CPU: 64 px canvas and at most 10 steps (scripts/tiny_names.py fit_for_cpu)."
 WHAT_TO_LOOK_FOR = {
     "spatial": "Left: the target map. Middle: what the head reads in the image sampled from the same seed without "
                "guidance. Right: what it reads in the guided image. The guided readout should be closer to the "
@@ -47,6 +44,7 @@ class Panel:
     kind: str
     images: list[tuple[str, str]] = field(default_factory=list)
     scores: dict[str, list[dict]] = field(default_factory=dict)
+    tuning: str = ""
 
     def score_line(self, title: str) -> str:
         return "; ".join(f"{s['label']} {s['value']:.4f}" for s in self.scores.get(title, []))
@@ -68,7 +66,7 @@ class Panel:
         scores = [f"{label}: {self.score_line(title)}" for label, title in
                   (("before" if self.kind == "drag" else "unguided", UNGUIDED_SCORE), ("guided", GUIDED_SCORE))
                   if title in self.scores]
-        parts = [WHAT_TO_LOOK_FOR[self.kind], *scores, NOISE, FITTED]
+        parts = [WHAT_TO_LOOK_FOR[self.kind], *scores, NOISE, FITTED + (f" {self.tuning}" if self.tuning else "")]
         return " ".join(p if p.endswith(".") else p + "." for p in parts)
 
 

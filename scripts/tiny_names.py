@@ -60,20 +60,6 @@ def cap_steps(prompt: dict, steps: int, refinements: int = 2) -> dict:
     return prompt
 
 
-# Inputs set for the random-weight tiny models, where the official strengths barely move a readout; the demo's
-# captions say so (scripts/demo_page.py TINY_TUNING).
-TINY_TUNING = {}
-
-
-def tune_for_tiny_models(prompt: dict) -> dict:
-    """Set the TINY_TUNING inputs of the nodes that have them."""
-    for node in prompt.values():
-        for name, value in TINY_TUNING.get(node["class_type"], {}).items():
-            if name in node["inputs"]:
-                node["inputs"][name] = value
-    return prompt
-
-
 def fit_for_cpu(prompt: dict, size: int, steps: int) -> dict:
     """Tiny model names, a small canvas and few steps: what the demo and the tests run on a CPU."""
-    return tune_for_tiny_models(cap_steps(shrink_canvas(swap_model_names(prompt), size), steps))
+    return cap_steps(shrink_canvas(swap_model_names(prompt), size), steps)
