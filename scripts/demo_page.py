@@ -44,7 +44,6 @@ class Panel:
     kind: str
     images: list[tuple[str, str]] = field(default_factory=list)
     scores: dict[str, list[dict]] = field(default_factory=dict)
-    tuning: str = ""
 
     def score_line(self, title: str) -> str:
         return "; ".join(f"{s['label']} {s['value']:.4f}" for s in self.scores.get(title, []))
@@ -66,7 +65,7 @@ class Panel:
         scores = [f"{label}: {self.score_line(title)}" for label, title in
                   (("before" if self.kind == "drag" else "unguided", UNGUIDED_SCORE), ("guided", GUIDED_SCORE))
                   if title in self.scores]
-        parts = [WHAT_TO_LOOK_FOR[self.kind], *scores, NOISE, FITTED + (f" {self.tuning}" if self.tuning else "")]
+        parts = [WHAT_TO_LOOK_FOR[self.kind], *scores, NOISE, FITTED]
         return " ".join(p if p.endswith(".") else p + "." for p in parts)
 
 
