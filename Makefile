@@ -1,12 +1,21 @@
 # make test: set up the test bed (venv, ComfyUI, tiny models) and run the suite.
 # make demo: the same setup, then run every workflow in workflows/ on a real ComfyUI server.
+# make test-comfyui-033: the suite on ComfyUI 0.33.0 from $(SHARED)/comfyui (its own venv and folder).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+CONSTRAINTS := scripts/torch-constraints.txt
+PIP_INSTALL = -m pip install --disable-pip-version-check -q -c $(CONSTRAINTS)
 PYTEST_ARGS ?=
 
-.PHONY: test demo setup clean
+SHARED ?= ../shared
+COMFYUI_033_TARBALL := $(SHARED)/comfyui/ComfyUI-0.33.0.tar.gz
+COMFYUI_033 := .comfyui033/ComfyUI-0.33.0
+VENV_033 := .venv-comfyui033
+PY_033 := $(VENV_033)/bin/python
+
+.PHONY: test demo setup test-comfyui-033 setup-comfyui-033 clean
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
@@ -17,9 +26,22 @@ demo: setup
 setup: $(VENV)/.torch-ok
 	$(PY) scripts/setup_testbed.py
 
-$(VENV)/.torch-ok:
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q $(TORCH_PINS)
+test-comfyui-033: setup-comfyui-033
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m pytest tests $(PYTEST_ARGS)
+
+setup-comfyui-033: $(VENV_033)/.torch-ok $(COMFYUI_033)/main.py
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) scripts/setup_testbed.py
+
+$(COMFYUI_033)/main.py:
+	@test -f $(COMFYUI_033_TARBALL) || { echo "$(COMFYUI_033_TARBALL) is missing: ComfyUI 0.33.0's source is" \
+		"only in the project's shared folder (SHARED=$(SHARED))" >&2; exit 2; }
+	mkdir -p $(dir $(COMFYUI_033))
+	tar -xzf $(COMFYUI_033_TARBALL) -C $(dir $(COMFYUI_033))
+	touch $@
+
+%/.torch-ok:
+	$(PYTHON) -m venv $*
+	$*/bin/python $(PIP_INSTALL) $(TORCH_PINS)
 	touch $@
 
 clean:

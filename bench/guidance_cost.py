@@ -44,9 +44,15 @@ CONFIGS = {
     "both_all_steps": {"end": 1.0, "checkpointing": True, "dtype": "auto", "branch": "both"},
     "both_first_half": {"end": 0.5, "checkpointing": True, "dtype": "auto", "branch": "both"},
     "both_all_steps_no_checkpointing": {"end": 1.0, "checkpointing": False, "dtype": "auto", "branch": "both"},
+    "official_all_steps": {"end": 1.0, "checkpointing": True, "dtype": "auto", "branch": "cond", "rule": "official"},
+    "official_first_half": {"end": 0.5, "checkpointing": True, "dtype": "auto", "branch": "cond", "rule": "official"},
 }
 """Guided configurations: window end, gradient checkpointing, compute dtype, loss branch (cond, the default: the
-loss on the conditional half, the other half runs without autograd; both: the official code's sum over the halves)."""
+loss on the conditional half, the other half runs without autograd; both: the official code's sum over the halves),
+and rule (fast unless given; official: the official code's step, which always takes the loss over both halves)."""
+OFFICIAL_VS_FAST = {"per guided step": ("official_all_steps", "all_steps", 1.7),
+                    "per run (first-half window)": ("official_first_half", "first_half", None)}
+"""(official config, fast config, target: fast at least this many times faster, or None) printed side by side."""
 
 
 def build(model_name: str, device: str):
@@ -107,7 +113,7 @@ def run_one(args, name: str) -> dict:
         guidance = call_node("ReadoutTarget", head=head, weight=0.43, start_percent=0.0, end_percent=config["end"],
                              target_image=target)[0]
         options = dict(guidance=guidance, gradient_checkpointing=config["checkpointing"],
-                       compute_dtype=config["dtype"], loss_branch=config["branch"])
+                       compute_dtype=config["dtype"], loss_branch=config["branch"], rule=config.get("rule", "fast"))
         call_node("ReadoutGuidedKSampler", **warm, **options)
         run = lambda: call_node("ReadoutGuidedKSampler", **sample, **options)  # noqa: E731
     if args.device == "cuda":
@@ -182,6 +188,12 @@ def report(args, results: dict) -> None:
         if name in results:
             ratio = results[name][key] / base[key]
             print(f"  {label:44} {ratio:5.2f}x (target <= {limit}x): {'met' if ratio <= limit else 'NOT met'}")
+    print("\nrule official vs fast (the default), same run:")
+    for label, (official, fast, target) in OFFICIAL_VS_FAST.items():
+        if official in results and fast in results:
+            ratio = results[official]["seconds_per_step"] / results[fast]["seconds_per_step"]
+            verdict = "" if target is None else f" (target >= {target}x): {'met' if ratio >= target else 'NOT met'}"
+            print(f"  {label:44} official takes {ratio:5.2f}x the time of fast{verdict}")
 
 
 if __name__ == "__main__":

@@ -100,8 +100,9 @@ class ReadoutGuidedKSampler:
     DESCRIPTION = "Samples like KSampler while readout heads steer the latent toward your targets."
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-               denoise=1.0, guidance=(), loss_branch="cond", gradient_checkpointing=True, compute_dtype="auto"):
-        options = guidance_options(loss_branch, gradient_checkpointing, compute_dtype)
+               denoise=1.0, guidance=(), loss_branch="cond", gradient_checkpointing=True, compute_dtype="auto",
+               rule="fast"):
+        options = guidance_options(loss_branch, gradient_checkpointing, compute_dtype, rule)
         result = sample_guided(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                                denoise, tuple(guidance or ()), options)
         plot = plot_losses(result.patch.last_run.loss_history(), [t.label for t in result.patch.targets])
@@ -127,8 +128,9 @@ class ApplyReadoutGuidance:
     CATEGORY = CATEGORY
     DESCRIPTION = "Patches a clone of the model so any sampler node applies readout guidance."
 
-    def apply(self, model, guidance, loss_branch="cond", gradient_checkpointing=True, compute_dtype="auto"):
-        options = guidance_options(loss_branch, gradient_checkpointing, compute_dtype)
+    def apply(self, model, guidance, loss_branch="cond", gradient_checkpointing=True, compute_dtype="auto",
+              rule="fast"):
+        options = guidance_options(loss_branch, gradient_checkpointing, compute_dtype, rule)
         return (apply_readout_guidance(model, tuple(guidance), options)[0],)
 
 

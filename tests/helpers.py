@@ -18,7 +18,10 @@ import torch
 from comfy_server import ComfyServer, start_server, stop_server
 from testbed import comfyui_path, pack_dir_in
 
-from tiny.models import TINY_CHECKPOINT as TINY_CKPT, TINY_CONTROLNET, TINY_LORA  # noqa: F401
+from tiny.models import (TINY_CHECKPOINT as TINY_CKPT, TINY_CONTROLNET, TINY_LORA, TINY_MIDDLE_UNET,  # noqa: F401
+                         TINY_T2I_ADAPTER, tiny_head_name)
+
+STEPS = 8
 
 
 def node_class(name: str) -> type:
@@ -29,15 +32,17 @@ def node_class(name: str) -> type:
 
 
 def call_node(name: str, **inputs: Any) -> tuple:
-    """Run one node the way ComfyUI's executor does: a fresh instance, under inference mode."""
+    """Run one node the way ComfyUI's executor does: a fresh instance, under inference mode (V3 nodes: their result)."""
     cls = node_class(name)
     with torch.inference_mode():
-        return getattr(cls(), cls.FUNCTION)(**inputs)
+        out = getattr(cls(), cls.FUNCTION)(**inputs)
+    return getattr(out, "result", out)
 
 
-def with_tiny_controlnet(positive, negative, vae) -> tuple:
-    """Both prompts through the tiny ControlNet (a bright box as the hint), as ControlNetApplyAdvanced makes them."""
-    controlnet = call_node("ControlNetLoader", control_net_name=TINY_CONTROLNET)[0]
+def with_tiny_controlnet(positive, negative, vae, name: str = TINY_CONTROLNET) -> tuple:
+    """Both prompts through a tiny ControlNet or T2I adapter (a bright box as the hint), as ControlNetApplyAdvanced
+    makes them."""
+    controlnet = call_node("ControlNetLoader", control_net_name=name)[0]
     hint = torch.zeros(1, 64, 64, 3)
     hint[:, 8:40, 20:50] = 1.0
     return call_node("ControlNetApplyAdvanced", positive=positive, negative=negative, control_net=controlnet,
@@ -83,16 +88,26 @@ def run_prompt(prompt: dict) -> PromptResult:
     if not valid[0]:
         raise AssertionError(f"prompt failed validation: {valid[1]} {valid[3]}")
     server = _ServerStub()
-    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    # "ram_inactive" is read by ComfyUI 0.33's executor; 0.3.75 ignores it
+    cache_args = {"lru": 0, "ram": 0, "ram_inactive": 0}
+    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args=cache_args)
     executor.execute(prompt, prompt_id, {}, valid[2])
     return PromptResult(executor.success, executor.history_result["outputs"], executor.status_messages)
 
 
 @pytest.fixture(scope="session")
 def comfy_server() -> Iterator[ComfyServer]:
-    """The real ComfyUI server with this pack, for the whole test session."""
+    """The real ComfyUI server with this pack, for the whole test session.
+
+    Its user folder is fresh: the editor's settings are the defaults, except that the first-run templates
+    dialog has been seen (it would cover the canvas).
+    """
     out = tempfile.mkdtemp(prefix="rg-server-out-")
-    server = start_server(comfyui_path(), out, os.path.join(out, "server.log"))
+    user_dir = tempfile.mkdtemp(prefix="rg-server-user-")
+    os.makedirs(os.path.join(user_dir, "default"))
+    with open(os.path.join(user_dir, "default", "comfy.settings.json"), "w", encoding="utf-8") as f:
+        json.dump({"Comfy.TutorialCompleted": True}, f)
+    server = start_server(comfyui_path(), out, os.path.join(out, "server.log"), user_dir=user_dir)
     try:
         yield server
     finally:
@@ -113,3 +128,100 @@ def text_to_image_prompt(seed: int = 1, steps: int = 4, size: int = 64, prefix: 
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
     }
+
+
+class SpatialBed:
+    """The user's graph so far: checkpoint, prompts, an empty latent, a pose head and a reachable target."""
+
+    def __init__(self, steps: int = STEPS) -> None:
+        self.steps = steps
+        self.model, self.clip, self.vae = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[:3]
+        self.pos = call_node("CLIPTextEncode", text="a dancer on a beach", clip=self.clip)[0]
+        self.neg = call_node("CLIPTextEncode", text="", clip=self.clip)[0]
+        self.latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
+        self.head = call_node("LoadReadoutHead", head_name=tiny_head_name("pose"))["result"][0]
+        reference = self.ksampler(self.model, seed=7)
+        self.target_map = self.readout(reference)
+
+    def ksampler(self, model, seed: int = 1, sampler: str = "euler", cfg: float = 5.0, latent=None, positive=None,
+                 negative=None) -> torch.Tensor:
+        return call_node("KSampler", model=model, seed=seed, steps=self.steps, cfg=cfg, sampler_name=sampler,
+                         scheduler="normal", positive=positive or self.pos, negative=negative or self.neg,
+                         latent_image=latent or self.latent, denoise=1.0)[0]["samples"]
+
+    def guided(self, guidance, seed: int = 1, sampler: str = "euler", cfg: float = 5.0, model=None, latent=None,
+               positive=None, negative=None, **options):
+        out, plot, _ = call_node("ReadoutGuidedKSampler", model=model or self.model, seed=seed, steps=self.steps,
+                                 cfg=cfg, sampler_name=sampler, scheduler="normal", positive=positive or self.pos,
+                                 negative=negative or self.neg, latent_image=latent or self.latent, denoise=1.0,
+                                 guidance=guidance, **options)
+        return out["samples"], plot
+
+    def readout(self, samples: torch.Tensor, head=None) -> torch.Tensor:
+        """The head's readout of a final latent, as ExtractReadout reads images (t = 0, empty prompt)."""
+        with torch.inference_mode():
+            return pack_module("readout.heads.extract").latent_readout(self.model, head or self.head, samples, self.neg, 0, 0)
+
+    def unit_map(self, readout: torch.Tensor) -> torch.Tensor:
+        """A readout as a [0, 1] IMAGE (B, H, W, 3), what ReadoutTarget takes as target_image."""
+        return pack_module("readout.heads.readouts").spatial_to_unit(readout, self.head.config.control_range).movedim(1, -1)
+
+    def target(self, weight: float = 1.0, end: float = 1.0, image=None, head=None, **extra):
+        image = self.unit_map(self.target_map) if image is None else image
+        return call_node("ReadoutTarget", head=head or self.head, weight=weight, start_percent=0.0, end_percent=end,
+                         target_image=image, **extra)[0]
+
+    def loss(self, guidance, samples: torch.Tensor) -> float:
+        return float(guidance[0].loss(self.readout(samples)).sum())
+
+
+def assert_lowered(bed: SpatialBed, guidance, samples: torch.Tensor, plain: torch.Tensor) -> None:
+    assert torch.isfinite(samples).all()
+    assert bed.loss(guidance, samples) < 0.9 * bed.loss(guidance, plain)
+
+
+def model_state(model) -> dict:
+    """What a guided run could leave behind on a user's MODEL: module hooks, instance forwards, weight/bias functions,
+    parameters (an autograd-safe alias is not an inference tensor) and the patcher's post-CFG functions, wrappers and
+    transformer and object patches. Parameter objects themselves may change: ComfyUI re-patches LoRA weights into new ones."""
+    modules = {}
+    for name, module in model.model.diffusion_model.named_modules():
+        modules[name] = (
+            len(module._forward_hooks), len(module._forward_pre_hooks), "forward" in module.__dict__,
+            tuple(module.__dict__.get("weight_function", ())), tuple(module.__dict__.get("bias_function", ())),
+            tuple((p.is_inference(), p.dtype, float(p.detach().float().sum()))
+                  for p in module.parameters(recurse=False)),
+        )
+    transformer_options = model.model_options.get("transformer_options", {})
+    patches = {kind: {key: list(value) if isinstance(value, list) else dict(value) for key, value in
+                      transformer_options.get(kind, {}).items()} for kind in ("patches", "patches_replace")}
+    return {"modules": modules, "post_cfg": list(model.model_options.get("sampler_post_cfg_function", [])),
+            "wrappers": {k: dict(v) for k, v in model.wrappers.items() if v}, "patches": patches,
+            "object_patches": dict(model.object_patches)}
+
+
+def assert_model_untouched(model, before: dict) -> None:
+    """The MODEL is as `model_state` saw it before the run."""
+    after = model_state(model)
+    changed = [name for name in before["modules"] if before["modules"][name] != after["modules"].get(name)]
+    assert not changed, (f"left on the shared model: {changed[:5]}; first: {before['modules'][changed[0]]} -> "
+                         f"{after['modules'].get(changed[0])}" if changed else "")
+    for key in ("post_cfg", "wrappers", "patches", "object_patches"):
+        assert after[key] == before[key], f"the model's {key} changed"
+
+
+def word_reading(model, clip, prompt: str, positive, samples: torch.Tensor,
+                 words: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A prompt word's cross-attention map and the decoder features on a final latent (t = 0, the prompt)."""
+    attention = pack_module("readout.guidance.attention")
+    extract = pack_module("readout.heads.extract")
+    features = pack_module("readout.heads.features")
+    unet_call = pack_module("readout.guidance.unet_call")
+    tokens = pack_module("readout.targets.prompt_tokens").word_token_positions(clip, prompt, words)
+    diffusion_model = model.model.diffusion_model
+    with torch.inference_mode():
+        x, sigma = extract.noised_latent(model, samples, 0, 0)
+        with attention.capture_cross_attention(diffusion_model, list(tokens)) as store, \
+                features.capture_decoder_features(diffusion_model) as feature_store:
+            unet_call.evaluate_unet(model, x, sigma.expand(x.shape[0]), positive)
+            return store.word_maps(tokens, *samples.shape[-2:]).float(), feature_store.complete()

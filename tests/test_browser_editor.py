@@ -11,7 +11,8 @@ import requests
 
 from PIL import Image
 
-from browser import graph_to_prompt, load_workflow, missing_node_types, open_editor, queue, run_js, screenshot, wait_js
+from browser import (graph_to_prompt, has_setting, load_workflow, missing_node_types, open_editor, queue,
+                     read_execution_error, run_js, screenshot, set_setting, use_prompt_values, wait_js)
 from comfy_server import PromptFailed
 from tiny.models import TINY_SDXL_HEAD, tiny_head_name
 from testbed import REPO
@@ -20,6 +21,7 @@ from workflow_api import ui_to_api
 
 ActionChains = pytest.importorskip("selenium.webdriver.common.action_chains").ActionChains
 BLANK_SIZE = 512  # image px the points editor shows without a reference image
+EXAMPLE_PHOTO = "readout_example_photo.png"  # 512x512, in ComfyUI's input folder (scripts/example_images.py)
 WORKFLOWS = sorted(f for f in os.listdir(os.path.join(REPO, "workflows")) if f.endswith(".json"))
 
 
@@ -71,20 +73,41 @@ def test_workflow_loads_converts_and_runs_in_the_editor(browser, comfy_server, n
     assert os.path.exists(os.path.join(comfy_server.output_dir, saved[0]["subfolder"], saved[0]["filename"]))
 
 
-def test_wrong_head_for_the_model_shows_an_error_naming_head_and_family(browser, comfy_server):
+def with_input(class_type: str, name: str, value):
+    """Set one input of every node of a type in an API prompt."""
+    def change(prompt: dict) -> dict:
+        for node in prompt.values():
+            if node["class_type"] == class_type:
+                node["inputs"][name] = value
+        return prompt
+    return change
+
+
+NODE_ERRORS = {  # workflow, the user's mistake, the node that fails, what the editor must show
+    "wrong_head": ("sdxl_spatial.json", with_input("LoadReadoutHead", "head_name", TINY_SDXL_HEAD),
+                   "KSampler (Readout Guidance)",
+                   f"head '{TINY_SDXL_HEAD}' expects SDXL features (9 decoder layers), but the model is SD1.5"),
+    "bad_points_json": ("drag_generated.json", with_input("ReadoutDragTarget", "points", '[{"source": [10, 10], '),
+                        "Readout Drag Target",
+                        "points: not valid JSON (Expecting property name enclosed in double quotes at character 21)"),
+    "missing_target": ("drag_generated.json", with_input("ReadoutDragTarget", "points", '[{"source": [10, 10]}]'),
+                       "Readout Drag Target", "points: pair 1 has no target: every source needs a target"),
+}
+
+
+@pytest.mark.parametrize("case", NODE_ERRORS)
+def test_node_errors_reach_the_user_in_the_editor(browser, comfy_server, case):
+    name, mistake, failing_node, message = NODE_ERRORS[case]
     open_editor(browser, comfy_server)
-    load_workflow(browser, read_workflow("sdxl_spatial.json"))
-    prompt = for_tiny_models(graph_to_prompt(browser))
-    for node in prompt.values():
-        if node["class_type"] == "LoadReadoutHead":
-            node["inputs"]["head_name"] = TINY_SDXL_HEAD
+    load_workflow(browser, read_workflow(name))
+    prompt = mistake(for_tiny_models(graph_to_prompt(browser)))
+    use_prompt_values(browser, prompt)  # the graph the user runs is the prompt: no missing-model warnings
     with pytest.raises(PromptFailed) as failure:
         comfy_server.wait(queue(browser, prompt))
-    message = f"head '{TINY_SDXL_HEAD}' expects SDXL features (9 decoder layers), but the model is SD1.5"
     assert message in str(failure.value)
-    wait_js(browser, f"document.body.innerText.includes({json.dumps(message)})", timeout=30,
-            what="the editor's error dialog")
-    screenshot(browser, "wrong_head_error")
+    overlay = read_execution_error(browser, message)
+    assert overlay is None or overlay.startswith(f"{failing_node} failed"), overlay  # the only error: no missing models
+    screenshot(browser, f"error_{case}")
 
 
 class PointsCanvas:
@@ -126,7 +149,8 @@ def saved_pairs(browser) -> list:
     return json.loads(run_js(browser, """
         const node = app.graph._nodes.find((n) => n.type === "ReadoutDragTarget");
         const index = node.widgets.findIndex((w) => w.name === "points");
-        return app.graph.serialize().nodes.find((n) => n.id === node.id).widgets_values[index];
+        // ids: strings in memory on the new frontend, numbers in serialize()
+        return app.graph.serialize().nodes.find((n) => String(n.id) === String(node.id)).widgets_values[index];
     """))
 
 
@@ -138,18 +162,60 @@ def assert_pairs(actual: list, expected: list, tolerance: float = 3.0) -> None:
             assert all(abs(p - w) <= tolerance for p, w in zip(point, want)), f"{actual} != {expected}"
 
 
-def test_points_editor_adds_moves_and_deletes_pairs(browser, comfy_server):
+def editor_in_node(browser) -> tuple[float, float, float]:
+    """The points editor's left and right edges and the node's width, as fractions of the node's screen box."""
+    return tuple(run_js(browser, """
+        const node = app.graph._nodes.find((n) => n.type === "ReadoutDragTarget");
+        await new Promise((r) => setTimeout(r, 300));  // the frontend lays out DOM widgets on the next frames
+        const { scale, offset } = app.canvas.ds;
+        const box = app.canvas.canvas.getBoundingClientRect();
+        const left = box.left + (node.pos[0] + offset[0]) * scale, width = node.size[0] * scale;
+        const rect = node.pointsEditor.canvas.getBoundingClientRect();
+        return [(rect.left - left) / width, (rect.right - left) / width, rect.width / width];
+    """))
+
+
+@pytest.fixture(params=[False, True], ids=["classic_nodes", "nodes_2"])
+def nodes_2(request, browser, comfy_server):
+    """The editor with "Nodes 2.0" (Vue nodes) off or on; afterwards off again, side panel closed."""
     open_editor(browser, comfy_server)
+    if request.param and not has_setting(browser, "Comfy.RightSidePanel.IsOpen"):
+        pytest.skip("this frontend's Nodes 2.0 is an early preview (frontend 1.32.9: it lays nodes out anew, losing "
+                    "the positions and sizes a script gives them); Nodes 2.0 is tested on the frontend with the side panel")
+    run_js(browser, "app.graph.clear(); app.graph.add(LiteGraph.createNode('Note'));")  # the setting wants a graph
+    set_setting(browser, "Comfy.VueNodes.Enabled", request.param)
+    yield request.param
+    if has_setting(browser, "Comfy.RightSidePanel.IsOpen"):
+        set_setting(browser, "Comfy.RightSidePanel.IsOpen", False)
+    set_setting(browser, "Comfy.VueNodes.Enabled", False)
+
+
+def test_points_editor_adds_moves_and_deletes_pairs(browser, nodes_2):
     run_js(browser, """
         app.graph.clear();
         const node = LiteGraph.createNode("ReadoutDragTarget");
-        node.pos = [120, 80];
+        node.pos = [420, 80];
         app.graph.add(node);
         node.setSize([420, 560]);
+        const image = LiteGraph.createNode("LoadImage");  // a 512 px reference: the same pixels as the blank canvas
+        image.pos = [80, 80];
+        app.graph.add(image);
+        image.widgets.find((w) => w.name === "image").value = args[0];
+        image.connect(0, node, node.findInputSlot("reference_image"));
+        await new Promise((r) => setTimeout(r, 300));  // Nodes 2.0 may lay the node out anew: view it where it is
         app.canvas.ds.scale = 1.2;  // the frontend then scales the editor with a CSS transform
-        app.canvas.ds.offset = [30, 40];
+        app.canvas.ds.offset = [150 / 1.2 - node.pos[0], 100 / 1.2 - node.pos[1]];
+        app.canvas.selectNode(node);
         app.graph.setDirtyCanvas(true, true);
-    """)
+    """, EXAMPLE_PHOTO)
+    wait_js(browser, "app.graph._nodes.find((n) => n.type === 'ReadoutDragTarget').pointsEditor.image?.naturalWidth === "
+            f"{BLANK_SIZE}", what="the LoadImage reference in the points editor")
+    closed = editor_in_node(browser)
+    if has_setting(browser, "Comfy.RightSidePanel.IsOpen"):  # the new frontend's side panel, on the selected node
+        set_setting(browser, "Comfy.RightSidePanel.IsOpen", True)
+        assert editor_in_node(browser) == pytest.approx(closed, abs=0.01), "the side panel moved or resized the editor"
+    left, right, width = closed
+    assert left >= 0 and right <= 1 and width > 0.85, f"the editor is not inside its node: {closed}"
     canvas = PointsCanvas(browser)
     a, b = ([100, 150], [300, 200]), ([400, 400], [250, 460])
     for point in (*a, *b):
@@ -161,12 +227,23 @@ def test_points_editor_adds_moves_and_deletes_pairs(browser, comfy_server):
     moved = [350, 260]
     canvas.drag(a[1], moved)
     assert_pairs(saved_pairs(browser), [(a[0], moved)])
-    screenshot(browser, "points_editor")
+    screenshot(browser, "points_editor_nodes_2" if nodes_2 else "points_editor")
 
     # Loading the saved workflow restores the drawing: the restored point is where a right-click deletes it.
     load_workflow(browser, run_js(browser, "return app.graph.serialize();"))
     PointsCanvas(browser).click(moved, right=True)
     assert saved_pairs(browser) == []
+
+
+def head_info_shown_and_saved(browser) -> tuple[str, dict]:
+    """After a run: the LoadReadoutHead node's head_info text and the node as the saved workflow has it."""
+    find = "app.graph._nodes.find((n) => n.type === 'LoadReadoutHead')"
+    wait_js(browser, f"{find}.widgets.find((w) => w.name === 'head_info')?.value", what="the head_info text")
+    return tuple(run_js(browser, f"""
+        const head = {find};
+        const saved = app.graph.serialize().nodes.find((n) => String(n.id) === String(head.id));
+        return [head.widgets.find((w) => w.name === "head_info").value, saved];
+    """))
 
 
 def upload_reference(server, size=(640, 320)) -> str:
@@ -197,7 +274,8 @@ def test_points_editor_shows_the_reference_image_and_its_preview_after_a_run(bro
             return node;
         };
         const image = add("LoadImage", [80, 400], { image: args[0] });
-        const head = add("LoadReadoutHead", [80, 120], { head_name: args[1] });
+        // not the workflow tests' cached head (a cached node sends no head_info)
+        const head = add("LoadReadoutHead", [80, 120], { head_name: args[1], timestep_embedding: args[2] });
         const drag = add("ReadoutDragTarget", [480, 100]);
         drag.setSize([520, 640]);
         const preview = add("PreviewAny", [1060, 120]);
@@ -208,8 +286,8 @@ def test_points_editor_shows_the_reference_image_and_its_preview_after_a_run(bro
         app.canvas.ds.offset = [0, 0];
         app.graph.setDirtyCanvas(true, true);
         return drag.id;
-    """, reference, tiny_head_name("correspondence"))
-    wait_js(browser, "app.graph.getNodeById(%d).pointsEditor.image?.naturalWidth === 640" % drag_id,
+    """, reference, tiny_head_name("correspondence"), "E(1000-t) (official training)")
+    wait_js(browser, f"app.graph.getNodeById({json.dumps(drag_id)}).pointsEditor.image?.naturalWidth === 640",
             what="the LoadImage reference in the points editor")
 
     canvas = PointsCanvas(browser, image_size=(640, 320))
@@ -223,8 +301,11 @@ def test_points_editor_shows_the_reference_image_and_its_preview_after_a_run(bro
     node = str(drag_id)  # the editor's own widgets are neither sent nor saved: our converter agrees
     assert nodes_and_inputs(prompt)[node] == ui_to_api(workflow, comfy_server.get("/object_info"))[node]
     entry = comfy_server.wait(queue(browser, prompt))
+    info, saved = head_info_shown_and_saved(browser)
+    assert info.startswith(f"{tiny_head_name('correspondence')}: ") and "SD1.5" in info, info
+    assert info not in json.dumps(saved), f"head_info was saved in the workflow: {saved}"
     preview = entry["outputs"][str(drag_id)]["reference_preview"][0]
     assert preview["type"] == "temp"
-    wait_js(browser, "app.graph.getNodeById(%d).pointsEditor.image?.src.includes('type=temp')" % drag_id,
+    wait_js(browser, f"app.graph.getNodeById({json.dumps(drag_id)}).pointsEditor.image?.src.includes('type=temp')",
             what="the reference_preview of the run in the points editor")
     screenshot(browser, "points_editor_reference")

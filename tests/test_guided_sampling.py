@@ -8,57 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import TINY_CKPT, TINY_LORA, call_node, pack_module, with_tiny_controlnet
+from helpers import (STEPS, TINY_CKPT, TINY_LORA, SpatialBed, assert_lowered, assert_model_untouched, call_node,
+                     model_state, pack_module, with_tiny_controlnet)
 from tiny.models import tiny_head_name
 
-STEPS = 8
 SDXL_DIMS = [1280] * 3 + [640] * 3 + [320] * 3
 
 
-class Bed:
-    """The user's graph so far: checkpoint, prompts, an empty latent, a pose head and a reachable target."""
-
-    def __init__(self) -> None:
-        self.model, self.clip, self.vae = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[:3]
-        self.pos = call_node("CLIPTextEncode", text="a dancer on a beach", clip=self.clip)[0]
-        self.neg = call_node("CLIPTextEncode", text="", clip=self.clip)[0]
-        self.latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
-        self.head = call_node("LoadReadoutHead", head_name=tiny_head_name("pose"))["result"][0]
-        reference = self.ksampler(self.model, seed=7)
-        self.target_map = self.readout(reference)
-
-    def ksampler(self, model, seed: int = 1, sampler: str = "euler", cfg: float = 5.0, latent=None, positive=None,
-                 negative=None) -> torch.Tensor:
-        return call_node("KSampler", model=model, seed=seed, steps=STEPS, cfg=cfg, sampler_name=sampler,
-                         scheduler="normal", positive=positive or self.pos, negative=negative or self.neg,
-                         latent_image=latent or self.latent, denoise=1.0)[0]["samples"]
-
-    def guided(self, guidance, seed: int = 1, sampler: str = "euler", cfg: float = 5.0, model=None, latent=None,
-               positive=None, negative=None, **options):
-        out, plot, _ = call_node("ReadoutGuidedKSampler", model=model or self.model, seed=seed, steps=STEPS, cfg=cfg,
-                              sampler_name=sampler, scheduler="normal", positive=positive or self.pos,
-                              negative=negative or self.neg, latent_image=latent or self.latent, denoise=1.0,
-                              guidance=guidance, **options)
-        return out["samples"], plot
-
-    def readout(self, samples: torch.Tensor, head=None) -> torch.Tensor:
-        """The head's readout of a final latent, as ExtractReadout reads images (t = 0, empty prompt)."""
-        with torch.inference_mode():
-            return pack_module("readout.heads.extract").latent_readout(self.model, head or self.head, samples, self.neg, 0, 0)
-
-    def target(self, weight: float = 1.0, end: float = 1.0, image=None, head=None, **extra):
-        unit = pack_module("readout.heads.readouts").spatial_to_unit(self.target_map, self.head.config.control_range)
-        image = unit.movedim(1, -1) if image is None else image
-        return call_node("ReadoutTarget", head=head or self.head, weight=weight, start_percent=0.0, end_percent=end,
-                         target_image=image, **extra)[0]
-
-    def loss(self, guidance, samples: torch.Tensor) -> float:
-        return float(guidance[0].loss(self.readout(samples)).sum())
-
-
 @pytest.fixture(scope="module")
-def bed() -> Bed:
-    return Bed()
+def bed() -> SpatialBed:
+    return SpatialBed()
 
 
 def test_weight_zero_or_no_targets_is_bit_identical_to_ksampler(bed):
@@ -106,11 +65,6 @@ def test_two_chained_targets_each_with_its_own_head(bed):
     assert depth_loss(samples) < depth_loss(plain)
     assert bed.loss(chain, samples) < bed.loss(chain, plain)
     assert plot.shape == (1, 256, 512, 3) and plot.std() > 0.01
-
-
-def assert_lowered(bed, guidance, samples, plain):
-    assert torch.isfinite(samples).all()
-    assert bed.loss(guidance, samples) < 0.9 * bed.loss(guidance, plain)
 
 
 def test_with_controlnet(bed):
@@ -199,27 +153,6 @@ def test_options_branch_checkpointing_and_dtype(bed):
         assert_lowered(bed, guidance, samples, plain)
 
 
-def model_state(model) -> dict:
-    """What a guided run could leave behind on the shared model: hooks, instance forwards, weight/bias
-    functions, parameter objects, and the patcher's post-CFG functions and wrappers."""
-    modules = {}
-    for name, module in model.model.diffusion_model.named_modules():
-        modules[name] = (
-            len(module._forward_hooks), "forward" in module.__dict__,
-            tuple(module.__dict__.get("weight_function", ())), tuple(module.__dict__.get("bias_function", ())),
-            tuple(id(p) for p in module.parameters(recurse=False)),
-        )
-    return {"modules": modules, "post_cfg": list(model.model_options.get("sampler_post_cfg_function", [])),
-            "wrappers": {k: dict(v) for k, v in model.wrappers.items() if v}}
-
-
-def assert_model_untouched(model, before: dict) -> None:
-    after = model_state(model)
-    changed = [name for name in before["modules"] if before["modules"][name] != after["modules"].get(name)]
-    assert not changed, f"left on the shared model: {changed[:5]}"
-    assert after["post_cfg"] == before["post_cfg"] == [] and after["wrappers"] == before["wrappers"] == {}
-
-
 def fresh_plain(bed) -> torch.Tensor:
     return bed.ksampler(call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[0])
 
@@ -271,7 +204,7 @@ def test_model_is_clean_after_a_user_cancel(bed, monkeypatch):
 
 
 def test_target_of_another_size_and_aspect_is_resized(bed):
-    unit = pack_module("readout.heads.readouts").spatial_to_unit(bed.target_map, bed.head.config.control_range)
+    unit = bed.unit_map(bed.target_map).movedim(-1, 1)
     wide = F.interpolate(unit, size=(48, 112), mode="nearest").movedim(1, -1)
     guidance = bed.target(image=wide)
     assert_lowered(bed, guidance, bed.guided(guidance)[0], bed.ksampler(bed.model))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import TINY_CKPT, call_node, pack_module, with_tiny_controlnet
+from helpers import TINY_CKPT, call_node, pack_module, with_tiny_controlnet, word_reading
 from tiny.models import tiny_head_name
 
 PROMPT = "a red cat on a blue sofa"
@@ -41,19 +41,7 @@ class Bed:
         return call_node("KSampler", **{**self.sampler_inputs(), **options})[0]["samples"]
 
     def word_reading(self, samples: torch.Tensor, words: str = "cat") -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The word's cross-attention map and the decoder features on a final latent (t = 0, the prompt)."""
-        attention = pack_module("readout.guidance.attention")
-        extract = pack_module("readout.heads.extract")
-        features = pack_module("readout.heads.features")
-        unet_call = pack_module("readout.guidance.unet_call")
-        tokens = pack_module("readout.targets.prompt_tokens").word_token_positions(self.clip, PROMPT, words)
-        diffusion_model = self.model.model.diffusion_model
-        with torch.inference_mode():
-            x, sigma = extract.noised_latent(self.model, samples, 0, 0)
-            with attention.capture_cross_attention(diffusion_model, list(tokens)) as store, \
-                    features.capture_decoder_features(diffusion_model) as feature_store:
-                unet_call.evaluate_unet(self.model, x, sigma.expand(x.shape[0]), self.pos)
-                return store.word_maps(tokens, *samples.shape[-2:]).float(), feature_store.complete()
+        return word_reading(self.model, self.clip, PROMPT, self.pos, samples, words)
 
     def word_map(self, samples: torch.Tensor) -> torch.Tensor:
         return self.word_reading(samples)[0]

@@ -15,6 +15,9 @@ TINY_SEED = 1234
 TINY_CHECKPOINT = "readout_tiny_sd15.safetensors"
 TINY_CONTROLNET = "readout_tiny_sd15_controlnet.safetensors"
 TINY_LORA = "readout_tiny_sd15_lora.safetensors"
+TINY_T2I_ADAPTER = "readout_tiny_sd15_t2i_adapter.safetensors"
+TINY_MIDDLE_UNET = "readout_tiny_sd15_middle_unet.safetensors"
+"""The tiny UNet plus a middle block (ResBlock, transformer, ResBlock), for patches that act there (SAG, PAG)."""
 
 TINY_UNET_CONFIG = {
     "image_size": 32,
@@ -35,6 +38,7 @@ TINY_UNET_CONFIG = {
 }
 """Two levels (320, 640 channels), one ResBlock each way: the decoder has 4 ResBlocks at two resolutions."""
 
+TINY_MIDDLE_UNET_CONFIG = {**TINY_UNET_CONFIG, "transformer_depth_middle": 1}
 TINY_DECODER_DIMS = [640, 640, 320, 320]
 SD15_LATENT_SCALE = 0.18215
 """SD1.5's latent scale factor (ComfyUI's process_latent_in)."""
@@ -64,12 +68,12 @@ def _half_state_dict(module: torch.nn.Module, prefix: str) -> dict[str, torch.Te
     return {prefix + k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items()}
 
 
-def build_unet(seed: int = TINY_SEED) -> torch.nn.Module:
+def build_unet(seed: int = TINY_SEED, config: dict = TINY_UNET_CONFIG) -> torch.nn.Module:
     """The tiny UNet as ComfyUI's own UNetModel."""
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     import comfy.ops
 
-    unet = UNetModel(**TINY_UNET_CONFIG, operations=comfy.ops.disable_weight_init)
+    unet = UNetModel(**config, operations=comfy.ops.disable_weight_init)
     init_weights(unet, seed)
     return unet
 
@@ -122,6 +126,22 @@ def build_controlnet(seed: int) -> torch.nn.Module:
     return net
 
 
+TINY_ADAPTER_CHANNELS = 1
+"""ComfyUI's T2I adapter layouts add their first feature map at a fixed input block; on the tiny UNet only the
+SDXL layout's (block 3: the 640-channel ResBlock at half the latent size) lines up, and a one-channel feature map
+broadcasts over its channels. Its deeper maps fit no block of the tiny UNet (ComfyUI logs that and skips them)."""
+
+
+def build_t2i_adapter(seed: int) -> torch.nn.Module:
+    """A T2I adapter that ComfyUI's ControlNetLoader reads (SDXL key layout, RGB hint, 1-4 channels)."""
+    from comfy.t2i_adapter.adapter import Adapter
+
+    channels = [TINY_ADAPTER_CHANNELS * m for m in (1, 2, 4, 4)]
+    adapter = Adapter(channels=channels, nums_rb=2, cin=3 * 16 * 16, ksize=1, sk=True, use_conv=False, xl=True)
+    init_weights(adapter, seed)
+    return adapter
+
+
 def tiny_checkpoint_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
     """UNet, TAESD and CLIP-L in the original SD1.5 single-file layout."""
     sd = _half_state_dict(build_unet(seed), "model.diffusion_model.")
@@ -132,9 +152,19 @@ def tiny_checkpoint_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]
     return sd
 
 
+def tiny_middle_unet_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
+    """The tiny UNet with a middle block, as a bare diffusion model for UNETLoader."""
+    return _half_state_dict(build_unet(seed, TINY_MIDDLE_UNET_CONFIG), "")
+
+
 def tiny_controlnet_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
     """The tiny ControlNet in the original `control_model.` layout."""
     return _half_state_dict(build_controlnet(seed + 3), "control_model.")
+
+
+def tiny_t2i_adapter_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
+    """The tiny T2I adapter in the original (unprefixed) adapter layout."""
+    return _half_state_dict(build_t2i_adapter(seed + 5), "")
 
 
 def tiny_lora_state_dict(seed: int = TINY_SEED, rank: int = 4) -> dict[str, torch.Tensor]:
@@ -258,6 +288,8 @@ def tiny_files() -> list[TinyFile]:
         TinyFile("checkpoints", TINY_CHECKPOINT, _tensors_file(tiny_checkpoint_state_dict)),
         TinyFile("controlnet", TINY_CONTROLNET, _tensors_file(tiny_controlnet_state_dict)),
         TinyFile("loras", TINY_LORA, _tensors_file(tiny_lora_state_dict)),
+        TinyFile("controlnet", TINY_T2I_ADAPTER, _tensors_file(tiny_t2i_adapter_state_dict)),
+        TinyFile("diffusion_models", TINY_MIDDLE_UNET, _tensors_file(tiny_middle_unet_state_dict)),
     ]
     files += [TinyFile("readout_heads", tiny_head_name(k), _head_file(k, False)) for k in TINY_HEAD_KINDS]
     files.append(TinyFile("readout_heads", tiny_head_name("pose", ".pt"), _head_file("pose", True)))

@@ -77,9 +77,22 @@ def autograd_safe_weights(model: nn.Module) -> Iterator[None]:
             setattr(module, name, param)
 
 
+def _snapshot(value: Any) -> Any:
+    """A shallow copy of a dict argument (the UNet keeps writing its transformer_options after a layer ran)."""
+    return dict(value) if isinstance(value, dict) else value
+
+
 def _checkpointed(forward):
+    """The layer's forward under checkpointing; the recomputation sees transformer_options as the forward saw them
+    (block, indices: what attention replace patches such as PAG's or IPAdapter's look up)."""
     def run(*args, **kwargs):
-        return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
+        recompute = (tuple(_snapshot(a) for a in args), {k: _snapshot(v) for k, v in kwargs.items()})
+        calls = iter([(args, kwargs)])
+
+        def body():
+            call_args, call_kwargs = next(calls, recompute)
+            return forward(*call_args, **call_kwargs)
+        return checkpoint(body, use_reentrant=False, preserve_rng_state=False)
     return run
 
 
@@ -111,10 +124,31 @@ def skip_clone_patch(h: torch.Tensor, transformer_options: dict) -> torch.Tensor
     return h.clone()
 
 
-def with_skip_clone(transformer_options: dict) -> dict:
-    """A copy of transformer_options whose patches clone each skip tensor (for the grad pass only)."""
+BLOCK_PATCHES = ("input_block_patch", "input_block_patch_after_skip", "middle_block_patch", "output_block_patch")
+"""UNet patches that run between blocks (outside checkpointed layers), e.g. FreeU's output_block_patch."""
+
+
+def _clone_tensors(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def _autograd_safe_patch(patch):
+    """A block patch that gets its own copies of the tensors and keeps copies of what it saves for the backward:
+    patches that edit tensors in place (FreeU_V2 scales half the channels of h in place) then stay differentiable."""
+    def run(*args):
+        with torch.autograd.graph.saved_tensors_hooks(torch.Tensor.clone, _identity):
+            return patch(*(_clone_tensors(a) for a in args))
+    return run
+
+
+def grad_pass_options(transformer_options: dict) -> dict:
+    """A copy of transformer_options for the grad pass only: each skip tensor cloned (ControlNet adds into it in
+    place) and every block patch made autograd-safe."""
     options = dict(transformer_options)
     patches = dict(options.get("patches", {}))
+    for key in BLOCK_PATCHES:
+        if key in patches:
+            patches[key] = [_autograd_safe_patch(patch) for patch in patches[key]]
     patches["input_block_patch_after_skip"] = list(patches.get("input_block_patch_after_skip", [])) + [skip_clone_patch]
     options["patches"] = patches
     return options

@@ -4,6 +4,10 @@ Per model evaluation: the APPLY_MODEL wrapper runs the sampler's own UNet call w
 decoder features, runs each active target's head and loss, and backpropagates to x; the post-CFG
 function turns the gradients into the correction of `denoised`. The OUTER_SAMPLE wrapper opens and
 closes a run. Hooks, weight functions and checkpointing exist only inside the grad pass (`finally`).
+
+Only the sampler's own model evaluation is guided: the first calc_cond_batch of each predict_noise. Extra UNet
+calls that other patches make in the same step (SAG's and PAG's post-CFG passes) run as they would without
+guidance: no grad, no gradient added, not counted as a guided evaluation.
 """
 from __future__ import annotations
 
@@ -15,29 +19,40 @@ import torch
 
 from .attention import AttentionStore, capture_cross_attention
 from .batch_split import BatchSplit
+from .compatibility import check_compatible
 from ..heads.features import capture_decoder_features, head_embedding
-from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, with_skip_clone
+from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, grad_pass_options
 from .rule import GuidanceRun
 from ..targets.reference import InvertedReference
 
 PATCH_KEY = "readout_guidance"
 LOSS_BRANCHES = {"both": (0, 1), "cond": (0,), "uncond": (1,)}
+AREA_ONLY_ERROR = (
+    "ConditioningSetArea: readout guidance reads the UNet call on the whole latent, but every prompt of its loss "
+    "branch ({branch}) is restricted to an area; combine the area prompt with a whole-image prompt "
+    "(ConditioningCombine), or set loss_branch of KSampler (Readout Guidance) / Apply Readout Guidance to a branch "
+    "whose prompt covers the whole image")
 COMPUTE_DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+RULES = ("fast", "official")
 
 
 @dataclass(frozen=True)
 class GuidanceOptions:
-    """How the guided pass runs: which CFG branch feeds the loss, checkpointing, compute dtype."""
+    """How the guided pass runs: which CFG branch feeds the loss, checkpointing, compute dtype, and the rule
+    (fast: ours; official: the official code's step, see official.py)."""
 
     loss_branch: str = "cond"
     gradient_checkpointing: bool = True
     compute_dtype: str = "auto"
+    rule: str = "fast"
 
     def __post_init__(self) -> None:
         if self.loss_branch not in LOSS_BRANCHES:
             raise ValueError(f"loss_branch: use one of {', '.join(LOSS_BRANCHES)}, got {self.loss_branch!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype: use one of {', '.join(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
+        if self.rule not in RULES:
+            raise ValueError(f"rule: use one of {', '.join(RULES)}, got {self.rule!r}")
 
 
 @dataclass
@@ -47,6 +62,7 @@ class _Evaluation:
     grads: dict[int, torch.Tensor] = field(default_factory=dict)
     losses: dict[int, torch.Tensor] = field(default_factory=dict)
     sigma: float = 0.0
+    skipped_crop: bool = False
 
     def add(self, index: int, grad: torch.Tensor, loss: torch.Tensor) -> None:
         self.grads[index] = grad if index not in self.grads else self.grads[index] + grad
@@ -74,15 +90,25 @@ class ReadoutGuidancePatch:
         self.options = options
         self.branch_split: int | None = None
         self.reference: InvertedReference | None = None
+        self.latent_size: tuple[int, int] | None = None
+        self.cond_names: dict[object, str] = {}
         self.run = GuidanceRun.fresh(len(targets))
         self.last_run = self.run
         self._evaluation = _Evaluation()
+        self._evaluation_open = False
+        self._guiding = False
 
     def __deepcopy__(self, memo: dict) -> ReadoutGuidancePatch:
         return self
 
     def outer_sample_wrapper(self, executor, *args, **kwargs):
         """Open a fresh run around one sampling, and close it even on error or cancel."""
+        noise = args[0] if args else kwargs["noise"]
+        self.latent_size = tuple(noise.shape[-2:])
+        conds = getattr(getattr(executor, "class_obj", None), "conds", None) or {}
+        self.cond_names = {c["uuid"]: name for name, group in conds.items() for c in group or ()
+                           if isinstance(c, dict) and "uuid" in c}
+        check_compatible(executor.class_obj.model_options)
         self.run = GuidanceRun.fresh(len(self.targets))
         self._evaluation = _Evaluation()
         try:
@@ -90,7 +116,24 @@ class ReadoutGuidancePatch:
         finally:
             self.last_run = self.run
             self._evaluation = _Evaluation()
+            self.latent_size, self.cond_names = None, {}
             self.run.warn_skipped([t.label for t in self.targets])
+
+    def predict_noise_wrapper(self, executor, *args, **kwargs):
+        """One model evaluation of the sampler: its first calc_cond_batch is the one to guide."""
+        self._evaluation_open = True
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self._evaluation_open = False
+
+    def calc_cond_batch_wrapper(self, executor, *args, **kwargs):
+        """Guide the UNet calls of the evaluation's main calc_cond_batch; later ones in the step run unguided."""
+        self._guiding, self._evaluation_open = self._evaluation_open, False
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self._guiding = False
 
     def _active_targets(self, model_sampling, sigma: float) -> list[int]:
         if self.run.windows is None:
@@ -98,6 +141,15 @@ class ReadoutGuidancePatch:
                                  model_sampling.percent_to_sigma(t.window.start_percent)) for t in self.targets]
         return [index for index, (target, (low, high)) in enumerate(zip(self.targets, self.run.windows))
                 if target.weight != 0.0 and target.active and low <= sigma <= high]
+
+    def _roles(self, transformer_options: dict) -> list[int]:
+        """Each chunk's role, 0 for the guider's positive prompt and 1 for any other: by the chunk's cond uuid when
+        the guider names its conds (DualCFGGuider batches its negative first), else ComfyUI's cond_or_uncond."""
+        roles = transformer_options.get("cond_or_uncond", [])
+        uuids = transformer_options.get("uuids", [])
+        if self.cond_names and len(uuids) == len(roles) and all(u in self.cond_names for u in uuids):
+            return [0 if self.cond_names[u] == "positive" else 1 for u in uuids]
+        return list(roles)
 
     def _loss_chunks(self, cond_or_uncond: list[int], batch: int) -> tuple[int, ...]:
         """Positions of the CFG chunks whose readout feeds the loss (none when the batch is not understood)."""
@@ -111,12 +163,16 @@ class ReadoutGuidancePatch:
     def apply_model_wrapper(self, executor, x, t, c_concat=None, c_crossattn=None, control=None,
                             transformer_options={}, **kwargs):
         """Run the sampler's UNet call, with grad for the loss branch, and collect each active target's gradient
-        w.r.t. x; chunks outside the loss branch run without autograd."""
+        w.r.t. x; chunks outside the loss branch, and calls on an area of the latent (ConditioningSetArea), run
+        without autograd: the targets read the whole latent."""
         base = executor.class_obj
         sigma = float(t[0])
-        active = self._active_targets(base.model_sampling, sigma)
+        active = self._active_targets(base.model_sampling, sigma) if self._guiding else []
         cond_or_uncond = transformer_options.get("cond_or_uncond", [])
-        grad_chunks = self._loss_chunks(cond_or_uncond, x.shape[0]) if active else ()
+        grad_chunks = self._loss_chunks(self._roles(transformer_options), x.shape[0]) if active else ()
+        if grad_chunks and self.latent_size not in (None, tuple(x.shape[-2:])):
+            self._evaluation.skipped_crop = True
+            grad_chunks = ()
         if not grad_chunks:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         self._evaluation.sigma = sigma
@@ -152,12 +208,10 @@ class ReadoutGuidancePatch:
             attention = stack.enter_context(capture_cross_attention(diffusion_model, tokens)) if tokens else None
             with autocast:
                 out = executor(x_grad, t_copy, c_concat, c_crossattn, control,
-                               with_skip_clone(transformer_options), **kwargs)
+                               grad_pass_options(transformer_options), **kwargs)
             readings = Readings(store.complete(), attention, tuple(x.shape[-2:]),
                                 base.model_sampling.timestep(t_copy).float())
-            for order, index in enumerate(active):
-                self._backprop_target(index, readings, diffusion_model, x_grad, chunks,
-                                      retain=order < len(active) - 1, autocast=autocast)
+            self._backprop_targets(active, readings, diffusion_model, x_grad, chunks, autocast)
             store.clear()
         return out.detach()
 
@@ -172,19 +226,31 @@ class ReadoutGuidancePatch:
     def _chunk_loss(self, target, readout: torch.Tensor) -> torch.Tensor:
         """Loss of one CFG chunk: on the edited half when a reference half rides along in the batch."""
         if not self.branch_split:
-            return target.loss(readout)
+            return self._target_loss(target, readout, None)
         reference, edited = readout[:self.branch_split].detach(), readout[self.branch_split:]
-        return target.loss(edited, reference) if target.relative else target.loss(edited)
+        return self._target_loss(target, edited, reference)
+
+    def _target_loss(self, target, edited: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
+        """A target's per-sample loss (`reference`: the reference branch's readout, None without one)."""
+        return target.loss(edited, reference) if target.relative and reference is not None else target.loss(edited)
+
+    def _backprop_targets(self, active: list[int], readings: Readings, diffusion_model, x_grad, chunks, autocast):
+        """Each active target's own gradient w.r.t. x (normalized per target later)."""
+        for order, index in enumerate(active):
+            self._backprop_target(index, readings, diffusion_model, x_grad, chunks,
+                                  retain=order < len(active) - 1, autocast=autocast)
+
+    def _readout(self, target, readings: Readings, diffusion_model, autocast) -> torch.Tensor:
+        """The target's readout of this UNet call (a head's output, or self-guidance's attention reading)."""
+        if target.head is None:
+            return target.read(readings.attention.word_maps(target.tokens, *readings.latent_size), readings.features)
+        with autocast:
+            emb = head_embedding(diffusion_model, target.head.config, readings.timesteps)
+            return target.head.module(readings.features, emb).float()
 
     def _backprop_target(self, index, readings: Readings, diffusion_model, x_grad, chunks, retain, autocast):
         target = self.targets[index]
-        if target.head is None:
-            readout = target.read(readings.attention.word_maps(target.tokens, *readings.latent_size),
-                                  readings.features)
-        else:
-            with autocast:
-                emb = head_embedding(diffusion_model, target.head.config, readings.timesteps)
-                readout = target.head.module(readings.features, emb).float()
+        readout = self._readout(target, readings, diffusion_model, autocast)
         losses = torch.stack([self._chunk_loss(target, readout[chunk]) for chunk in chunks])
         grad = torch.autograd.grad(losses.sum(), x_grad, retain_graph=retain)[0]
         folded = sum(grad[chunk] for chunk in chunks)
@@ -195,6 +261,8 @@ class ReadoutGuidancePatch:
         denoised = args["denoised"]
         evaluation, self._evaluation = self._evaluation, _Evaluation()
         if not evaluation.grads:
+            if evaluation.skipped_crop:
+                raise ValueError(AREA_ONLY_ERROR.format(branch=self.options.loss_branch))
             return denoised
         for index, grad in evaluation.grads.items():
             self.run.record_loss(index, evaluation.sigma, evaluation.losses[index])
@@ -220,6 +288,7 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
     if not allow_relative and relative:
         raise ValueError(f"guidance: relative targets ({', '.join(relative)}) need KSampler (Readout Guidance), "
                          "which samples their reference branch next to the edit")
+    check_compatible(model.model_options)
     check_targets_fit(model, targets, options)
     guided = model.clone()
     previous = find_patch(guided)
@@ -229,17 +298,32 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
             fn for fn in guided.model_options.get("sampler_post_cfg_function", [])
             if getattr(fn, "__self__", None) is not previous
         ]
-    patch = ReadoutGuidancePatch(tuple(targets), options)
-    guided.remove_wrappers_with_key(pe.WrappersMP.APPLY_MODEL, PATCH_KEY)
-    guided.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, PATCH_KEY)
-    guided.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, PATCH_KEY, patch.apply_model_wrapper)
-    guided.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, PATCH_KEY, patch.outer_sample_wrapper)
+    patch = _patch_class(options.rule)(tuple(targets), options)
+    wrappers = {
+        pe.WrappersMP.OUTER_SAMPLE: patch.outer_sample_wrapper,
+        pe.WrappersMP.PREDICT_NOISE: patch.predict_noise_wrapper,
+        pe.WrappersMP.CALC_COND_BATCH: patch.calc_cond_batch_wrapper,
+        pe.WrappersMP.APPLY_MODEL: patch.apply_model_wrapper,
+        pe.WrappersMP.SAMPLER_SAMPLE: getattr(patch, "sampler_sample_wrapper", None),
+    }
+    for kind, wrapper in wrappers.items():
+        guided.remove_wrappers_with_key(kind, PATCH_KEY)
+        if wrapper is not None:
+            guided.add_wrapper_with_key(kind, PATCH_KEY, wrapper)
     guided.set_model_sampler_post_cfg_function(patch.post_cfg_function)
     heads = {id(t.head.patcher): t.head.patcher for t in patch.targets if t.head is not None}
     guided.set_additional_models(PATCH_KEY, list(heads.values()))
     if not patch.targets:
         logging.info("readout guidance: no targets, the model samples as before")
     return guided, patch
+
+
+def _patch_class(rule: str) -> type[ReadoutGuidancePatch]:
+    """ReadoutGuidancePatch for rule fast; the official code's procedure for rule official."""
+    if rule == "official":
+        from .official import OfficialPatch
+        return OfficialPatch
+    return ReadoutGuidancePatch
 
 
 def check_targets_fit(model, targets: tuple, options: GuidanceOptions) -> None:

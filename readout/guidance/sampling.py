@@ -52,6 +52,9 @@ def sample_guided(model, seed: int, steps: int, cfg: float, sampler_name: str, s
     import latent_preview
     import nodes
 
+    if options.rule == "official":
+        from .official import check_official_sampler
+        check_official_sampler(sampler_name)
     guided, patch = apply_readout_guidance(model, targets, options, allow_relative=True)
     if not any(t.relative for t in targets):
         edited = nodes.common_ksampler(guided, seed, steps, cfg, sampler_name, scheduler, positive, negative,

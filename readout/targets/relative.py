@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,15 +26,20 @@ def sample_points(features: torch.Tensor, points: torch.Tensor, image_size: tupl
     return F.grid_sample(features, grid, mode="bilinear", align_corners=False)[:, :, 0]
 
 
+PointSampler = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor]
+"""(features (B, C, h, w), points (P, 2: x, y) in image pixels, image size (H, W)) -> vectors (B, C, P)."""
+
+
 def correspondence_loss(reference: torch.Tensor, edited: torch.Tensor, pairs: list[DragPair],
-                        image_size: tuple[int, int]) -> torch.Tensor:
+                        image_size: tuple[int, int], sample: PointSampler = sample_points) -> torch.Tensor:
     """Per sample: -similarity(reference at sources, edited at targets) pulls the content to the targets,
-    +similarity(reference at sources, edited at sources) discourages a ghost left behind (half each)."""
+    +similarity(reference at sources, edited at sources) discourages a ghost left behind (half each).
+    `sample` reads the feature vectors at the points (bilinear by default)."""
     sources = torch.tensor([p.source for p in pairs], device=edited.device)
     targets = torch.tensor([p.target for p in pairs], device=edited.device)
-    anchor = sample_points(reference, sources, image_size)
-    pulled = similarity(anchor, sample_points(edited, targets, image_size)).mean(dim=1)
-    ghost = similarity(anchor, sample_points(edited, sources, image_size)).mean(dim=1)
+    anchor = sample(reference, sources, image_size)
+    pulled = similarity(anchor, sample(edited, targets, image_size)).mean(dim=1)
+    ghost = similarity(anchor, sample(edited, sources, image_size)).mean(dim=1)
     return 0.5 * -pulled + 0.5 * ghost
 
 

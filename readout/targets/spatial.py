@@ -44,8 +44,18 @@ class SpatialTarget:
 
     def loss(self, readout: torch.Tensor) -> torch.Tensor:
         config = self.head.config
-        mask = None if self.mask is None else resize_map(self.mask, readout.shape[-2:]).to(readout)
-        return spatial_map_loss(readout, self.image, config.control_range, config.sparse_loss, mask)
+        image = per_latent(self.image, readout.shape[0], "target_image")
+        mask = None if self.mask is None else resize_map(per_latent(self.mask, readout.shape[0], "mask"),
+                                                         readout.shape[-2:]).to(readout)
+        return spatial_map_loss(readout, image, config.control_range, config.sparse_loss, mask)
+
+
+def per_latent(maps: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    """A batch of maps for a batch of latents: one map is shared by every latent, N maps go one per latent."""
+    if maps.shape[0] not in (1, batch):
+        raise ValueError(f"{name}: {maps.shape[0]} maps for a batch of {batch} latents; connect one map for the "
+                         f"whole batch or one per latent ({batch})")
+    return maps
 
 
 def spatial_map_loss(readout: torch.Tensor, target: torch.Tensor, control_range: tuple[float, float],

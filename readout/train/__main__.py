@@ -16,6 +16,7 @@ from .data import DataError, PairDataset, SpatialDataset, TripletDataset
 from .distributed import close_workers, init_workers
 from .frozen_unet import FrozenUNet
 from .loop import TrainOptions, Trainer
+from .losses import APPEARANCE_MARGIN, CORRESPONDENCE_TEMPERATURE
 
 RELATIVE_DATA = {"correspondence": "--pairs", "appearance": "--triplets", "identity": "--triplets"}
 
@@ -43,8 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-every", type=int, default=500, help="save head and state every N steps")
     parser.add_argument("--resume", help="training state (<output>.state.pt) to continue from")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, head init, noise and timesteps")
-    parser.add_argument("--temperature", type=float, default=0.1, help="correspondence softmax temperature")
-    parser.add_argument("--margin", type=float, default=0.5, help="appearance/identity hinge margin")
+    parser.add_argument("--temperature", type=float, default=CORRESPONDENCE_TEMPERATURE,
+                        help="correspondence softmax temperature (official: 0.07)")
+    parser.add_argument("--margin", type=float, default=APPEARANCE_MARGIN, help="appearance/identity hinge margin")
     parser.add_argument("--max-timestep", type=int, default=1000,
                         help="draw training timesteps from [0, N) (default: the whole schedule)")
     parser.add_argument("--num-workers", type=int, default=0, help="image loading worker processes")

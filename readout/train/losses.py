@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from ..targets.relative import sample_points
 
 APPEARANCE_MARGIN = 0.5
-CORRESPONDENCE_TEMPERATURE = 0.1
+CORRESPONDENCE_TEMPERATURE = 0.07
+"""The official training's temperature (its logit scale starts at 1 / 0.07, as in CLIP)."""
 
 
 def point_cells(points: torch.Tensor, image_size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
@@ -57,5 +58,6 @@ def appearance_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
                  margin: float = APPEARANCE_MARGIN) -> torch.Tensor:
-    """Hinge: the positive must be closer to the anchor than the negative by `margin` (cosine distance)."""
-    return F.relu(appearance_distance(anchor, positive) - appearance_distance(anchor, negative) + margin).mean()
+    """Hinge: the positive must be closer to the anchor than the negative by `margin` (cosine distance), summed
+    over the batch as in the official training."""
+    return F.relu(appearance_distance(anchor, positive) - appearance_distance(anchor, negative) + margin).sum()

@@ -42,6 +42,8 @@ class PointsEditor {
     this.node = node;
     this.widget = node.widgets.find((w) => w.name === "points");
     this.canvas = document.createElement("canvas");
+    // Its layout size comes from the node, never from its pixel buffer (which draw() sizes to the zoom).
+    Object.assign(this.canvas.style, { display: "block", width: "100%", height: "100%", minHeight: "0" });
     this.preview = null; // latest reference_preview of this node's run
     this.image = null;
     this.imageUrl = null;
@@ -54,6 +56,7 @@ class PointsEditor {
     const editor = node.addDOMWidget("points_editor", "points_editor", this.canvas, {
       serialize: false, // options.serialize: not sent to the backend; widget.serialize: not saved in the workflow
       getMinHeight: () => 220,
+      hideInPanel: true, // the new frontend's side panel would otherwise take the canvas out of the node
     });
     const button = node.addWidget("button", "clear points", null, clear, { serialize: false });
     editor.serialize = button.serialize = false;
@@ -63,6 +66,26 @@ class PointsEditor {
     this.canvas.addEventListener("lostpointercapture", () => (this.dragged = null));
     this.canvas.addEventListener("contextmenu", (e) => this.onContextMenu(e));
     new ResizeObserver(() => this.draw()).observe(this.canvas);
+    const follow = () => {
+      if (this.removed) return;
+      this.refresh();
+      requestAnimationFrame(follow);
+    };
+    requestAnimationFrame(follow);
+  }
+
+  // What the drawing depends on: the points (typed, loaded with a workflow), the links, the reference image
+  // (LoadImage choice or run preview) and the on-screen size (zoom).
+  state() {
+    const rect = this.canvas.getBoundingClientRect();
+    const links = ["points_json", "reference_image"].map((name) => !!this.linkedNode(name));
+    return JSON.stringify([this.widget.value, this.imageUrl, !!this.image, links, rect.width, rect.height]);
+  }
+
+  // Called every frame (Nodes 2.0 does not call the node's onDrawForeground): redraws only on a change.
+  refresh() {
+    this.updateImage();
+    if (this.state() !== this.drawn) this.draw();
   }
 
   pairs() {
@@ -76,7 +99,7 @@ class PointsEditor {
   }
 
   linkedNode(inputName) {
-    return this.node.getInputNode(this.node.findInputSlot(inputName));
+    return this.node.graph ? this.node.getInputNode(this.node.findInputSlot(inputName)) : null;
   }
 
   referenceUrl() {
@@ -190,6 +213,7 @@ class PointsEditor {
     const handle = pairs && this.hit(e, pairs);
     if (!handle) return;
     e.preventDefault();
+    e.stopPropagation(); // "Nodes 2.0" would open the node's menu over the editor
     if (handle.index < 0) {
       this.pending = null;
       this.draw();
@@ -203,6 +227,7 @@ class PointsEditor {
     const canvas = this.canvas;
     const rect = canvas.getBoundingClientRect();
     if (!canvas.clientWidth || !canvas.clientHeight) return;
+    this.drawn = this.state();
     const ratio = (rect.width / canvas.clientWidth) * (window.devicePixelRatio || 1);
     const [w, h] = [Math.round(canvas.clientWidth * ratio), Math.round(canvas.clientHeight * ratio)];
     if (canvas.width !== w || canvas.height !== h) [canvas.width, canvas.height] = [w, h];
@@ -267,7 +292,7 @@ app.registerExtension({
   name: "readout_guidance.PointsEditor",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== "ReadoutDragTarget") return;
-    const { onNodeCreated, onExecuted, onConnectionsChange, onDrawForeground } = nodeType.prototype;
+    const { onNodeCreated, onExecuted, onConnectionsChange, onRemoved } = nodeType.prototype;
     nodeType.prototype.onNodeCreated = function () {
       const result = onNodeCreated?.apply(this, arguments);
       this.pointsEditor = new PointsEditor(this);
@@ -283,11 +308,9 @@ app.registerExtension({
       // a preview of an image that is no longer connected would be misleading
       if (type === LiteGraph.INPUT && this.inputs[index]?.name === "reference_image") this.pointsEditor.preview = null;
     };
-    // Follows the points widget (typed, loaded with a workflow), the links and the LoadImage choice.
-    nodeType.prototype.onDrawForeground = function () {
-      onDrawForeground?.apply(this, arguments);
-      this.pointsEditor.updateImage();
-      this.pointsEditor.draw();
+    nodeType.prototype.onRemoved = function () {
+      onRemoved?.apply(this, arguments);
+      this.pointsEditor.removed = true;
     };
   },
 });
