@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..readout.heads.extract import LATENT_SCALE
 from ..readout.report.drawing import draw_pairs, heat, mark
 from ..readout.report.scores import score_readout
 from ..readout.report.word_attention import check_edit, word_maps
@@ -78,51 +79,53 @@ class DrawDragPoints:
 
 
 class WordAttentionMap:
-    """Where a Self-Guidance Target's words attend in an image, with the centroid, the edit's goal and its loss."""
+    """Where a Self-Guidance Target's words attend in a sampled latent, with the centroid, the edit's goal and loss."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The model that sampled the image."}),
-                "vae": ("VAE", {"tooltip": "Encodes the image into the model's latent space."}),
+                "model": ("MODEL", {"tooltip": "The model that sampled the latent."}),
                 "positive": ("CONDITIONING", {"tooltip": "The positive prompt the Self-Guidance Target's words "
                                                          "come from."}),
-                "image": ("IMAGE", {"tooltip": "The image to read (e.g. the guided result)."}),
+                "samples": ("LATENT", {"tooltip": "The latent to read (e.g. the guided sampler's output); for an "
+                                                  "image, VAEEncode it first."}),
                 "guidance": ("READOUT_GUIDANCE", {"tooltip": GUIDANCE_INPUT_TIP + " Its Self-Guidance Target gives "
                                                   "the words and the goal."}),
                 "timestep": ("INT", {"default": 500, "min": 0, "max": 999,
-                                     "tooltip": "Noise level the image is read at (0 = clean, 999 = pure noise); "
+                                     "tooltip": "Noise level the latent is read at (0 = clean, 999 = pure noise); "
                                                 "Self-Guidance acts early in sampling, at high noise."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                                  "tooltip": "Seed of the noise added at that timestep."}),
             },
             "optional": {
-                "unguided_image": ("IMAGE", {
-                    "tooltip": "The image from the same seed without guidance: move_by, scale_size and keep_shape "
-                               "are measured from it."}),
+                "unguided_samples": ("LATENT", {
+                    "tooltip": "The latent from the same seed without guidance (the guided sampler's reference "
+                               "output): move_by, scale_size and keep_shape are measured from it."}),
             },
         }
 
     RETURN_TYPES = ("IMAGE", "FLOAT", "STRING")
     RETURN_NAMES = ("attention_map", "loss", "report")
     OUTPUT_TOOLTIPS = ("The words' attention (yellow = most, blue = least), centroid (white cross), goal (green ring).",
-                       "The Self-Guidance loss of the image (lower is better).", "Centroid, goal and loss as text.")
+                       "The Self-Guidance loss of the latent (lower is better).", "Centroid, goal and loss as text.")
     FUNCTION = "read"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
-    DESCRIPTION = "Shows a prompt word's cross-attention map in an image and how far it is from the edit's goal."
+    DESCRIPTION = "Shows a prompt word's cross-attention map in a latent and how far it is from the edit's goal."
 
-    def read(self, model, vae, positive, image, guidance, timestep: int, seed: int, unguided_image=None):
+    def read(self, model, positive, samples, guidance, timestep: int, seed: int, unguided_samples=None):
         edits = [t for t in guidance or () if isinstance(t, SelfGuidanceTarget)]
         if not edits:
             raise ValueError("guidance: it has no Self-Guidance Target; connect that node's guidance output")
         target = edits[0]
-        maps = word_maps(model, vae, image, positive, target.tokens, timestep, seed)
-        unguided = None if unguided_image is None else word_maps(model, vae, unguided_image, positive, target.tokens,
-                                                                 timestep, seed)
+        latent = samples["samples"]
+        maps = word_maps(model, latent, positive, target.tokens, timestep, seed)
+        unguided = None if unguided_samples is None else word_maps(model, unguided_samples["samples"], positive,
+                                                                   target.tokens, timestep, seed)
         check = check_edit(target, maps, unguided)
-        picture = mark(heat(check.maps, (image.shape[1], image.shape[2])), check.centroids, check.goals)
+        size = (latent.shape[-2] * LATENT_SCALE, latent.shape[-1] * LATENT_SCALE)
+        picture = mark(heat(check.maps, size), check.centroids, check.goals)
         loss = float(check.losses.mean())
         report = f"{target.label}: centroid {_xy(check.centroids[0])}"
         report += "" if check.goals is None else f", goal {_xy(check.goals[0])}"

@@ -137,16 +137,14 @@ CHECK_Y = 1420  # the "what guidance did" group sits under the graph
 ROW = 330
 
 
-def finish(wf: Workflow, loader, sampler, prefix: str, reference: bool = False) -> tuple[Node, Node | None]:
-    """Decode and save the result, show the loss plot (and save the reference branch); the decoded images."""
+def finish(wf: Workflow, loader, sampler, prefix: str, reference: bool = False) -> None:
+    """Decode and save the result, show the loss plot (and save the reference branch)."""
     decoded = wf.add("VAEDecode", (1700, 0), samples=(sampler, "LATENT"), vae=(loader, "VAE"))
     wf.add("SaveImage", (1950, 0), {"filename_prefix": prefix}, images=(decoded, "IMAGE"))
     wf.add("PreviewImage", (1700, 420), title=LOSS_PLOT, images=(sampler, "loss_plot"))
-    if not reference:
-        return decoded, None
-    ref = wf.add("VAEDecode", (1700, 250), samples=(sampler, "reference"), vae=(loader, "VAE"))
-    wf.add("SaveImage", (1950, 420), {"filename_prefix": f"{prefix}_reference"}, images=(ref, "IMAGE"))
-    return decoded, ref
+    if reference:
+        ref = wf.add("VAEDecode", (1700, 250), samples=(sampler, "reference"), vae=(loader, "VAE"))
+        wf.add("SaveImage", (1950, 420), {"filename_prefix": f"{prefix}_reference"}, images=(ref, "IMAGE"))
 
 
 def guided_sampler(wf: Workflow, loader, positive, negative, latent, guidance, **widgets):
@@ -155,26 +153,26 @@ def guided_sampler(wf: Workflow, loader, positive, negative, latent, guidance, *
                   negative=negative, latent_image=(latent, "LATENT"), guidance=(guidance, "guidance"))
 
 
-def unguided_twin(wf: Workflow, loader, positive, negative, latent, **widgets) -> tuple[Node, list[Node]]:
-    """The same sampling without guidance (same seed and settings), decoded: what guidance is compared with."""
-    plain = wf.add("KSampler", (0, CHECK_Y), {**SAMPLER, **widgets}, title="Same seed, no guidance",
-                   model=(loader, "MODEL"), positive=positive, negative=negative, latent_image=(latent, "LATENT"))
-    decoded = wf.add("VAEDecode", (360, CHECK_Y), samples=(plain, "LATENT"), vae=(loader, "VAE"))
-    return decoded, [plain, decoded]
+def unguided_twin(wf: Workflow, loader, positive, negative, latent, **widgets) -> Node:
+    """The same sampling without guidance (same seed and settings): what guidance is compared with."""
+    return wf.add("KSampler", (0, CHECK_Y), {**SAMPLER, **widgets}, title="Same seed, no guidance",
+                  model=(loader, "MODEL"), positive=positive, negative=negative, latent_image=(latent, "LATENT"))
 
 
 def readout_rows(wf: Workflow, loader, head, guidance, rows: list[tuple], reference_row: bool = False,
                  draw_points: bool = False) -> list[Node]:
     """ExtractReadout of each row's image with the head, shown and scored against the guidance.
 
-    rows: (image node, view title, score title or None); with reference_row the first row is the reference image,
-    whose readout colours the others and is what relative targets compare with."""
+    rows: ((node, "IMAGE" or a LATENT output), view title, score title or None): a sampler's latent is read as it
+    is (no VAE round trip); with reference_row the first row is the reference, whose readout colours the others and
+    is what relative targets compare with."""
     added, reference = [], None
-    for index, (image, view_title, score_title) in enumerate(rows):
+    for index, (source, view_title, score_title) in enumerate(rows):
         y = CHECK_Y + ROW * index
         colors = {} if reference is None else {"colors_from": (reference, "readout")}
+        read_input = {"image": source} if source[1] == "IMAGE" else {"latent": source}
         read = wf.add("ExtractReadout", (720, y), {"timestep": -1, "seed": 0}, model=(loader, "MODEL"),
-                      vae=(loader, "VAE"), head=(head, "head"), image=(image, "IMAGE"), clip=(loader, "CLIP"), **colors)
+                      vae=(loader, "VAE"), head=(head, "head"), clip=(loader, "CLIP"), **read_input, **colors)
         shown = read, "readout_image"
         added.append(read)
         if draw_points:
@@ -219,7 +217,7 @@ def spatial(classes, kind: str, ckpt: str = SD15, family: str = "sdv15", control
                          control_net=(net, "CONTROL_NET"), image=(image, "IMAGE"), vae=(loader, "VAE"))
         conditioning = (applied, "positive"), (applied, "negative")
     sampler = guided_sampler(wf, loader, *conditioning, latent, target)
-    guided, _ = finish(wf, loader, sampler, f"readout_{kind}")
+    finish(wf, loader, sampler, f"readout_{kind}")
     net_text = ("\nControlNet: put your OpenPose ControlNet name in ControlNetLoader; readout guidance refines "
                 "what the ControlNet starts.") if controlnet else ""
     wf.note((0, 650), f"Spatial control with a {kind} readout head ({'SDXL' if family == 'sdxl' else 'SD1.5'}).\n"
@@ -228,9 +226,9 @@ def spatial(classes, kind: str, ckpt: str = SD15, family: str = "sdv15", control
             "weight 0.43 matches the official strength; raise it for tighter control (too high looks cartoonish). "
             f"The loss plot shows the readout loss falling.{net_text}")
     main_group(wf)
-    unguided, twin = unguided_twin(wf, loader, *conditioning, latent)
-    rows = [(unguided, UNGUIDED_VIEW, UNGUIDED_SCORE), (guided, GUIDED_VIEW, GUIDED_SCORE)]
-    check_group(wf, twin + readout_rows(wf, loader, head, target, rows),
+    unguided = unguided_twin(wf, loader, *conditioning, latent)
+    rows = [((unguided, "LATENT"), UNGUIDED_VIEW, UNGUIDED_SCORE), ((sampler, "LATENT"), GUIDED_VIEW, GUIDED_SCORE)]
+    check_group(wf, [unguided, *readout_rows(wf, loader, head, target, rows)],
                 f"the {kind} head's readout of the image without and with guidance, and its loss against the "
                 "target map (lower is better).")
     return wf.to_ui()
@@ -250,21 +248,26 @@ def drag_generated(classes) -> dict:
         "start_percent": 0.0, "end_percent": 0.5, "appearance_weight": 0.2},
         correspondence_head=(corr, "head"), appearance_head=(app, "head"), reference_image=(reference, "IMAGE"))
     sampler = guided_sampler(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, drag)
-    guided, _ = finish(wf, loader, sampler, "readout_drag", reference=True)
+    finish(wf, loader, sampler, "readout_drag", reference=True)
     wf.note((0, 650), "Drag a generated image. The plain KSampler shows the reference (same seed as the guided "
             "sampler); run once, then click points in the Readout Drag Target canvas: a source, then where it should "
             "go (drag to move, right-click to delete).\nChange: checkpoint, prompt, seed (keep both samplers on the "
             "same seed and steps), the points, drag_weight / appearance_weight.")
     main_group(wf)
-    drag_check(wf, loader, corr, drag, reference, guided)
+    drag_check(wf, loader, corr, drag, sampler)
     return wf.to_ui()
 
 
-def drag_check(wf: Workflow, loader, corr, drag, reference, guided) -> None:
-    rows = [(reference, REFERENCE_VIEW, UNGUIDED_SCORE), (guided, GUIDED_VIEW, GUIDED_SCORE)]
-    check_group(wf, readout_rows(wf, loader, corr, drag, rows, reference_row=True, draw_points=True),
-                "the correspondence head's readout (colours: its principal components) of the reference and of the "
-                "edit, points drawn (red source, green target); the scores are the similarity of the reference's "
+def drag_check(wf: Workflow, loader, corr, drag, sampler, twin: list[Node] = ()) -> None:
+    """Readouts of the reference and of the edit, points drawn; with twin (a photo: its drag at weight 0 and that
+    sampler) the reconstruction without the drag is the before, as the photo is not reproduced exactly."""
+    rows = [((sampler, "reference"), REFERENCE_VIEW, None if twin else UNGUIDED_SCORE),
+            *([((twin[-1], "LATENT"), UNGUIDED_VIEW, UNGUIDED_SCORE)] if twin else []),
+            ((sampler, "LATENT"), GUIDED_VIEW, GUIDED_SCORE)]
+    check_group(wf, [*twin, *readout_rows(wf, loader, corr, drag, rows, reference_row=True, draw_points=True)],
+                "the correspondence head's readout (colours: its principal components) of the reference (the "
+                "sampler's reference output: the same seed, or the photo reconstructed from its inversion, without "
+                "guidance) and of the edit, points drawn (red source, green target); the scores are the similarity of the reference's "
                 "feature at the source with the image's feature at the target (higher is better).")
 
 
@@ -290,22 +293,29 @@ def drag_real_image(classes) -> dict:
         correspondence_head=(corr, "head"), appearance_head=(app, "head"), reference=(inverted, "reference"),
         reference_image=(scaled, "IMAGE"))
     sampler = guided_sampler(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, drag, cfg=3.5)
-    guided, _ = finish(wf, loader, sampler, "readout_drag_real", reference=True)
+    finish(wf, loader, sampler, "readout_drag_real", reference=True)
+    no_drag = wf.add("ReadoutDragTarget", (0, CHECK_Y), {**drag.widgets, "drag_weight": 0.0, "appearance_weight": 0.0},
+                     title="Same drag at weight 0", correspondence_head=(corr, "head"), reference=(inverted, "reference"),
+                     reference_image=(scaled, "IMAGE"))
+    twin = wf.add("ReadoutGuidedKSampler", (360, CHECK_Y), {**SAMPLER, "cfg": 3.5},
+                  title="Same seed, no drag (reconstruction)", model=(loader, "MODEL"),
+                  positive=(positive, "CONDITIONING"), negative=(negative, "CONDITIONING"),
+                  latent_image=(latent, "LATENT"), guidance=(no_drag, "guidance"))
     wf.note((0, 1000), "Drag a real photo: it is inverted (DDIM) along the sampler's schedule, so with no points "
             "the sampler reconstructs it. Keep ReadoutInvertImage's steps/scheduler equal to the sampler's (ddim).\n"
             "Change: the image in LoadImage, a prompt that describes it, the points (click source then target in "
             "the canvas), cfg (3.5 as in the paper; 1.0 reconstructs most faithfully).")
     main_group(wf)
-    drag_check(wf, loader, corr, drag, scaled, guided)
+    drag_check(wf, loader, corr, drag, sampler, [no_drag, twin])
     return wf.to_ui()
 
 
-def appearance_check(wf: Workflow, loader, positive, negative, latent, head, target, reference, guided,
+def appearance_check(wf: Workflow, loader, positive, negative, latent, head, target, reference, sampler,
                      role: str) -> None:
-    unguided, twin = unguided_twin(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, seed=7)
-    rows = [(reference, REFERENCE_VIEW, None), (unguided, UNGUIDED_VIEW, UNGUIDED_SCORE),
-            (guided, GUIDED_VIEW, GUIDED_SCORE)]
-    check_group(wf, twin + readout_rows(wf, loader, head, target, rows, reference_row=True),
+    unguided = unguided_twin(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, seed=7)
+    rows = [((reference, "IMAGE"), REFERENCE_VIEW, None), ((unguided, "LATENT"), UNGUIDED_VIEW, UNGUIDED_SCORE),
+            ((sampler, "LATENT"), GUIDED_VIEW, GUIDED_SCORE)]
+    check_group(wf, [unguided, *readout_rows(wf, loader, head, target, rows, reference_row=True)],
                 f"the {role} head's readout (colours: the reference's principal components) of the reference, of "
                 f"the same seed without guidance and of the guided image; the scores are the {role} distance to the "
                 "reference's readout (lower is better).")
@@ -319,12 +329,12 @@ def appearance_variation(classes) -> dict:
     target = wf.add("ReadoutAppearanceTarget", (780, 150), {"weight": 0.43, "start_percent": 0.0, "end_percent": 0.5},
                     appearance_head=(app, "head"), reference=(inverted, "reference"))
     sampler = guided_sampler(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, target, seed=7)
-    guided, _ = finish(wf, loader, sampler, "readout_appearance", reference=True)
+    finish(wf, loader, sampler, "readout_appearance", reference=True)
     wf.note((0, 1000), "Appearance variations of a reference image: a new sample (its own seed) whose appearance "
             "follows the reference. Low weights keep colours and textures, high weights the same object.\n"
             "Change: the reference image, the prompt, the seed, the weight (try 0.2, 0.43, 1.0).")
     main_group(wf)
-    appearance_check(wf, loader, positive, negative, latent, app, target, scaled, guided, "appearance")
+    appearance_check(wf, loader, positive, negative, latent, app, target, scaled, sampler, "appearance")
     return wf.to_ui()
 
 
@@ -338,13 +348,13 @@ def identity(classes) -> dict:
                                                           "appearance_weight": 0.0},
                     identity_head=(face, "head"), face_mask=(mask, "MASK"), reference=(inverted, "reference"))
     sampler = guided_sampler(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, target, seed=7)
-    guided, _ = finish(wf, loader, sampler, "readout_identity", reference=True)
+    finish(wf, loader, sampler, "readout_identity", reference=True)
     wf.note((0, 1000), "Identity-consistent generation: a reference portrait, a new prompt. No identity head was "
             "released, so this uses the released appearance head on the face region (the mask's bounding box); "
             "an identity head trained with our trainer gives a closer likeness.\nChange: the portrait, its face "
             "mask (white = face), the new prompt, the weight.")
     main_group(wf)
-    appearance_check(wf, loader, positive, negative, latent, face, target, scaled, guided, "identity")
+    appearance_check(wf, loader, positive, negative, latent, face, target, scaled, sampler, "identity")
     return wf.to_ui()
 
 
@@ -356,7 +366,7 @@ def self_guidance_move_object(classes) -> dict:
         "prompt": prompt, "words": "cat", "edit": "move_by", "dx": 0.25, "dy": 0.0, "x": 0.5, "y": 0.5,
         "size_factor": 1.5, "weight": 1.0, "start_percent": 0.0, "end_percent": 0.5}, clip=(loader, "CLIP"))
     sampler = guided_sampler(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, move)
-    guided, unguided = finish(wf, loader, sampler, "self_guidance_move", reference=True)
+    finish(wf, loader, sampler, "self_guidance_move", reference=True)
     wf.note((0, 650), "Self-Guidance: move the cat a quarter of the width to the right, read from its "
             "cross-attention (no head file needed). The reference output is the same seed unguided.\n"
             "Change: the checkpoint, the prompt (keep the Self-Guidance Target's prompt identical to the positive "
@@ -365,15 +375,15 @@ def self_guidance_move_object(classes) -> dict:
             "head; it works with ControlNet conditioning too.")
     main_group(wf)
     added = []
-    rows = ((unguided, UNGUIDED_VIEW, UNGUIDED_SCORE), (guided, GUIDED_VIEW, GUIDED_SCORE))
-    for index, (image, title, score_title) in enumerate(rows):
+    rows = (("reference", UNGUIDED_VIEW, UNGUIDED_SCORE), ("LATENT", GUIDED_VIEW, GUIDED_SCORE))
+    for index, (output, title, score_title) in enumerate(rows):
         y = CHECK_Y + ROW * index
         read = wf.add("WordAttentionMap", (720, y), {"timestep": 500, "seed": 0}, title=score_title,
-                      model=(loader, "MODEL"), vae=(loader, "VAE"), positive=(positive, "CONDITIONING"),
-                      image=(image, "IMAGE"), guidance=(move, "guidance"), unguided_image=(unguided, "IMAGE"))
+                      model=(loader, "MODEL"), positive=(positive, "CONDITIONING"), samples=(sampler, output),
+                      guidance=(move, "guidance"), unguided_samples=(sampler, "reference"))
         added += [read, wf.add("PreviewImage", (1080, y), title=title, images=(read, "attention_map"))]
-    check_group(wf, added, "the word's cross-attention map (yellow = most, blue = least) in the unguided image (the sampler's "
-                "reference output) and in the guided one; white cross: its centroid, green ring: the goal (the "
+    check_group(wf, added, "the word's cross-attention map (yellow = most, blue = least) in the unguided latent (the "
+                "sampler's reference output) and in the guided one; white cross: its centroid, green ring: the goal (the "
                 "unguided centroid moved by dx, dy). Each node reports the Self-Guidance loss (lower is better).")
     return wf.to_ui()
 

@@ -12,23 +12,25 @@ from dataclasses import asdict, dataclass, field
 from demo_roles import GUIDED_SCORE, GUIDED_VIEW, LOSS_PLOT, REFERENCE_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW
 
 NOISE = ("The pictures themselves are noise: the demo's tiny models have random weights. What guidance did is "
-         "visible in the readout space, as the heads read the images.")
+         "visible in the readout space, as the heads read the sampled latents (read as sampled: the tiny random VAE's "
+         "decode and encode would scramble them).")
 FITTED = "Fitted for a CPU: 64 px canvas and at most 10 steps (scripts/tiny_names.py fit_for_cpu)."
 WHAT_TO_LOOK_FOR = {
-    "spatial": "Left: the target map. Middle: what the head reads in the image sampled from the same seed without "
-               "guidance. Right: what it reads in the guided image. The guided readout should be closer to the "
+    "spatial": "Left: the target map. Middle: what the head reads in the latent sampled from the same seed "
+               "without guidance. Right: what it reads in the guided latent. The guided readout should be closer to the "
                "target: its loss (lower is better) is below the unguided one.",
     "drag": "The correspondence head's features as colours (their principal components): left the reference, "
             "right the edited image, in the reference's colours. Red dot: the source point, green ring: where it "
             "should go. The similarity of the reference's feature at the source with the image's feature at the "
-            "target (higher is better) rises from before (the reference) to after (the edit).",
+            "target (higher is better) rises from before (the reference sampled from the same seed; for a photo, its "
+            "reconstruction from the inversion without the drag) to after (the edit).",
     "appearance": "The appearance head's readout of the reference, of the same seed without guidance and of the "
                   "guided image, in the reference's colours. The distance to the reference's readout (lower is "
                   "better) shows how much closer guidance brought the new image to the reference's appearance.",
     "identity": "The same as appearance, measured on the face region (the mask's bounding box): the identity "
                 "distance to the reference portrait's readout, without and with guidance (lower is better).",
-    "self_guidance": "The cross-attention map of the word (yellow = most, blue = least) in the image from the same seed without "
-                     "guidance and in the guided one. White cross: its centroid; green ring: the goal (the unguided "
+    "self_guidance": "The cross-attention map of the word (yellow = most, blue = least) in the latent from the same "
+                     "seed without guidance and in the guided one. White cross: its centroid; green ring: the goal (the unguided "
                      "centroid moved right by a quarter of the width). Guided, the centroid is nearer the goal: the "
                      "Self-Guidance loss (lower is better) falls.",
     "baseline": "Plain text-to-image with no guidance: the baseline every other panel is compared with.",
@@ -49,8 +51,10 @@ class Panel:
         return "; ".join(f"{s['label']} {s['value']:.4f}" for s in self.scores.get(title, []))
 
     def score_title(self, view_title: str) -> str:
-        """The score node that goes with an image: the guided view's, and the unguided (drag: reference) one's."""
-        before = REFERENCE_VIEW if self.kind == "drag" else UNGUIDED_VIEW
+        """The score node that goes with an image: the guided view's, and the unguided one's (a drag of a generated
+        image has no unguided view: there the reference is the same seed unguided)."""
+        titles = [title for title, _ in self.images]
+        before = UNGUIDED_VIEW if UNGUIDED_VIEW in titles or self.kind != "drag" else REFERENCE_VIEW
         return {GUIDED_VIEW: GUIDED_SCORE, before: UNGUIDED_SCORE}.get(view_title, "")
 
     def guided_is_better(self) -> bool | None:
@@ -63,7 +67,7 @@ class Panel:
 
     def caption(self) -> str:
         scores = [f"{label}: {self.score_line(title)}" for label, title in
-                  (("before" if self.kind == "drag" else "unguided", UNGUIDED_SCORE), ("guided", GUIDED_SCORE))
+                  (("before" if self.kind == "drag" else "unguided", UNGUIDED_SCORE), ("after" if self.kind == "drag" else "guided", GUIDED_SCORE))
                   if title in self.scores]
         parts = [WHAT_TO_LOOK_FOR[self.kind], *scores, NOISE, FITTED]
         return " ".join(p if p.endswith(".") else p + "." for p in parts)

@@ -97,5 +97,60 @@ def test_move_by_goal_is_the_unguided_centroid_plus_the_offset():
     before, after = report.check_edit(move, unguided, unguided), report.check_edit(move, moved, unguided)
     assert before.goals[0].tolist() == pytest.approx([1.5 / 8 + 0.25, 3.5 / 8])
     assert after.losses[0] < before.losses[0]
-    with pytest.raises(ValueError, match="unguided_image: move_by is measured"):
+    with pytest.raises(ValueError, match="unguided_samples: move_by is measured"):
         report.check_edit(move, moved, None)
+
+
+def test_extract_readout_reads_a_latent_as_it_is(tiny):
+    """latent: the sampler's output read without the VAE round trip (which the tiny random VAE scrambles)."""
+    model, clip, vae = tiny
+    pose = head("pose")
+    latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))}
+    image, readout = call_node("ExtractReadout", model=model, vae=vae, head=pose, latent=latent, timestep=-1,
+                               seed=0, clip=clip)
+    empty = call_node("CLIPTextEncode", text="", clip=clip)[0]
+    with torch.inference_mode():
+        direct = pack_module("readout.heads.extract").latent_readout(model, pose, latent["samples"], empty,
+                                                                     pose.config.save_timestep[0], 0)
+    assert torch.equal(readout.tensor, direct)
+    assert image.shape == (1, 64, 64, 3) and readout.image_size == (64, 64)
+    _, round_trip = extract(tiny, pose, call_node("VAEDecode", vae=vae, samples=latent)[0])
+    assert (round_trip.tensor - direct).abs().mean() > 0.05 * direct.abs().mean()
+    for inputs in ({}, {"latent": latent, "image": image}):
+        with pytest.raises(ValueError, match="image / latent: connect exactly one"):
+            call_node("ExtractReadout", model=model, vae=vae, head=pose, timestep=-1, seed=0, clip=clip, **inputs)
+
+
+def test_word_attention_map_shows_self_guidance_moving_the_word(tiny):
+    """The demo's claim on the tiny model: guided, the word's attention is nearer the goal than unguided."""
+    model, clip, _ = tiny
+    prompt = "a photo of a cat sitting on a sofa"
+    positive = call_node("CLIPTextEncode", text=prompt, clip=clip)[0]
+    negative = call_node("CLIPTextEncode", text="", clip=clip)[0]
+    move = call_node("SelfGuidanceTarget", clip=clip, prompt=prompt, words="cat", edit="move_by", dx=0.25, dy=0.0,
+                     x=0.5, y=0.5, size_factor=1.5, weight=1.0, start_percent=0.0, end_percent=0.5)[0]
+    latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
+    guided, _, unguided = call_node("ReadoutGuidedKSampler", model=model, seed=1, steps=8, cfg=5.0,
+                                    sampler_name="euler", scheduler="normal", positive=positive, negative=negative,
+                                    latent_image=latent, denoise=1.0, guidance=move)[:3]
+    read = lambda samples: call_node("WordAttentionMap", model=model, positive=positive, samples=samples,  # noqa: E731
+                                     guidance=move, timestep=500, seed=0, unguided_samples=unguided)
+    before, after = read(unguided), read(guided)
+    assert after["result"][1] < 0.95 * before["result"][1]
+    picture = after["result"][0]
+    assert picture.shape == (1, 64, 64, 3)
+    assert "goal (" in after["result"][2] and "lower is better" in after["result"][2]
+    with pytest.raises(ValueError, match="unguided_samples: move_by is measured"):
+        call_node("WordAttentionMap", model=model, positive=positive, samples=guided, guidance=move, timestep=500,
+                  seed=0)
+
+
+def test_loss_plot_keeps_a_loss_that_goes_negative_inside_its_frame():
+    """A drag loss falls below 0: its curve spans the frame from top (first value) to bottom (last), not beyond."""
+    plot = pack_module("readout.guidance.loss_plot")
+    image = plot.plot_losses([[(0.0, 0.03), (0.5, 0.01), (1.0, -0.01)]], ["drag"])[0]
+    red = torch.tensor(plot.COLORS[0], dtype=torch.float32) / 255
+    rows = ((image - red).abs().sum(dim=-1) < 0.05).nonzero()[:, 0]
+    curve = rows[rows > 40]
+    bottom = plot.HEIGHT - plot.MARGIN
+    assert curve.numel() > 0 and bottom - 3 <= curve.max() <= bottom + 2

@@ -1,4 +1,4 @@
-"""A prompt word's cross-attention map in an image: one UNet pass on the noised image, as Self-Guidance reads it."""
+"""A prompt word's cross-attention map in a sampled latent: one UNet pass on it noised, as Self-Guidance reads it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,13 +21,12 @@ class WordCheck:
     losses: torch.Tensor
 
 
-def word_maps(model_patcher, vae, image: torch.Tensor, conditioning: list, tokens: tuple[int, ...],
+def word_maps(model_patcher, latent: torch.Tensor, conditioning: list, tokens: tuple[int, ...],
               timestep: int, seed: int) -> torch.Tensor:
-    """(B, 1, h, w): the mean decoder cross-attention of the tokens over each image noised to `timestep`."""
+    """(B, 1, h, w): the mean decoder cross-attention of the tokens over each (raw) latent noised to `timestep`."""
     import comfy.model_management as mm
 
     mm.load_models_gpu([model_patcher])
-    latent = vae.encode(image[..., :3])
     x, sigma = noised_latent(model_patcher, latent, timestep, seed)
     x, sigma = x.to(model_patcher.load_device), sigma.to(model_patcher.load_device).expand(x.shape[0])
     with torch.no_grad(), capture_cross_attention(model_patcher.model.diffusion_model, list(tokens)) as store:
@@ -41,8 +40,8 @@ def check_edit(target: SelfGuidanceTarget, maps: torch.Tensor, unguided: torch.T
         raise ValueError("guidance: keep_appearance compares activations, not attention maps: check a move_by, "
                          "move_to, scale_size or keep_shape edit")
     if target.relative and unguided is None:
-        raise ValueError(f"unguided_image: {target.edit} is measured from the unguided image; connect the image "
-                         "sampled from the same seed without guidance")
+        raise ValueError(f"unguided_samples: {target.edit} is measured from the unguided latent; connect the "
+                         "latent sampled from the same seed without guidance (the guided sampler's reference output)")
     reference = None if unguided is None else unguided.expand_as(maps)
     centroids = centroid(maps)
     goals = None
