@@ -16,7 +16,8 @@ SD15 = "v1-5-pruned-emaonly.safetensors"
 SDXL = "sd_xl_base_1.0.safetensors"
 NEGATIVE = "blurry, low quality, deformed, watermark"
 SIZES = {"Note": [420, 220], "ReadoutDragTarget": [520, 780], "LoadImage": [320, 360], "PreviewImage": [260, 300],
-         "ExtractReadout": [320, 230], "ReadoutScore": [320, 150], "WordAttentionMap": [320, 250]}
+         "ExtractReadout": [320, 230], "ReadoutScore": [320, 150], "WordAttentionMap": [320, 250],
+         "ReadoutGuidedKSampler": [320, 400]}
 TITLE_BAR, GROUP_TITLE, PAD = 30, 34, 10
 
 
@@ -297,7 +298,7 @@ def drag_real_image(classes) -> dict:
     no_drag = wf.add("ReadoutDragTarget", (0, CHECK_Y), {**drag.widgets, "drag_weight": 0.0, "appearance_weight": 0.0},
                      title="Same drag at weight 0", correspondence_head=(corr, "head"), reference=(inverted, "reference"),
                      reference_image=(scaled, "IMAGE"))
-    twin = wf.add("ReadoutGuidedKSampler", (360, CHECK_Y), {**SAMPLER, "cfg": 3.5},
+    twin = wf.add("ReadoutGuidedKSampler", (0, CHECK_Y + 820), {**SAMPLER, "cfg": 3.5},
                   title="Same seed, no drag (reconstruction)", model=(loader, "MODEL"),
                   positive=(positive, "CONDITIONING"), negative=(negative, "CONDITIONING"),
                   latent_image=(latent, "LATENT"), guidance=(no_drag, "guidance"))
