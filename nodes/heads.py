@@ -65,7 +65,6 @@ class ExtractReadout:
                 "model": ("MODEL", {"tooltip": "The SD1.5/SDXL model the head was trained on."}),
                 "vae": ("VAE", {"tooltip": "The VAE that encodes the image into the model's latent space."}),
                 "head": ("READOUT_HEAD", {"tooltip": "From LoadReadoutHead."}),
-                "image": ("IMAGE", {"tooltip": "The image(s) to read."}),
                 "timestep": ("INT", {
                     "default": -1, "min": -1, "max": 999,
                     "tooltip": "Noise level as a diffusion timestep (0 = clean, 999 = pure noise); "
@@ -74,10 +73,17 @@ class ExtractReadout:
                                  "tooltip": "Seed of the noise added at that timestep."}),
             },
             "optional": {
+                "image": ("IMAGE", {"tooltip": "The image(s) to read, encoded with the VAE. Connect this or latent."}),
+                "latent": ("LATENT", {
+                    "tooltip": "A latent to read as it is, e.g. a sampler's output: no VAE round trip, so the "
+                               "readout is exactly the sampled latent's. Connect this or image."}),
                 "positive": ("CONDITIONING", {
                     "tooltip": "Prompt for the UNet pass. Leave empty to use the empty prompt (as the heads "
                                "were trained); then connect clip."}),
                 "clip": ("CLIP", {"tooltip": "Encodes the empty prompt when positive is not connected."}),
+                "colors_from": ("READOUT", {
+                    "tooltip": "Relative heads: colour with this readout's principal components (same head), so "
+                               "two images' readouts show the same feature in the same colour."}),
             },
         }
 
@@ -89,17 +95,25 @@ class ExtractReadout:
     )
     FUNCTION = "extract"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Runs the UNet once on the noised image and reads its decoder features with the head."
+    DESCRIPTION = "Runs the UNet once on the noised image (or latent) and reads its decoder features with the head."
 
-    def extract(self, model, vae, head, image, timestep: int, seed: int, positive=None, clip=None):
+    def extract(self, model, vae, head, timestep: int, seed: int, image=None, latent=None, positive=None, clip=None,
+                colors_from=None):
+        if (image is None) == (latent is None):
+            raise ValueError("image / latent: connect exactly one of them (an IMAGE to encode with the VAE, or a "
+                             "sampler's LATENT to read as it is)")
         if positive is None:
             if clip is None:
                 raise ValueError("positive / clip: connect a positive conditioning, or a CLIP to encode the empty prompt")
             positive = encode_empty_prompt(clip)
         if timestep < 0:
             timestep = head.config.save_timestep[0]
-        readout = extract_readout(model, vae, head, image, positive, timestep, seed)
-        return (render_readout(readout), readout)
+        if colors_from is not None and colors_from.head_name != head.name:
+            raise ValueError(f"colors_from: it was read with {colors_from.head_name!r}, not {head.name!r}; connect a "
+                             "readout of the same head")
+        readout = extract_readout(model, vae, head, image, positive, timestep, seed,
+                                  None if latent is None else latent["samples"])
+        return (render_readout(readout, colors_from), readout)
 
 
 NODE_CLASS_MAPPINGS = {"LoadReadoutHead": LoadReadoutHead, "ExtractReadout": ExtractReadout}

@@ -8,13 +8,21 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from demo_roles import GUIDED_SCORE, GUIDED_VIEW, LOSS_PLOT, REFERENCE_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW
 from testbed import REPO, comfyui_path, import_comfyui_in_process
 
 SEED_NAMES = {"seed", "noise_seed"}
 SD15 = "v1-5-pruned-emaonly.safetensors"
 SDXL = "sd_xl_base_1.0.safetensors"
 NEGATIVE = "blurry, low quality, deformed, watermark"
-SIZES = {"Note": [420, 220], "ReadoutDragTarget": [520, 780], "LoadImage": [320, 360]}
+SIZES = {"Note": [420, 220], "ReadoutDragTarget": [520, 780], "LoadImage": [320, 360], "PreviewImage": [260, 300],
+         "ExtractReadout": [320, 230], "ReadoutScore": [320, 150], "WordAttentionMap": [320, 250],
+         "ReadoutGuidedKSampler": [320, 400]}
+TITLE_BAR, GROUP_TITLE, PAD = 30, 34, 10
+
+
+def size_of(type_: str) -> list[int]:
+    return SIZES.get(type_, [320, 120])
 
 
 @dataclass
@@ -24,6 +32,7 @@ class Node:
     pos: tuple[int, int]
     widgets: dict
     inputs: dict = field(default_factory=dict)
+    title: str | None = None
 
 
 class Workflow:
@@ -32,11 +41,21 @@ class Workflow:
     def __init__(self, node_classes: dict) -> None:
         self.classes = node_classes
         self.nodes: list[Node] = []
+        self.groups: list[dict] = []
 
-    def add(self, type_: str, pos: tuple[int, int], widgets: dict | None = None, **inputs) -> Node:
-        node = Node(len(self.nodes) + 1, type_, pos, widgets or {}, inputs)
+    def add(self, type_: str, pos: tuple[int, int], widgets: dict | None = None, title: str | None = None,
+            **inputs) -> Node:
+        node = Node(len(self.nodes) + 1, type_, pos, widgets or {}, inputs, title)
         self.nodes.append(node)
         return node
+
+    def group(self, title: str, nodes: list[Node], color: str = "#3f789e") -> None:
+        """A titled frame around nodes (their positions and sizes, plus the title bars)."""
+        boxes = [(n.pos[0], n.pos[1] - TITLE_BAR, *size_of(n.type)) for n in nodes]
+        left, top = min(b[0] for b in boxes) - PAD, min(b[1] for b in boxes) - PAD - GROUP_TITLE
+        right, bottom = max(b[0] + b[2] for b in boxes) + PAD, max(b[1] + TITLE_BAR + b[3] for b in boxes) + PAD
+        self.groups.append({"title": title, "bounding": [left, top, right - left, bottom - top], "color": color,
+                            "font_size": 24, "flags": {}})
 
     def note(self, pos: tuple[int, int], text: str) -> Node:
         return self.add("Note", pos, {"text": text})
@@ -87,7 +106,7 @@ class Workflow:
                 out_links.setdefault((source.id, slot), []).append(link_id)
         by_target = {(link[3], link[4]): link for link in links}
         for order, node in enumerate(self.nodes):
-            entry = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": SIZES.get(node.type, [320, 120]),
+            entry = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": size_of(node.type),
                      "flags": {}, "order": order, "mode": 0, "properties": {"Node name for S&R": node.type},
                      "widgets_values": self._widget_values(node)}
             if node.type == "Note":
@@ -98,9 +117,11 @@ class Workflow:
                                    for i, (n, v) in enumerate(linked)]
                 entry["outputs"] = [{"name": name, "type": kind, "links": out_links.get((node.id, slot), []),
                                      "slot_index": slot} for slot, (name, kind) in enumerate(self._outputs(node.type))]
+            if node.title:
+                entry["title"] = node.title
             ui_nodes.append(entry)
         return {"last_node_id": len(self.nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
-                "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+                "groups": self.groups, "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
 
 
 def base_graph(wf: Workflow, ckpt: str, prompt: str, size: int = 512):
@@ -112,20 +133,71 @@ def base_graph(wf: Workflow, ckpt: str, prompt: str, size: int = 512):
     return loader, positive, negative, latent
 
 
+SAMPLER = {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "ddim", "scheduler": "ddim_uniform"}
+CHECK_Y = 1420  # the "what guidance did" group sits under the graph
+ROW = 330
+
+
 def finish(wf: Workflow, loader, sampler, prefix: str, reference: bool = False) -> None:
-    """Decode and save the result, preview the loss plot (and the reference branch)."""
+    """Decode and save the result, show the loss plot (and save the reference branch)."""
     decoded = wf.add("VAEDecode", (1700, 0), samples=(sampler, "LATENT"), vae=(loader, "VAE"))
     wf.add("SaveImage", (1950, 0), {"filename_prefix": prefix}, images=(decoded, "IMAGE"))
-    wf.add("PreviewImage", (1700, 420), images=(sampler, "loss_plot"))
+    wf.add("PreviewImage", (1700, 420), title=LOSS_PLOT, images=(sampler, "loss_plot"))
     if reference:
         ref = wf.add("VAEDecode", (1700, 250), samples=(sampler, "reference"), vae=(loader, "VAE"))
         wf.add("SaveImage", (1950, 420), {"filename_prefix": f"{prefix}_reference"}, images=(ref, "IMAGE"))
 
 
 def guided_sampler(wf: Workflow, loader, positive, negative, latent, guidance, **widgets):
-    settings = {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "ddim", "scheduler": "ddim_uniform", **widgets}
-    return wf.add("ReadoutGuidedKSampler", (1350, 0), settings, model=(loader, "MODEL"), positive=(positive, "CONDITIONING"),
-                  negative=(negative, "CONDITIONING"), latent_image=(latent, "LATENT"), guidance=(guidance, "guidance"))
+    """KSampler (Readout Guidance); positive / negative are (node, output) pairs."""
+    return wf.add("ReadoutGuidedKSampler", (1350, 0), {**SAMPLER, **widgets}, model=(loader, "MODEL"), positive=positive,
+                  negative=negative, latent_image=(latent, "LATENT"), guidance=(guidance, "guidance"))
+
+
+def unguided_twin(wf: Workflow, loader, positive, negative, latent, **widgets) -> Node:
+    """The same sampling without guidance (same seed and settings): what guidance is compared with."""
+    return wf.add("KSampler", (0, CHECK_Y), {**SAMPLER, **widgets}, title="Same seed, no guidance",
+                  model=(loader, "MODEL"), positive=positive, negative=negative, latent_image=(latent, "LATENT"))
+
+
+def readout_rows(wf: Workflow, loader, head, guidance, rows: list[tuple], reference_row: bool = False,
+                 draw_points: bool = False) -> list[Node]:
+    """ExtractReadout of each row's image with the head, shown and scored against the guidance.
+
+    rows: ((node, "IMAGE" or a LATENT output), view title, score title or None): a sampler's latent is read as it
+    is (no VAE round trip); with reference_row the first row is the reference, whose readout colours the others and
+    is what relative targets compare with."""
+    added, reference = [], None
+    for index, (source, view_title, score_title) in enumerate(rows):
+        y = CHECK_Y + ROW * index
+        colors = {} if reference is None else {"colors_from": (reference, "readout")}
+        read_input = {"image": source} if source[1] == "IMAGE" else {"latent": source}
+        read = wf.add("ExtractReadout", (720, y), {"timestep": -1, "seed": 0}, model=(loader, "MODEL"),
+                      vae=(loader, "VAE"), head=(head, "head"), clip=(loader, "CLIP"), **read_input, **colors)
+        shown = read, "readout_image"
+        added.append(read)
+        if draw_points:
+            shown = wf.add("DrawDragPoints", (1080, y), image=shown, guidance=(guidance, "guidance")), "IMAGE"
+            added.append(shown[0])
+        added.append(wf.add("PreviewImage", (1440, y), title=view_title, images=shown))
+        if reference_row and index == 0:
+            reference = read
+        if score_title:
+            compared = {} if reference is None else {"reference": (reference, "readout")}
+            added.append(wf.add("ReadoutScore", (1740, y), title=score_title, readout=(read, "readout"),
+                                guidance=(guidance, "guidance"), **compared))
+    return added
+
+
+def check_group(wf: Workflow, nodes: list[Node], what: str) -> None:
+    """Frame the comparison nodes, with a note saying how to read them."""
+    note = wf.note((2100, CHECK_Y), f"What guidance did: {what}\nThe Score nodes show their numbers after a run; "
+                   "delete this group if you only want the guided image.")
+    wf.group("What guidance did (same seed, with and without guidance)", [*nodes, note], color="#3f5e3f")
+
+
+def main_group(wf: Workflow) -> None:
+    wf.group("Readout guidance", [n for n in wf.nodes if n.pos[1] < CHECK_Y])
 
 
 def spatial(classes, kind: str, ckpt: str = SD15, family: str = "sdv15", controlnet: bool = False,
@@ -135,20 +207,17 @@ def spatial(classes, kind: str, ckpt: str = SD15, family: str = "sdv15", control
               "edge": "a castle on a hill, detailed illustration"}[kind]
     loader, positive, negative, latent = base_graph(wf, ckpt, prompt, size)
     head = wf.add("LoadReadoutHead", (0, 250), {"head_name": f"readout_{family}_spatial_{kind}.pt"})
-    image = wf.add("LoadImage", (0, 420), {"image": f"readout_example_{kind}.png"})
+    image = wf.add("LoadImage", (0, 420), {"image": f"readout_example_{kind}.png"}, title=TARGET_MAP)
     target = wf.add("ReadoutTarget", (780, 250), {"weight": 0.43, "start_percent": 0.0, "end_percent": 0.5},
                     head=(head, "head"), target_image=(image, "IMAGE"))
+    conditioning = (positive, "CONDITIONING"), (negative, "CONDITIONING")
     if controlnet:
         net = wf.add("ControlNetLoader", (360, 600), {"control_net_name": "control_v11p_sd15_openpose.pth"})
         applied = wf.add("ControlNetApplyAdvanced", (780, 0), {"strength": 0.8, "start_percent": 0.0, "end_percent": 1.0},
-                         positive=(positive, "CONDITIONING"), negative=(negative, "CONDITIONING"),
+                         positive=conditioning[0], negative=conditioning[1],
                          control_net=(net, "CONTROL_NET"), image=(image, "IMAGE"), vae=(loader, "VAE"))
-        sampler = wf.add("ReadoutGuidedKSampler", (1350, 0), {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "ddim",
-                                                              "scheduler": "ddim_uniform"},
-                         model=(loader, "MODEL"), positive=(applied, "positive"), negative=(applied, "negative"),
-                         latent_image=(latent, "LATENT"), guidance=(target, "guidance"))
-    else:
-        sampler = guided_sampler(wf, loader, positive, negative, latent, target)
+        conditioning = (applied, "positive"), (applied, "negative")
+    sampler = guided_sampler(wf, loader, *conditioning, latent, target)
     finish(wf, loader, sampler, f"readout_{kind}")
     net_text = ("\nControlNet: put your OpenPose ControlNet name in ControlNetLoader; readout guidance refines "
                 "what the ControlNet starts.") if controlnet else ""
@@ -156,31 +225,51 @@ def spatial(classes, kind: str, ckpt: str = SD15, family: str = "sdv15", control
             f"Change: the checkpoint, the prompt, the target {kind} map in LoadImage (drawn like a ControlNet "
             f"control image), and the head file (readout_{family}_spatial_{kind}.pt in models/readout_heads).\n"
             "weight 0.43 matches the official strength; raise it for tighter control (too high looks cartoonish). "
-            f"The loss_plot preview shows the readout loss falling.{net_text}")
+            f"The loss plot shows the readout loss falling.{net_text}")
+    main_group(wf)
+    unguided = unguided_twin(wf, loader, *conditioning, latent)
+    rows = [((unguided, "LATENT"), UNGUIDED_VIEW, UNGUIDED_SCORE), ((sampler, "LATENT"), GUIDED_VIEW, GUIDED_SCORE)]
+    check_group(wf, [unguided, *readout_rows(wf, loader, head, target, rows)],
+                f"the {kind} head's readout of the image without and with guidance, and its loss against the "
+                "target map (lower is better).")
     return wf.to_ui()
 
 
 def drag_generated(classes) -> dict:
     wf = Workflow(classes)
     loader, positive, negative, latent = base_graph(wf, SD15, "a photo of a bear dancing in a forest")
-    plain = wf.add("KSampler", (780, 960), {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "ddim",
-                                            "scheduler": "ddim_uniform"},
+    plain = wf.add("KSampler", (780, 960), SAMPLER, title="Reference (same seed, no guidance)",
                    model=(loader, "MODEL"), positive=(positive, "CONDITIONING"), negative=(negative, "CONDITIONING"),
                    latent_image=(latent, "LATENT"))
     reference = wf.add("VAEDecode", (1350, 960), samples=(plain, "LATENT"), vae=(loader, "VAE"))
     corr = wf.add("LoadReadoutHead", (0, 250), {"head_name": "readout_sdv15_drag_correspondence.pt"})
     app = wf.add("LoadReadoutHead", (0, 420), {"head_name": "readout_sdv15_drag_appearance.pt"})
     drag = wf.add("ReadoutDragTarget", (780, 150), {
-        "points": json.dumps([{"source": [300, 200], "target": [340, 150]}]), "drag_weight": 0.43,
+        "points": json.dumps([{"source": [190, 260], "target": [330, 200]}]), "drag_weight": 0.43,
         "start_percent": 0.0, "end_percent": 0.5, "appearance_weight": 0.2},
         correspondence_head=(corr, "head"), appearance_head=(app, "head"), reference_image=(reference, "IMAGE"))
-    sampler = guided_sampler(wf, loader, positive, negative, latent, drag)
+    sampler = guided_sampler(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, drag)
     finish(wf, loader, sampler, "readout_drag", reference=True)
     wf.note((0, 650), "Drag a generated image. The plain KSampler shows the reference (same seed as the guided "
             "sampler); run once, then click points in the Readout Drag Target canvas: a source, then where it should "
             "go (drag to move, right-click to delete).\nChange: checkpoint, prompt, seed (keep both samplers on the "
             "same seed and steps), the points, drag_weight / appearance_weight.")
+    main_group(wf)
+    drag_check(wf, loader, corr, drag, sampler)
     return wf.to_ui()
+
+
+def drag_check(wf: Workflow, loader, corr, drag, sampler, twin: list[Node] = ()) -> None:
+    """Readouts of the reference and of the edit, points drawn; with twin (a photo: its drag at weight 0 and that
+    sampler) the reconstruction without the drag is the before, as the photo is not reproduced exactly."""
+    rows = [((sampler, "reference"), REFERENCE_VIEW, None if twin else UNGUIDED_SCORE),
+            *([((twin[-1], "LATENT"), UNGUIDED_VIEW, UNGUIDED_SCORE)] if twin else []),
+            ((sampler, "LATENT"), GUIDED_VIEW, GUIDED_SCORE)]
+    check_group(wf, [*twin, *readout_rows(wf, loader, corr, drag, rows, reference_row=True, draw_points=True)],
+                "the correspondence head's readout (colours: its principal components) of the reference (the "
+                "sampler's reference output: the same seed, or the photo reconstructed from its inversion, without "
+                "guidance) and of the edit, points drawn (red source, green target); the scores are the similarity of the reference's "
+                "feature at the source with the image's feature at the target (higher is better).")
 
 
 def real_image_branch(wf: Workflow, loader, positive, image_name: str, pos=(0, 420)):
@@ -200,49 +289,73 @@ def drag_real_image(classes) -> dict:
     corr = wf.add("LoadReadoutHead", (0, 250), {"head_name": "readout_sdv15_drag_correspondence.pt"})
     app = wf.add("LoadReadoutHead", (0, 800), {"head_name": "readout_sdv15_drag_appearance.pt"})
     drag = wf.add("ReadoutDragTarget", (780, 150), {
-        "points": json.dumps([{"source": [256, 200], "target": [300, 200]}]), "drag_weight": 0.43,
+        "points": json.dumps([{"source": [200, 220], "target": [340, 220]}]), "drag_weight": 0.43,
         "start_percent": 0.0, "end_percent": 0.5, "appearance_weight": 0.2},
         correspondence_head=(corr, "head"), appearance_head=(app, "head"), reference=(inverted, "reference"),
         reference_image=(scaled, "IMAGE"))
-    sampler = guided_sampler(wf, loader, positive, negative, latent, drag, cfg=3.5)
+    sampler = guided_sampler(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, drag, cfg=3.5)
     finish(wf, loader, sampler, "readout_drag_real", reference=True)
+    no_drag = wf.add("ReadoutDragTarget", (0, CHECK_Y), {**drag.widgets, "drag_weight": 0.0, "appearance_weight": 0.0},
+                     title="Same drag at weight 0", correspondence_head=(corr, "head"), reference=(inverted, "reference"),
+                     reference_image=(scaled, "IMAGE"))
+    twin = wf.add("ReadoutGuidedKSampler", (0, CHECK_Y + 820), {**SAMPLER, "cfg": 3.5},
+                  title="Same seed, no drag (reconstruction)", model=(loader, "MODEL"),
+                  positive=(positive, "CONDITIONING"), negative=(negative, "CONDITIONING"),
+                  latent_image=(latent, "LATENT"), guidance=(no_drag, "guidance"))
     wf.note((0, 1000), "Drag a real photo: it is inverted (DDIM) along the sampler's schedule, so with no points "
             "the sampler reconstructs it. Keep ReadoutInvertImage's steps/scheduler equal to the sampler's (ddim).\n"
             "Change: the image in LoadImage, a prompt that describes it, the points (click source then target in "
             "the canvas), cfg (3.5 as in the paper; 1.0 reconstructs most faithfully).")
+    main_group(wf)
+    drag_check(wf, loader, corr, drag, sampler, [no_drag, twin])
     return wf.to_ui()
+
+
+def appearance_check(wf: Workflow, loader, positive, negative, latent, head, target, reference, sampler,
+                     role: str) -> None:
+    unguided = unguided_twin(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, seed=7)
+    rows = [((reference, "IMAGE"), REFERENCE_VIEW, None), ((unguided, "LATENT"), UNGUIDED_VIEW, UNGUIDED_SCORE),
+            ((sampler, "LATENT"), GUIDED_VIEW, GUIDED_SCORE)]
+    check_group(wf, [unguided, *readout_rows(wf, loader, head, target, rows, reference_row=True)],
+                f"the {role} head's readout (colours: the reference's principal components) of the reference, of "
+                f"the same seed without guidance and of the guided image; the scores are the {role} distance to the "
+                "reference's readout (lower is better).")
 
 
 def appearance_variation(classes) -> dict:
     wf = Workflow(classes)
     loader, positive, negative, latent = base_graph(wf, SD15, "a photo of a toy robot on a table")
-    _, inverted = real_image_branch(wf, loader, positive, "readout_example_photo.png")
+    scaled, inverted = real_image_branch(wf, loader, positive, "readout_example_photo.png")
     app = wf.add("LoadReadoutHead", (0, 250), {"head_name": "readout_sdv15_drag_appearance.pt"})
     target = wf.add("ReadoutAppearanceTarget", (780, 150), {"weight": 0.43, "start_percent": 0.0, "end_percent": 0.5},
                     appearance_head=(app, "head"), reference=(inverted, "reference"))
-    sampler = guided_sampler(wf, loader, positive, negative, latent, target, seed=7)
+    sampler = guided_sampler(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, target, seed=7)
     finish(wf, loader, sampler, "readout_appearance", reference=True)
     wf.note((0, 1000), "Appearance variations of a reference image: a new sample (its own seed) whose appearance "
             "follows the reference. Low weights keep colours and textures, high weights the same object.\n"
             "Change: the reference image, the prompt, the seed, the weight (try 0.2, 0.43, 1.0).")
+    main_group(wf)
+    appearance_check(wf, loader, positive, negative, latent, app, target, scaled, sampler, "appearance")
     return wf.to_ui()
 
 
 def identity(classes) -> dict:
     wf = Workflow(classes)
     loader, positive, negative, latent = base_graph(wf, SD15, "a portrait photo of a person as an astronaut")
-    _, inverted = real_image_branch(wf, loader, positive, "readout_example_portrait.png")
+    scaled, inverted = real_image_branch(wf, loader, positive, "readout_example_portrait.png")
     mask = wf.add("LoadImageMask", (0, 800), {"image": "readout_example_face_mask.png", "channel": "red"})
     face = wf.add("LoadReadoutHead", (0, 250), {"head_name": "readout_sdv15_drag_appearance.pt"})
     target = wf.add("ReadoutIdentityTarget", (780, 150), {"weight": 0.43, "start_percent": 0.0, "end_percent": 0.5,
                                                           "appearance_weight": 0.0},
                     identity_head=(face, "head"), face_mask=(mask, "MASK"), reference=(inverted, "reference"))
-    sampler = guided_sampler(wf, loader, positive, negative, latent, target, seed=7)
+    sampler = guided_sampler(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, target, seed=7)
     finish(wf, loader, sampler, "readout_identity", reference=True)
     wf.note((0, 1000), "Identity-consistent generation: a reference portrait, a new prompt. No identity head was "
             "released, so this uses the released appearance head on the face region (the mask's bounding box); "
             "an identity head trained with our trainer gives a closer likeness.\nChange: the portrait, its face "
             "mask (white = face), the new prompt, the weight.")
+    main_group(wf)
+    appearance_check(wf, loader, positive, negative, latent, face, target, scaled, sampler, "identity")
     return wf.to_ui()
 
 
@@ -253,7 +366,7 @@ def self_guidance_move_object(classes) -> dict:
     move = wf.add("SelfGuidanceTarget", (780, 150), {
         "prompt": prompt, "words": "cat", "edit": "move_by", "dx": 0.25, "dy": 0.0, "x": 0.5, "y": 0.5,
         "size_factor": 1.5, "weight": 1.0, "start_percent": 0.0, "end_percent": 0.5}, clip=(loader, "CLIP"))
-    sampler = guided_sampler(wf, loader, positive, negative, latent, move)
+    sampler = guided_sampler(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, move)
     finish(wf, loader, sampler, "self_guidance_move", reference=True)
     wf.note((0, 650), "Self-Guidance: move the cat a quarter of the width to the right, read from its "
             "cross-attention (no head file needed). The reference output is the same seed unguided.\n"
@@ -261,6 +374,18 @@ def self_guidance_move_object(classes) -> dict:
             "prompt), words, edit (move_by dx/dy, move_to x/y, scale_size size_factor, keep_shape), weight (raise it "
             "if the object does not move). Chain a ReadoutTarget into its guidance input to combine with a learned "
             "head; it works with ControlNet conditioning too.")
+    main_group(wf)
+    added = []
+    rows = (("reference", UNGUIDED_VIEW, UNGUIDED_SCORE), ("LATENT", GUIDED_VIEW, GUIDED_SCORE))
+    for index, (output, title, score_title) in enumerate(rows):
+        y = CHECK_Y + ROW * index
+        read = wf.add("WordAttentionMap", (720, y), {"timestep": 500, "seed": 0}, title=score_title,
+                      model=(loader, "MODEL"), positive=(positive, "CONDITIONING"), samples=(sampler, output),
+                      guidance=(move, "guidance"), unguided_samples=(sampler, "reference"))
+        added += [read, wf.add("PreviewImage", (1080, y), title=title, images=(read, "attention_map"))]
+    check_group(wf, added, "the word's cross-attention map (yellow = most, blue = least) in the unguided latent (the "
+                "sampler's reference output) and in the guided one; white cross: its centroid, green ring: the goal (the "
+                "unguided centroid moved by dx, dy). Each node reports the Self-Guidance loss (lower is better).")
     return wf.to_ui()
 
 

@@ -79,17 +79,19 @@ def execution_error_text(status: dict) -> str:
 
 
 def start_server(comfy: str, output_dir: str, log_path: str, port: int | None = None,
-                 user_dir: str | None = None) -> ComfyServer:
+                 user_dir: str | None = None, temp_dir: str | None = None) -> ComfyServer:
     """Start `main.py --cpu` on a free loopback port and wait until it answers /object_info.
 
     `user_dir` (ComfyUI's --user-directory) holds the editor's saved settings: a fresh one gives the defaults.
+    A `temp_dir` of its own keeps its previews from being wiped when another server on the same ComfyUI starts.
     """
     port = port or free_port()
     log = open(log_path, "w")
     user_args = ["--user-directory", user_dir] if user_dir else []
+    temp_args = ["--temp-directory", temp_dir] if temp_dir else []
     proc = subprocess.Popen(
         [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-         "--output-directory", output_dir, "--disable-auto-launch", *user_args],
+         "--output-directory", output_dir, "--disable-auto-launch", *user_args, *temp_args],
         cwd=comfy, stdout=log, stderr=subprocess.STDOUT,
     )
     server = ComfyServer(f"http://127.0.0.1:{port}", output_dir, proc, log_path)

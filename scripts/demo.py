@@ -1,39 +1,80 @@
-"""`make demo`: run every workflow in workflows/ on a real ComfyUI server with the tiny models.
+"""`make demo`: run every workflow in workflows/ on a real ComfyUI server with the tiny models, and show what
+guidance did: output/index.html has one panel per workflow, from the workflows' own comparison nodes.
 
+`scripts/demo.py NAME.json ...` runs only those workflows; DEMO_OUTPUT sets the folder (default output/).
 Model and head file names are swapped for the tiny ones, the canvas is capped at DEMO_SIZE pixels
-(default 64) and steps at DEMO_STEPS (default 10), so the demo takes minutes on a CPU; images land in output/.
+(default 64) and steps at DEMO_STEPS (default 10), so the demo takes minutes on a CPU. It exits non-zero when a
+workflow fails or when a spatial, drag or self-guidance panel's guided score is not better than the unguided one.
 """
 from __future__ import annotations
 
 import glob
 import json
 import os
-import shutil
 import sys
 import tempfile
+import time
+import urllib.parse
+import urllib.request
 
-from comfy_server import PromptFailed, start_server, stop_server
+from comfy_server import ComfyServer, PromptFailed, start_server, stop_server
+from demo_page import ASSERTED_KINDS, Panel, panel_png, write_page
+from demo_roles import GUIDED_SCORE, TARGET_MAP, UNGUIDED_SCORE
 from testbed import REPO, comfyui_path
 from tiny_names import fit_for_cpu
 from workflow_api import WorkflowError, ui_to_api
 
+KIND_BY_NODE = (("WordAttentionMap", "self_guidance"), ("DrawDragPoints", "drag"), ("ReadoutIdentityTarget", "identity"),
+                ("ReadoutAppearanceTarget", "appearance"), ("ReadoutTarget", "spatial"))
 
-def copy_images(entry: dict, server_out: str, dest: str, stem: str) -> list[str]:
-    """Copy the images a finished prompt saved into dest, named after the workflow."""
-    copied = []
-    for node_out in entry.get("outputs", {}).values():
-        for image in node_out.get("images", []):
-            if image.get("type") != "output":
-                continue
-            src = os.path.join(server_out, image.get("subfolder", ""), image["filename"])
-            target = os.path.join(dest, f"{stem}__{image['filename']}")
-            shutil.copyfile(src, target)
-            copied.append(target)
-    return copied
+
+def workflow_kind(workflow: dict) -> str:
+    types = {node["type"] for node in workflow["nodes"]}
+    return next((kind for node_type, kind in KIND_BY_NODE if node_type in types), "baseline")
+
+
+def fetch(server: ComfyServer, image: dict) -> bytes:
+    """An image the server knows (output, temp or input folder), through its /view endpoint."""
+    query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image.get("subfolder", ""),
+                                    "type": image.get("type", "output")})
+    with urllib.request.urlopen(f"{server.url}/view?{query}", timeout=30) as reply:
+        return reply.read()
+
+
+def run_workflow(server: ComfyServer, object_info: dict, path: str, dest: str, size: int, steps: int) -> tuple[Panel, list[str]]:
+    """Run one workflow; its panel (images by node title, scores) and the images it saved."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    with open(path, encoding="utf-8") as f:
+        workflow = json.load(f)
+    titles = {str(node["id"]): node.get("title") for node in workflow["nodes"]}
+    prompt = fit_for_cpu(ui_to_api(workflow, object_info), size, steps)
+    entry = server.run(prompt, timeout=1800)
+    panel, saved = Panel(os.path.basename(path), workflow_kind(workflow)), []
+    for node_id, output in entry.get("outputs", {}).items():
+        title = titles.get(node_id)
+        for image in output.get("images", []):
+            name = f"{stem}__{image['filename']}"
+            with open(os.path.join(dest, name), "wb") as f:
+                f.write(fetch(server, image))
+            if image.get("type") == "output":
+                saved.append(os.path.join(dest, name))
+            if title:
+                panel.images.append((title, name))
+        if title and output.get("scores"):
+            panel.scores[title] = output["scores"]
+    for node_id, node in prompt.items():
+        if titles.get(node_id) == TARGET_MAP:
+            name = f"{stem}__target_{node['inputs']['image']}"
+            with open(os.path.join(dest, name), "wb") as f:
+                f.write(fetch(server, {"filename": node["inputs"]["image"], "type": "input"}))
+            panel.images.append((TARGET_MAP, name))
+    if panel.kind == "baseline":
+        panel.images += [("Image", os.path.basename(p)) for p in saved]
+    return panel, saved
 
 
 def contact_sheet(images: list[str], path: str, cell: int = 160) -> None:
-    """One picture of every image the demo wrote, each labelled with its file name."""
+    """One picture of every image the demo's workflows saved, each labelled with its file name."""
     from PIL import Image, ImageDraw
 
     columns = 4
@@ -48,49 +89,60 @@ def contact_sheet(images: list[str], path: str, cell: int = 160) -> None:
     sheet.save(path)
 
 
-def run_demo(workflows: list[str], dest: str, size: int, steps: int) -> int:
+def run_workflows(server: ComfyServer, workflows: list[str], dest: str, size: int, steps: int) -> tuple[list[Panel], int]:
+    """Run the workflows, write their panels, index.html and contact_sheet.png; the panels and the failure count."""
     os.makedirs(dest, exist_ok=True)
+    object_info = server.get("/object_info")
+    panels, saved, failures = [], [], 0
+    for path in workflows:
+        started = time.monotonic()
+        try:
+            panel, images = run_workflow(server, object_info, path, dest, size, steps)
+        except (WorkflowError, PromptFailed) as err:
+            failures += 1
+            print(f"[demo] FAILED {os.path.basename(path)}: {err}", file=sys.stderr, flush=True)
+            continue
+        if not images:
+            failures += 1
+            print(f"[demo] FAILED {panel.workflow}: the workflow saved no image", file=sys.stderr, flush=True)
+        panels.append(panel)
+        saved += images
+        scores = {title: panel.score_line(title) for title in panel.scores}
+        print(f"[demo] {panel.workflow} ({time.monotonic() - started:.0f} s): {panel_png(panel, dest)} {scores}", flush=True)
+    if saved:
+        contact_sheet(saved, os.path.join(dest, "contact_sheet.png"))
+    if panels:
+        print(f"[demo] page: {write_page(panels, dest)}", flush=True)
+    return panels, failures
+
+
+def guidance_failures(panels: list[Panel]) -> list[str]:
+    """Spatial, drag and self-guidance panels whose guided score is not better than the unguided one."""
+    return [f"{p.workflow}: unguided {p.score_line(UNGUIDED_SCORE)} / guided {p.score_line(GUIDED_SCORE)}"
+            for p in panels if p.kind in ASSERTED_KINDS and p.guided_is_better() is not True]
+
+
+def main(names: list[str]) -> int:
+    workflows = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
+    workflows = [w for w in workflows if not names or os.path.basename(w) in names]
+    if not workflows:
+        print(f"[demo] no workflows in workflows/ {' '.join(names)}", file=sys.stderr)
+        return 1
+    size, steps = int(os.environ.get("DEMO_SIZE", "64")), int(os.environ.get("DEMO_STEPS", "10"))
+    dest = os.environ.get("DEMO_OUTPUT") or os.path.join(REPO, "output")
     server_out = tempfile.mkdtemp(prefix="readout-demo-")
-    server = start_server(comfyui_path(), server_out, os.path.join(server_out, "server.log"))
+    server = start_server(comfyui_path(), server_out, os.path.join(server_out, "server.log"), temp_dir=server_out)
     print(f"[demo] ComfyUI server PID {server.process.pid} at {server.url}", flush=True)
-    failures = 0
-    written: list[str] = []
     try:
-        object_info = server.get("/object_info")
-        for path in workflows:
-            stem = os.path.splitext(os.path.basename(path))[0]
-            try:
-                with open(path, encoding="utf-8") as f:
-                    prompt = fit_for_cpu(ui_to_api(json.load(f), object_info), size, steps)
-                entry = server.run(prompt)
-            except (WorkflowError, PromptFailed) as err:
-                failures += 1
-                print(f"[demo] FAILED {stem}: {err}", file=sys.stderr, flush=True)
-                continue
-            images = copy_images(entry, server_out, dest, stem)
-            if not images:
-                failures += 1
-                print(f"[demo] FAILED {stem}: the workflow saved no image", file=sys.stderr, flush=True)
-            for image in images:
-                print(f"[demo] {stem}: {image}", flush=True)
-            written += images
+        panels, failures = run_workflows(server, workflows, dest, size, steps)
     finally:
         stop_server(server)
         print(f"[demo] server {server.process.pid} stopped", flush=True)
-    if written:
-        contact_sheet(written, os.path.join(dest, "contact_sheet.png"))
-        print(f"[demo] all images: {os.path.join(dest, 'contact_sheet.png')}", flush=True)
-    return 1 if failures else 0
-
-
-def main() -> int:
-    workflows = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
-    if not workflows:
-        print("[demo] no workflows in workflows/", file=sys.stderr)
-        return 1
-    size, steps = int(os.environ.get("DEMO_SIZE", "64")), int(os.environ.get("DEMO_STEPS", "10"))
-    return run_demo(workflows, os.path.join(REPO, "output"), size, steps)
+    worse = guidance_failures(panels)
+    for line in worse:
+        print(f"[demo] GUIDANCE DID NOT HELP {line}", file=sys.stderr, flush=True)
+    return 1 if failures or worse else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

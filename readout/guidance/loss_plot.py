@@ -10,7 +10,8 @@ WIDTH, HEIGHT, MARGIN = 512, 256, 36
 
 
 def plot_losses(history: list[list[tuple[float, float]]], labels: list[str]) -> torch.Tensor:
-    """Each target's loss over its guided evaluations, scaled to its own first value; an IMAGE (1, H, W, 3)."""
+    """Each target's loss over its guided evaluations, from its own lowest value (or 0) at the bottom to its highest
+    at the top (drag losses go negative); an IMAGE (1, H, W, 3)."""
     image = Image.new("RGB", (WIDTH, HEIGHT), (24, 24, 28))
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = MARGIN, 12, WIDTH - 12, HEIGHT - MARGIN
@@ -24,9 +25,10 @@ def plot_losses(history: list[list[tuple[float, float]]], labels: list[str]) -> 
         color = COLORS[index % len(COLORS)]
         if points:
             values = np.array([loss for _, loss in points], dtype=np.float64)
-            scale = max(values.max(), 1e-12)
+            low = min(values.min(), 0.0)
+            span = max(values.max() - low, 1e-12)
             xs = left + (right - left) * np.arange(len(values)) / max(longest - 1, 1)
-            ys = bottom - (bottom - top) * values / scale
+            ys = bottom - (bottom - top) * (values - low) / span
             draw.line(list(zip(xs.tolist(), ys.tolist())), fill=color, width=2)
             label = f"{label}: {values[0]:.4g} -> {values[-1]:.4g}"
         draw.text((left + 8, top + 6 + 14 * index), label, fill=color)

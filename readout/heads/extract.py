@@ -1,4 +1,4 @@
-"""ExtractReadout's work: encode an image, noise it to a timestep, run the UNet once, read the head."""
+"""ExtractReadout's work: encode an image (or take a latent), noise it to a timestep, run the UNet once, read the head."""
 from __future__ import annotations
 
 import torch
@@ -20,13 +20,21 @@ def noised_latent(model_patcher, latent: torch.Tensor, timestep: int, seed: int)
     return x, sigma
 
 
-def extract_readout(model_patcher, vae, head: HeadModel, image: torch.Tensor, conditioning: list,
-                    timestep: int, seed: int = 0) -> Readout:
-    """The head's readout of each image in a batch at the given noise timestep."""
+LATENT_SCALE = 8
+"""Image pixels per latent cell for SD1.5 and SDXL, the families readout heads exist for."""
+
+
+def extract_readout(model_patcher, vae, head: HeadModel, image: torch.Tensor | None, conditioning: list,
+                    timestep: int, seed: int = 0, latent: torch.Tensor | None = None) -> Readout:
+    """The head's readout of each image in a batch (VAE-encoded), or of `latent` as sampled when it is given."""
     head.check_model(model_patcher)
-    latent = vae.encode(image[..., :3])
+    if latent is None:
+        latent = vae.encode(image[..., :3])
+        size = (image.shape[1], image.shape[2])
+    else:
+        size = (latent.shape[-2] * LATENT_SCALE, latent.shape[-1] * LATENT_SCALE)
     tensor = latent_readout(model_patcher, head, latent, conditioning, timestep, seed)
-    return Readout(tensor, head.config, head.name, timestep, (image.shape[1], image.shape[2]))
+    return Readout(tensor, head.config, head.name, timestep, size)
 
 
 def latent_readout(model_patcher, head: HeadModel, latent: torch.Tensor, conditioning: list,

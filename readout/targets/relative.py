@@ -13,7 +13,7 @@ from .reference import InvertedReference
 from .spatial import StepWindow, masked_mean, resize_map
 
 
-def _similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity mapped to [0, 1] along the channel dimension."""
     return (F.cosine_similarity(a, b, dim=1) + 1) / 2
 
@@ -38,8 +38,8 @@ def correspondence_loss(reference: torch.Tensor, edited: torch.Tensor, pairs: li
     sources = torch.tensor([p.source for p in pairs], device=edited.device)
     targets = torch.tensor([p.target for p in pairs], device=edited.device)
     anchor = sample(reference, sources, image_size)
-    pulled = _similarity(anchor, sample(edited, targets, image_size)).mean(dim=1)
-    ghost = _similarity(anchor, sample(edited, sources, image_size)).mean(dim=1)
+    pulled = similarity(anchor, sample(edited, targets, image_size)).mean(dim=1)
+    ghost = similarity(anchor, sample(edited, sources, image_size)).mean(dim=1)
     return 0.5 * -pulled + 0.5 * ghost
 
 

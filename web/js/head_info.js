@@ -1,18 +1,18 @@
-// Shows a loaded readout head's kind, model family and layers on the LoadReadoutHead node, after a run.
+// Shows a node's text report after a run: a loaded head's kind, model family and layers; a score node's numbers.
 import { app } from "../../scripts/app.js";
 
-const NAME = "head_info";
+const REPORT_WIDGETS = { LoadReadoutHead: "head_info", ReadoutScore: "report", WordAttentionMap: "report" };
 
 // A read-only text box (a DOM widget: public on both frontends): not sent to the backend, not saved in the
 // workflow, not listed as a parameter in the new frontend's side panel.
-function headInfoWidget(node) {
-  const existing = node.widgets?.find((w) => w.name === NAME);
+function reportWidget(node, name) {
+  const existing = node.widgets?.find((w) => w.name === name);
   if (existing) return existing;
   const box = document.createElement("textarea");
   box.className = "comfy-multiline-input";
   box.readOnly = true;
   box.style.opacity = 0.8;
-  const widget = node.addDOMWidget(NAME, NAME, box, {
+  const widget = node.addDOMWidget(name, name, box, {
     serialize: false,
     hideInPanel: true,
     getValue: () => box.value,
@@ -27,11 +27,12 @@ function headInfoWidget(node) {
 app.registerExtension({
   name: "readout_guidance.HeadInfo",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name !== "LoadReadoutHead") return;
+    const name = REPORT_WIDGETS[nodeData.name];
+    if (!name) return;
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
-      headInfoWidget(this).value = (message?.text ?? []).join("\n");
+      reportWidget(this, name).value = (message?.text ?? []).join("\n");
       this.setDirtyCanvas(true, true);
     };
   },

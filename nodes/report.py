@@ -1,0 +1,144 @@
+"""Nodes that show what guidance did: a readout scored against its targets, drag points drawn, a word's attention."""
+from __future__ import annotations
+
+import torch
+
+from ..readout.heads.extract import LATENT_SCALE
+from ..readout.report.drawing import draw_pairs, heat, mark
+from ..readout.report.scores import score_readout
+from ..readout.report.word_attention import check_edit, word_maps
+from ..readout.targets.relative import CorrespondenceTarget
+from ..readout.targets.self_guidance import SelfGuidanceTarget
+from .common import CATEGORY
+
+GUIDANCE_INPUT_TIP = "The guidance the image was sampled with (the same output that feeds the sampler)."
+
+
+class ReadoutScore:
+    """How close a readout is to the targets that guided it: their own losses, or similarity at drag targets."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "readout": ("READOUT", {"tooltip": "From ExtractReadout on the image to score, with the head the "
+                                                   "guidance uses."}),
+                "guidance": ("READOUT_GUIDANCE", {"tooltip": GUIDANCE_INPUT_TIP + " Targets of other heads are "
+                                                  "ignored."}),
+            },
+            "optional": {
+                "reference": ("READOUT", {
+                    "tooltip": "Drag, appearance, identity: ExtractReadout of the reference image with the same "
+                               "head (the targets compare with it)."}),
+            },
+        }
+
+    RETURN_TYPES = ("FLOAT", "STRING")
+    RETURN_NAMES = ("score", "report")
+    OUTPUT_TOOLTIPS = ("The first score: spatial loss, appearance distance, or drag similarity at the first target.",
+                       "Every score, one per line, with which way is better.")
+    FUNCTION = "score"
+    CATEGORY = CATEGORY
+    OUTPUT_NODE = True
+    DESCRIPTION = ("Scores a readout against the targets that guided it: compare an unguided and a guided image "
+                   "from the same seed to see what guidance did.")
+
+    def score(self, readout, guidance, reference=None):
+        scores = score_readout(readout, tuple(guidance or ()), reference)
+        report = "\n".join(score.text for score in scores)
+        ui = {"text": [report], "scores": [{"label": s.label, "value": s.value, "higher_is_better": s.higher_is_better}
+                                           for s in scores]}
+        return {"ui": ui, "result": (scores[0].value, report)}
+
+
+class DrawDragPoints:
+    """Draw a drag target's point pairs on an image: source dot, arrow, target ring."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "The image to draw on, e.g. the reference or its readout; points are "
+                                               "scaled from the reference image's size to this one."}),
+                "guidance": ("READOUT_GUIDANCE", {"tooltip": "Guidance with a Readout Drag Target: its points are "
+                                                             "drawn."}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    OUTPUT_TOOLTIPS = ("The image with sources (red dots), arrows and targets (green rings).",)
+    FUNCTION = "draw"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Shows where a drag moves content from (red) and to (green)."
+
+    def draw(self, image, guidance):
+        drags = [t for t in guidance or () if isinstance(t, CorrespondenceTarget)]
+        if not drags:
+            raise ValueError("guidance: it has no Readout Drag Target; connect the drag node's guidance output")
+        return (draw_pairs(image, [p for t in drags for p in t.pairs], drags[0].image_size),)
+
+
+class WordAttentionMap:
+    """Where a Self-Guidance Target's words attend in a sampled latent, with the centroid, the edit's goal and loss."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model that sampled the latent."}),
+                "positive": ("CONDITIONING", {"tooltip": "The positive prompt the Self-Guidance Target's words "
+                                                         "come from."}),
+                "samples": ("LATENT", {"tooltip": "The latent to read (e.g. the guided sampler's output); for an "
+                                                  "image, VAEEncode it first."}),
+                "guidance": ("READOUT_GUIDANCE", {"tooltip": GUIDANCE_INPUT_TIP + " Its Self-Guidance Target gives "
+                                                  "the words and the goal."}),
+                "timestep": ("INT", {"default": 500, "min": 0, "max": 999,
+                                     "tooltip": "Noise level the latent is read at (0 = clean, 999 = pure noise); "
+                                                "Self-Guidance acts early in sampling, at high noise."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "Seed of the noise added at that timestep."}),
+            },
+            "optional": {
+                "unguided_samples": ("LATENT", {
+                    "tooltip": "The latent from the same seed without guidance (the guided sampler's reference "
+                               "output): move_by, scale_size and keep_shape are measured from it."}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "FLOAT", "STRING")
+    RETURN_NAMES = ("attention_map", "loss", "report")
+    OUTPUT_TOOLTIPS = ("The words' attention (yellow = most, blue = least), centroid (white cross), goal (green ring).",
+                       "The Self-Guidance loss of the latent (lower is better).", "Centroid, goal and loss as text.")
+    FUNCTION = "read"
+    CATEGORY = CATEGORY
+    OUTPUT_NODE = True
+    DESCRIPTION = "Shows a prompt word's cross-attention map in a latent and how far it is from the edit's goal."
+
+    def read(self, model, positive, samples, guidance, timestep: int, seed: int, unguided_samples=None):
+        edits = [t for t in guidance or () if isinstance(t, SelfGuidanceTarget)]
+        if not edits:
+            raise ValueError("guidance: it has no Self-Guidance Target; connect that node's guidance output")
+        target = edits[0]
+        latent = samples["samples"]
+        maps = word_maps(model, latent, positive, target.tokens, timestep, seed)
+        unguided = None if unguided_samples is None else word_maps(model, unguided_samples["samples"], positive,
+                                                                   target.tokens, timestep, seed)
+        check = check_edit(target, maps, unguided)
+        size = (latent.shape[-2] * LATENT_SCALE, latent.shape[-1] * LATENT_SCALE)
+        picture = mark(heat(check.maps, size), check.centroids, check.goals)
+        loss = float(check.losses.mean())
+        report = f"{target.label}: centroid {_xy(check.centroids[0])}"
+        report += "" if check.goals is None else f", goal {_xy(check.goals[0])}"
+        report += f", loss {loss:.4f} (lower is better)"
+        ui = {"text": [report], "scores": [{"label": f"{target.label} loss", "value": loss, "higher_is_better": False}]}
+        return {"ui": ui, "result": (picture, loss, report)}
+
+
+def _xy(point: torch.Tensor) -> str:
+    return f"({float(point[0]):.3f}, {float(point[1]):.3f})"
+
+
+NODE_CLASS_MAPPINGS = {"ReadoutScore": ReadoutScore, "DrawDragPoints": DrawDragPoints,
+                       "WordAttentionMap": WordAttentionMap}
+NODE_DISPLAY_NAME_MAPPINGS = {"ReadoutScore": "Readout Score", "DrawDragPoints": "Draw Drag Points",
+                              "WordAttentionMap": "Word Attention Map"}

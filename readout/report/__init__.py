@@ -1,0 +1,1 @@
+"""What guidance did, made visible: scores of readouts against their targets, word attention maps, drawn marks."""

@@ -1,0 +1,8 @@
+"""Titles the example workflows give the nodes whose outputs the demo's panels show (builder and demo share them)."""
+TARGET_MAP = "Target map"
+REFERENCE_VIEW = "Reference readout"
+UNGUIDED_VIEW = "Unguided (same seed)"
+GUIDED_VIEW = "Guided"
+UNGUIDED_SCORE = "Score: unguided"
+GUIDED_SCORE = "Score: guided"
+LOSS_PLOT = "Loss plot (guided run)"
