@@ -99,6 +99,8 @@ def test_move_by_goal_is_the_unguided_centroid_plus_the_offset():
     assert after.losses[0] < before.losses[0]
     with pytest.raises(ValueError, match="unguided_samples: move_by is measured"):
         report.check_edit(move, moved, None)
+    with pytest.raises(ValueError, match="unguided_samples: it holds 2 latents for 3"):
+        report.check_edit(move, moved.repeat(3, 1, 1, 1), unguided.repeat(2, 1, 1, 1))
 
 
 def test_extract_readout_reads_a_latent_as_it_is(tiny):

@@ -42,6 +42,9 @@ def check_edit(target: SelfGuidanceTarget, maps: torch.Tensor, unguided: torch.T
     if target.relative and unguided is None:
         raise ValueError(f"unguided_samples: {target.edit} is measured from the unguided latent; connect the "
                          "latent sampled from the same seed without guidance (the guided sampler's reference output)")
+    if unguided is not None and unguided.shape[0] not in (1, maps.shape[0]):
+        raise ValueError(f"unguided_samples: it holds {unguided.shape[0]} latents for {maps.shape[0]} in samples; "
+                         "connect one latent, or as many as samples")
     reference = None if unguided is None else unguided.expand_as(maps)
     centroids = centroid(maps)
     goals = None
