@@ -102,6 +102,9 @@ class ExtractReadout:
         if (image is None) == (latent is None):
             raise ValueError("image / latent: connect exactly one of them (an IMAGE to encode with the VAE, or a "
                              "sampler's LATENT to read as it is)")
+        if latent is not None and latent["samples"].ndim != 4:
+            raise ValueError(f"latent: it holds latents of shape {tuple(latent['samples'].shape)}; readout heads read "
+                             "SD1.5 / SDXL image latents (batch, 4, height, width)")
         if positive is None:
             if clip is None:
                 raise ValueError("positive / clip: connect a positive conditioning, or a CLIP to encode the empty prompt")

@@ -70,6 +70,22 @@ def test_relative_colours_follow_colors_from(tiny):
         extract(tiny, head("appearance"), gradient(), colors_from=first)
 
 
+def test_colors_from_colours_part_of_a_map_as_the_whole_map_colours_it():
+    """With a basis, a feature map's left half gets exactly the colours it has in the whole map; its own PCA
+    would rescale the half to the full colour range."""
+    pca_colors = pack_module("readout.heads.readouts").pca_colors
+    features = torch.randn(1, 8, 6, 10, generator=torch.Generator().manual_seed(4))
+    features[:, 0] += torch.linspace(0, 6, 10)
+    torch.manual_seed(0)
+    whole = pca_colors(features)
+    torch.manual_seed(0)
+    half = pca_colors(features[..., :5], basis=features)
+    torch.manual_seed(0)
+    own = pca_colors(features[..., :5])
+    torch.testing.assert_close(half, whole[..., :5])
+    assert (own - whole[..., :5]).abs().max() > 0.1
+
+
 def test_score_errors_name_the_input(tiny):
     pose, depth = head("pose"), head("depth")
     _, readout = extract(tiny, pose, gradient())
@@ -83,6 +99,9 @@ def test_score_errors_name_the_input(tiny):
                            end_percent=0.5)[0]
     with pytest.raises(ValueError, match="reference: the appearance"):
         call_node("ReadoutScore", readout=app_readout, guidance=app_target)
+    _, other_head = extract(tiny, head("correspondence"), gradient())
+    with pytest.raises(ValueError, match="reference: it was read with"):
+        call_node("ReadoutScore", readout=app_readout, guidance=app_target, reference=other_head)
 
 
 def test_move_by_goal_is_the_unguided_centroid_plus_the_offset():
@@ -121,6 +140,9 @@ def test_extract_readout_reads_a_latent_as_it_is(tiny):
     for inputs in ({}, {"latent": latent, "image": image}):
         with pytest.raises(ValueError, match="image / latent: connect exactly one"):
             call_node("ExtractReadout", model=model, vae=vae, head=pose, timestep=-1, seed=0, clip=clip, **inputs)
+    with pytest.raises(ValueError, match="latent: it holds latents of shape"):
+        call_node("ExtractReadout", model=model, vae=vae, head=pose, timestep=-1, seed=0, clip=clip,
+                  latent={"samples": torch.zeros(1, 4, 2, 8, 8)})
 
 
 def test_word_attention_map_shows_self_guidance_moving_the_word(tiny):

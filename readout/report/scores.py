@@ -45,6 +45,9 @@ def score_target(target, readout: Readout, reference: Readout | None) -> list[Sc
     if reference is None:
         raise ValueError(f"reference: the {target.label} target compares with a reference; connect the "
                          "ExtractReadout of the reference image (same head)")
+    if reference.head_name != readout.head_name:
+        raise ValueError(f"reference: it was read with {reference.head_name!r}, readout with {readout.head_name!r}; "
+                         "read both with the same head")
     if reference.tensor.shape[-2:] != readout.tensor.shape[-2:]:
         raise ValueError("reference: its readout has another size than readout; read images of the same size")
     if isinstance(target, CorrespondenceTarget):
