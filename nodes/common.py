@@ -19,7 +19,8 @@ def guidance_option_inputs() -> dict:
             "tooltip": "Which CFG branch's features feed the readout loss. cond (default): the prompt's half; the "
                        "other half runs without autograd (SD1.5 512 px: about 1.9x the time of an unguided step). "
                        "both: the official code's sum over the cond and uncond halves (about 3x, more memory). "
-                       "uncond: the empty/negative prompt's half, as the heads were trained."}),
+                       "uncond: the empty/negative prompt's half, as the heads were trained. At cfg 1, where ComfyUI "
+                       "skips the negative half, uncond and both still run it for the loss."}),
         "gradient_checkpointing": ("BOOLEAN", {
             "default": True,
             "tooltip": "Recompute UNet activations during the backward pass instead of storing them: much "

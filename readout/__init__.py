@@ -1,1 +1,1 @@
-"""Readout Guidance library in four parts: heads/, guidance/, targets/, train/; errors.py holds the base of its errors."""
+"""Readout Guidance library in four parts: heads/, guidance/, targets/, train/; errors.py: the base of its errors."""

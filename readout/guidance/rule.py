@@ -78,8 +78,8 @@ class GuidanceRun:
         self.pending = direction if self.pending is None else self.pending + direction
 
     def report(self, targets: tuple, loss_branch: str) -> tuple[list[str], list[str]]:
-        """After sampling: one line per target on what guidance did, and warnings where it could not act (each also
-        logged): steps skipped for a non-finite gradient, a loss branch the sampler did not evaluate, an empty window."""
+        """After sampling: a line per target on what guidance did, and warnings (also logged) where it could not act:
+        steps skipped for a non-finite gradient, a loss branch the sampler did not evaluate, an empty window."""
         lines, warnings = [], []
         for state, target in zip(self.targets, targets):
             label = target.label
