@@ -9,7 +9,8 @@ from ..readout.guidance.patch import apply_readout_guidance
 from ..readout.heads.readouts import spatial_to_unit
 from ..readout.guidance.sampling import sample_guided
 from ..readout.targets.spatial import SpatialTarget, StepWindow
-from .common import CATEGORY, guidance_option_inputs, guidance_options
+from .common import (CATEGORY, guidance_option_inputs, guidance_options, report_text, require_finite,
+                     require_finite_map, show_on_running_node)
 
 WEIGHT_INPUT = ("FLOAT", {
     "default": OFFICIAL_WEIGHT, "min": 0.0, "max": 10.0, "step": 0.01,
@@ -62,14 +63,18 @@ class ReadoutTarget:
         if not head.config.is_spatial:
             raise ValueError(f"head: ReadoutTarget needs a pose, depth or edge head; {head.name!r} is a "
                              f"{head.config.kind} head (relative heads take reference images, not maps)")
+        require_finite(weight=weight)
         if (target_image is None) == (target_readout is None):
             raise ValueError("target_image / target_readout: connect exactly one of them")
         if target_readout is not None:
             if not target_readout.config.is_spatial:
                 raise ValueError("target_readout: comes from a relative head; connect a pose/depth/edge readout")
+            require_finite_map(target_readout.tensor, "target_readout")
             image = spatial_to_unit(target_readout.tensor, target_readout.config.control_range)
         else:
             image = target_image[..., :3].movedim(-1, 1).float()
+            require_finite_map(image, "target_image")
+        require_finite_map(mask, "mask")
         mask_map = None
         if mask is not None:
             mask_map = (mask if mask.ndim == 3 else mask[None]).float()[:, None]
@@ -97,16 +102,19 @@ class ReadoutGuidedKSampler:
                        "Spatial-only guidance has no reference branch: this repeats LATENT.")
     FUNCTION = "sample"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Samples like KSampler while readout heads steer the latent toward your targets."
+    DESCRIPTION = ("Samples like KSampler while readout heads steer the latent toward your targets; after a run it "
+                   "shows what guidance did per target, with a WARNING where it could not act.")
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                denoise=1.0, guidance=(), loss_branch="cond", gradient_checkpointing=True, compute_dtype="auto",
                rule="fast"):
+        require_finite(cfg=cfg, denoise=denoise)
         options = guidance_options(loss_branch, gradient_checkpointing, compute_dtype, rule)
         result = sample_guided(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                                denoise, tuple(guidance or ()), options)
         plot = plot_losses(result.patch.last_run.loss_history(), [t.label for t in result.patch.targets])
-        return ({**latent_image, "samples": result.edited}, plot, {**latent_image, "samples": result.reference})
+        latents = ({**latent_image, "samples": result.edited}, plot, {**latent_image, "samples": result.reference})
+        return {"ui": {"text": [report_text(result.patch.last_report)]}, "result": latents}
 
 
 class ApplyReadoutGuidance:
@@ -126,12 +134,15 @@ class ApplyReadoutGuidance:
     OUTPUT_TOOLTIPS = ("A clone of the model that samples with readout guidance.",)
     FUNCTION = "apply"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Patches a clone of the model so any sampler node applies readout guidance."
+    DESCRIPTION = ("Patches a clone of the model so any sampler node applies readout guidance; where guidance "
+                   "could not act, a WARNING shows on the sampler node and in the log.")
 
     def apply(self, model, guidance, loss_branch="cond", gradient_checkpointing=True, compute_dtype="auto",
               rule="fast"):
         options = guidance_options(loss_branch, gradient_checkpointing, compute_dtype, rule)
-        return (apply_readout_guidance(model, tuple(guidance), options)[0],)
+        guided, patch = apply_readout_guidance(model, tuple(guidance), options)
+        patch.report_to = show_on_running_node
+        return (guided,)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -1,6 +1,8 @@
 """Nodes that load readout heads and show what they read in an image."""
 from __future__ import annotations
 
+import os
+
 import folder_paths
 
 from ..readout.heads.extract import extract_readout
@@ -9,7 +11,7 @@ from ..readout.heads.architecture import HEAD_KINDS
 from ..readout.heads.model_folder import FOLDER_NAME
 from ..readout.heads.readouts import render_readout
 from ..readout.guidance.unet_call import encode_empty_prompt
-from .common import CATEGORY
+from .common import CATEGORY, require_vae_size
 
 AUTO = "auto"
 EMBEDDING_CHOICES = {"E(t) (official guidance)": False, "E(1000-t) (official training)": True}
@@ -44,6 +46,16 @@ class LoadReadoutHead:
     FUNCTION = "load"
     CATEGORY = CATEGORY
     DESCRIPTION = "Loads a readout head; it moves to the GPU with the UNet and is offloaded with it."
+
+    @classmethod
+    def IS_CHANGED(cls, head_name: str, **_options) -> str:
+        """ComfyUI's change fingerprint: the file's size and modification time, so a head retrained into the same
+        file name is loaded again (the options are part of the cache key already)."""
+        path = folder_paths.get_full_path(FOLDER_NAME, head_name)
+        if path is None or not os.path.isfile(path):
+            return head_name
+        stat = os.stat(path)
+        return f"{head_name}:{stat.st_size}:{stat.st_mtime_ns}"
 
     def load(self, head_name: str, kind: str = AUTO, timestep_embedding: str = next(iter(EMBEDDING_CHOICES))):
         path = folder_paths.get_full_path(FOLDER_NAME, head_name)
@@ -102,6 +114,8 @@ class ExtractReadout:
         if (image is None) == (latent is None):
             raise ValueError("image / latent: connect exactly one of them (an IMAGE to encode with the VAE, or a "
                              "sampler's LATENT to read as it is)")
+        if image is not None:
+            require_vae_size(image, "image", "Extract Readout")
         if latent is not None and latent["samples"].ndim != 4:
             raise ValueError(f"latent: it holds latents of shape {tuple(latent['samples'].shape)}; readout heads read "
                              "SD1.5 / SDXL image latents (batch, 4, height, width)")

@@ -9,7 +9,7 @@ from ..readout.targets.inversion import invert_image
 from ..readout.targets.points import check_inside, parse_drag_pairs
 from ..readout.targets.relative import AppearanceTarget, CorrespondenceTarget
 from ..readout.targets.spatial import StepWindow
-from .common import CATEGORY
+from .common import CATEGORY, require_finite, require_finite_map, require_vae_size
 from .guidance import END_INPUT, START_INPUT, WEIGHT_INPUT, chained
 
 APPEARANCE_KINDS = ("appearance", "identity")
@@ -26,10 +26,11 @@ def require_kind(head, kinds: tuple[str, ...], input_name: str, use: str):
     return head
 
 
-def mask_map(mask):
-    """A MASK as a (B, 1, H, W) float tensor, or None."""
+def mask_map(mask, name: str):
+    """A MASK (input `name`) as a (B, 1, H, W) float tensor, or None; NaN or infinite values are refused."""
     if mask is None:
         return None
+    require_finite_map(mask, name)
     return (mask if mask.ndim == 3 else mask[None]).float()[:, None].clone()
 
 
@@ -83,6 +84,7 @@ class ReadoutDragTarget:
               appearance_head=None, appearance_weight: float = 0.2, appearance_mask=None, reference=None,
               reference_image=None, points_json=None, guidance=None):
         require_kind(correspondence_head, ("correspondence",), "correspondence_head", "dragging")
+        require_finite(drag_weight=drag_weight, appearance_weight=appearance_weight)
         text, source = (points_json, "points_json") if points_json is not None else (points, "points")
         pairs = parse_drag_pairs(text, source)
         size_image = reference_image if reference_image is not None else (reference.image if reference else None)
@@ -96,8 +98,9 @@ class ReadoutDragTarget:
                                         reference)]
         if appearance_head is not None:
             require_kind(appearance_head, APPEARANCE_KINDS, "appearance_head", "keeping appearance")
-            targets.append(AppearanceTarget(appearance_head, appearance_weight, window, mask_map(appearance_mask),
-                                            reference=reference, shares_reference_noise=True))
+            targets.append(AppearanceTarget(appearance_head, appearance_weight, window,
+                                            mask_map(appearance_mask, "appearance_mask"), reference=reference,
+                                            shares_reference_noise=True, mask_input="appearance_mask"))
         ui = {"reference_preview": save_reference_preview(size_image)}
         return {"ui": ui, "result": (tuple(guidance or ()) + tuple(targets),)}
 
@@ -132,8 +135,9 @@ class ReadoutAppearanceTarget:
     def build(self, appearance_head, weight: float, start_percent: float, end_percent: float, mask=None,
               reference=None, guidance=None):
         require_kind(appearance_head, APPEARANCE_KINDS, "appearance_head", "appearance guidance")
-        target = AppearanceTarget(appearance_head, weight, StepWindow(start_percent, end_percent), mask_map(mask),
-                                  reference=reference)
+        require_finite(weight=weight)
+        target = AppearanceTarget(appearance_head, weight, StepWindow(start_percent, end_percent),
+                                  mask_map(mask, "mask"), reference=reference)
         return (chained(guidance, target),)
 
 
@@ -171,15 +175,16 @@ class ReadoutIdentityTarget:
     def build(self, identity_head, face_mask, weight: float, start_percent: float, end_percent: float,
               appearance_head=None, appearance_weight: float = 0.0, reference=None, guidance=None):
         require_kind(identity_head, APPEARANCE_KINDS, "identity_head", "identity guidance")
-        window, mask = StepWindow(start_percent, end_percent), mask_map(face_mask)
+        require_finite(weight=weight, appearance_weight=appearance_weight)
+        window, mask = StepWindow(start_percent, end_percent), mask_map(face_mask, "face_mask")
         if float(mask.max()) <= 0.5:
             raise ValueError("face_mask: the mask is empty; paint the face region white")
         result = chained(guidance, AppearanceTarget(identity_head, weight, window, mask, crop=True,
-                                                    reference=reference, role="identity"))
+                                                    reference=reference, role="identity", mask_input="face_mask"))
         if appearance_head is not None and appearance_weight > 0:
             require_kind(appearance_head, APPEARANCE_KINDS, "appearance_head", "keeping appearance")
             result = chained(result, AppearanceTarget(appearance_head, appearance_weight, window, mask,
-                                                      invert_mask=True, reference=reference))
+                                                      invert_mask=True, reference=reference, mask_input="face_mask"))
         return (result,)
 
 
@@ -215,6 +220,7 @@ class ReadoutInvertImage:
     def invert(self, model, vae, image, positive, steps: int, scheduler: str, refinements: int = 5):
         if image.shape[0] != 1:
             raise ValueError(f"image: invert one image at a time (got a batch of {image.shape[0]})")
+        require_vae_size(image, "image", "Readout Invert Image")
         progress = comfy.utils.ProgressBar(steps)
         return (invert_image(model, vae, image, positive, steps, scheduler, refinements, progress),)
 

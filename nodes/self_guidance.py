@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..readout.targets.prompt_tokens import clip_family, word_token_positions
 from ..readout.targets.self_guidance import SELF_GUIDANCE_EDITS, SelfGuidanceTarget as Target
 from ..readout.targets.spatial import StepWindow
-from .common import CATEGORY
+from .common import CATEGORY, require_finite
 from .guidance import END_INPUT, START_INPUT, WEIGHT_INPUT, chained
 
 
@@ -64,6 +64,7 @@ class SelfGuidanceTarget:
         if reference is not None and edit != "keep_appearance":
             raise ValueError(f"reference: only keep_appearance takes a real reference image; {edit} compares with "
                              "the unguided image (disconnect reference)")
+        require_finite(dx=dx, dy=dy, x=x, y=y, size_factor=size_factor, weight=weight)
         tokens = word_token_positions(clip, prompt, words)
         target = Target(words.strip(), tokens, clip_family(clip), edit, weight, StepWindow(start_percent, end_percent),
                         offset=(dx, dy), point=(x, y), factor=size_factor, reference=reference)

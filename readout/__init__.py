@@ -1,1 +1,1 @@
-"""Readout Guidance library in four parts: heads/, guidance/, targets/, train/."""
+"""Readout Guidance library in four parts: heads/, guidance/, targets/, train/; errors.py: the base of its errors."""

@@ -78,19 +78,31 @@ class PromptResult:
     def error_text(self) -> str:
         return "\n".join(json.dumps(d, default=str)[:2000] for e, d in self.messages if e == "execution_error")
 
+    def error(self) -> dict:
+        """The execution_error message: node_type, exception_type, exception_message, traceback."""
+        errors = [d for e, d in self.messages if e == "execution_error"]
+        assert errors, f"the prompt did not fail (success {self.success})"
+        return errors[0]
 
-def run_prompt(prompt: dict) -> PromptResult:
-    """Validate and execute an API-format prompt in process through execution.PromptExecutor."""
+
+def prompt_executor():
+    """An in-process execution.PromptExecutor with ComfyUI's classic cache, as the server keeps one between prompts."""
+    import execution
+
+    # "ram_inactive" is read by ComfyUI 0.33's executor; 0.3.75 ignores it
+    cache_args = {"lru": 0, "ram": 0, "ram_inactive": 0}
+    return execution.PromptExecutor(_ServerStub(), cache_type=execution.CacheType.CLASSIC, cache_args=cache_args)
+
+
+def run_prompt(prompt: dict, executor=None) -> PromptResult:
+    """Validate and execute an API-format prompt in process (on `executor` to keep its cache, else a fresh one)."""
     import execution
 
     prompt_id = str(uuid.uuid4())
     valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
     if not valid[0]:
         raise AssertionError(f"prompt failed validation: {valid[1]} {valid[3]}")
-    server = _ServerStub()
-    # "ram_inactive" is read by ComfyUI 0.33's executor; 0.3.75 ignores it
-    cache_args = {"lru": 0, "ram": 0, "ram_inactive": 0}
-    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args=cache_args)
+    executor = executor or prompt_executor()
     executor.execute(prompt, prompt_id, {}, valid[2])
     return PromptResult(executor.success, executor.history_result["outputs"], executor.status_messages)
 
@@ -151,11 +163,17 @@ class SpatialBed:
 
     def guided(self, guidance, seed: int = 1, sampler: str = "euler", cfg: float = 5.0, model=None, latent=None,
                positive=None, negative=None, **options):
-        out, plot, _ = call_node("ReadoutGuidedKSampler", model=model or self.model, seed=seed, steps=self.steps,
-                                 cfg=cfg, sampler_name=sampler, scheduler="normal", positive=positive or self.pos,
-                                 negative=negative or self.neg, latent_image=latent or self.latent, denoise=1.0,
-                                 guidance=guidance, **options)
+        out, plot, _ = self.guided_run(guidance, seed, sampler, cfg, model, latent, positive, negative,
+                                       **options)["result"]
         return out["samples"], plot
+
+    def guided_run(self, guidance, seed: int = 1, sampler: str = "euler", cfg: float = 5.0, model=None, latent=None,
+                   positive=None, negative=None, **options) -> dict:
+        """ReadoutGuidedKSampler's whole return: its outputs under "result", its report under "ui"."""
+        return call_node("ReadoutGuidedKSampler", model=model or self.model, seed=seed, steps=self.steps, cfg=cfg,
+                         sampler_name=sampler, scheduler="normal", positive=positive or self.pos,
+                         negative=negative or self.neg, latent_image=latent or self.latent, denoise=1.0,
+                         guidance=guidance, **options)
 
     def readout(self, samples: torch.Tensor, head=None) -> torch.Tensor:
         """The head's readout of a final latent, as ExtractReadout reads images (t = 0, empty prompt)."""

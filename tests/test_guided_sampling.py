@@ -210,15 +210,18 @@ def test_target_of_another_size_and_aspect_is_resized(bed):
     assert_lowered(bed, guidance, bed.guided(guidance)[0], bed.ksampler(bed.model))
 
 
-def test_nonfinite_gradient_skips_the_step_with_a_warning(bed, monkeypatch, caplog):
+def test_nonfinite_gradient_skips_the_step_with_a_warning_on_the_node(bed, monkeypatch, caplog):
     head = call_node("LoadReadoutHead", head_name=tiny_head_name("pose"))["result"][0]
     original = head.module.forward
     monkeypatch.setattr(head.module, "forward", lambda *a, **k: original(*a, **k) * float("nan"))
     with caplog.at_level(logging.WARNING):
-        samples = bed.guided(bed.target(head=head), loss_branch="both")[0]
+        run = bed.guided_run(bed.target(head=head), loss_branch="both")
+    samples = run["result"][0]["samples"]
     assert torch.isfinite(samples).all()
     assert torch.equal(samples, bed.ksampler(bed.model)), "both branches in one call: bit-identical when skipped"
-    assert "non-finite gradient" in caplog.text
+    warning = f"the gradient was NaN or infinite at guided evaluation(s) {list(range(STEPS))}"
+    assert run["ui"]["text"][0].startswith("WARNING: pose (") and warning in run["ui"]["text"][0]
+    assert warning in caplog.text
 
 
 def test_head_for_another_family_is_refused_at_the_sampler(bed, tmp_path, monkeypatch):

@@ -122,7 +122,7 @@ class Bed:
 
     def guided(self, model, guidance, case: Case | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
         latent, _, reference = call_node("ReadoutGuidedKSampler", guidance=guidance, **self.inputs(model, case),
-                                         **options)
+                                         **options)["result"]
         return latent["samples"], reference["samples"]
 
     def readout(self, samples: torch.Tensor, head) -> torch.Tensor:

@@ -32,7 +32,7 @@ class Bed:
         edited, plot, reference = call_node(
             "ReadoutGuidedKSampler", model=self.model, seed=3, steps=steps, cfg=cfg, sampler_name=sampler,
             scheduler=scheduler, positive=self.pos, negative=self.neg, latent_image=self.latent, denoise=1.0,
-            guidance=guidance)
+            guidance=guidance)["result"]
         return edited["samples"], reference["samples"], plot
 
     def drag(self, points: str = POINTS, weight: float = 1.0, **extra):

@@ -141,7 +141,7 @@ def test_guiding_with_the_trained_head_beats_an_untrained_one(checkpoint, depth_
         targets = {name: call_node("ReadoutTarget", head=head, weight=1.0, start_percent=0.0, end_percent=1.0,
                                    target_image=target_map)[0] for name, head in (("trained", trained),
                                                                                 ("untrained", untrained))}
-        samples = {name: call_node("ReadoutGuidedKSampler", guidance=guidance, **sampler)[0]["samples"]
+        samples = {name: call_node("ReadoutGuidedKSampler", guidance=guidance, **sampler)["result"][0]["samples"]
                    for name, guidance in targets.items()}
     samples["plain"] = call_node("KSampler", **sampler)[0]["samples"]
     extract = pack_module("readout.heads.extract")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -63,6 +64,8 @@ class _Evaluation:
     losses: dict[int, torch.Tensor] = field(default_factory=dict)
     sigma: float = 0.0
     skipped_crop: bool = False
+    wanted: set[int] = field(default_factory=set)
+    guided: set[int] = field(default_factory=set)
 
     def add(self, index: int, grad: torch.Tensor, loss: torch.Tensor) -> None:
         self.grads[index] = grad if index not in self.grads else self.grads[index] + grad
@@ -94,6 +97,8 @@ class ReadoutGuidancePatch:
         self.cond_names: dict[object, str] = {}
         self.run = GuidanceRun.fresh(len(targets))
         self.last_run = self.run
+        self.last_report: tuple[list[str], list[str]] = ([], [])
+        self.report_to: Callable[[tuple[list[str], list[str]]], None] | None = None
         self._evaluation = _Evaluation()
         self._evaluation_open = False
         self._guiding = False
@@ -112,12 +117,16 @@ class ReadoutGuidancePatch:
         self.run = GuidanceRun.fresh(len(self.targets))
         self._evaluation = _Evaluation()
         try:
+            for target in self.targets:
+                target.check_latent_size(self.latent_size)
             return executor(*args, **kwargs)
         finally:
             self.last_run = self.run
             self._evaluation = _Evaluation()
             self.latent_size, self.cond_names = None, {}
-            self.run.warn_skipped([t.label for t in self.targets])
+            self.last_report = self.run.report(self.targets, self.options.loss_branch)
+            if self.report_to is not None:
+                self.report_to(self.last_report)
 
     def predict_noise_wrapper(self, executor, *args, **kwargs):
         """One model evaluation of the sampler: its first calc_cond_batch is the one to guide."""
@@ -170,12 +179,14 @@ class ReadoutGuidancePatch:
         active = self._active_targets(base.model_sampling, sigma) if self._guiding else []
         cond_or_uncond = transformer_options.get("cond_or_uncond", [])
         grad_chunks = self._loss_chunks(self._roles(transformer_options), x.shape[0]) if active else ()
+        self._evaluation.wanted.update(active)
         if grad_chunks and self.latent_size not in (None, tuple(x.shape[-2:])):
             self._evaluation.skipped_crop = True
             grad_chunks = ()
         if not grad_chunks:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         self._evaluation.sigma = sigma
+        self._evaluation.guided.update(active)
         x = self._with_reference(x.detach().clone(), chunks_of(x.shape[0], transformer_options), sigma)
         split = BatchSplit(x.shape[0], len(cond_or_uncond), grad_chunks)
         calls = (split.grad_chunks, split.rest_chunks) if split.rest_chunks else (split.grad_chunks,)
@@ -260,6 +271,8 @@ class ReadoutGuidancePatch:
         """denoised' = denoised - sigma * sum_k w_k n_k from this evaluation's gradients."""
         denoised = args["denoised"]
         evaluation, self._evaluation = self._evaluation, _Evaluation()
+        for index in evaluation.wanted - evaluation.guided:
+            self.run.targets[index].missed += 1
         if not evaluation.grads:
             if evaluation.skipped_crop:
                 raise ValueError(AREA_ONLY_ERROR.format(branch=self.options.loss_branch))
@@ -310,7 +323,9 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
         guided.remove_wrappers_with_key(kind, PATCH_KEY)
         if wrapper is not None:
             guided.add_wrapper_with_key(kind, PATCH_KEY, wrapper)
-    guided.set_model_sampler_post_cfg_function(patch.post_cfg_function)
+    # at cfg 1 ComfyUI skips the negative prompt's half unless told otherwise: a loss branch that reads it needs it
+    needs_uncond = 1 in LOSS_BRANCHES[patch.options.loss_branch]
+    guided.set_model_sampler_post_cfg_function(patch.post_cfg_function, disable_cfg1_optimization=needs_uncond)
     heads = {id(t.head.patcher): t.head.patcher for t in patch.targets if t.head is not None}
     guided.set_additional_models(PATCH_KEY, list(heads.values()))
     if not patch.targets:

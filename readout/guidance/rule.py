@@ -51,6 +51,8 @@ class TargetRun:
     normalizer: NormalizedGradient = field(default_factory=NormalizedGradient)
     losses: list[tuple[float, torch.Tensor]] = field(default_factory=list)
     finite: list[torch.Tensor] = field(default_factory=list)
+    missed: int = 0
+    """Guided model evaluations in the target's window whose UNet calls had no CFG half of the loss branch."""
 
 
 @dataclass
@@ -75,13 +77,32 @@ class GuidanceRun:
         direction = weight * state.normalizer(grad, finite)
         self.pending = direction if self.pending is None else self.pending + direction
 
-    def warn_skipped(self, labels: list[str]) -> None:
-        """Log, once per target after sampling, the guided steps skipped for a non-finite gradient."""
-        for state, label in zip(self.targets, labels):
+    def report(self, targets: tuple, loss_branch: str) -> tuple[list[str], list[str]]:
+        """After sampling: a line per target on what guidance did, and warnings (also logged) where it could not act:
+        steps skipped for a non-finite gradient, a loss branch the sampler did not evaluate, an empty window."""
+        lines, warnings = [], []
+        for state, target in zip(self.targets, targets):
+            label = target.label
+            if target.weight == 0.0 or not target.active:
+                lines.append(f"{label}: off (weight 0 or nothing to do)")
+                continue
             skipped = [i for i, finite in enumerate(state.finite) if not bool(finite)]
+            guided = len(state.losses) - len(skipped)
+            lines.append(f"{label}: guided {guided} model evaluation(s)")
             if skipped:
-                logging.warning("readout guidance: non-finite gradient for target %s at guided evaluation(s) %s: "
-                                "those steps were skipped", label, skipped)
+                warnings.append(f"{label}: the gradient was NaN or infinite at guided evaluation(s) {skipped}: those "
+                                "steps were not guided (a NaN or infinite target, head or latent; try compute_dtype "
+                                "float32)")
+            if state.missed:
+                warnings.append(f"{label}: at {state.missed} model evaluation(s) the sampler ran no {loss_branch} CFG "
+                                f"half for the loss to read (a guider without a negative prompt, such as BasicGuider): "
+                                "set loss_branch to cond")
+            elif not state.losses:
+                warnings.append(f"{label}: no model evaluation fell in its window (start_percent "
+                                f"{target.window.start_percent} to end_percent {target.window.end_percent}): widen it")
+        for warning in warnings:
+            logging.warning("readout guidance: %s", warning)
+        return lines, warnings
 
     def record_loss(self, index: int, sigma: float, loss: torch.Tensor) -> None:
         self.targets[index].losses.append((sigma, loss.detach().float().sum()))

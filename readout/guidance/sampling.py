@@ -68,6 +68,7 @@ def sample_guided(model, seed: int, steps: int, cfg: float, sampler_name: str, s
     sigmas = comfy.samplers.KSampler(guided, steps=steps, device="cpu", sampler=sampler_name, scheduler=scheduler,
                                      denoise=denoise, model_options=guided.model_options).sigmas
     if reference is not None:
+        reference.check_latent_size(tuple(samples.shape[-2:]))
         reference.check_schedule(sigmas, steps, scheduler)
     share_noise = any(getattr(t, "shares_reference_noise", False) for t in targets)
     noise, start = _start_noise(guided, samples, seed, reference, share_noise, sigmas)

@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..errors import ReadoutError
 from .architecture import (
     FAMILY_LABELS,
     FAMILY_NUM_LAYERS,
@@ -35,11 +36,11 @@ MAX_LISTED_KEYS = 8
 StateDict = dict[str, torch.Tensor]
 
 
-class HeadFileError(ValueError):
+class HeadFileError(ReadoutError):
     """A readout head file cannot be read, is refused for safety, or does not match its config."""
 
 
-class HeadModelMismatch(ValueError):
+class HeadModelMismatch(ReadoutError):
     """A readout head was trained on another model family or decoder layout than the model it is used with."""
 
 
@@ -97,6 +98,16 @@ def check_state_dict(config: HeadConfig, state_dict: Mapping[str, torch.Tensor])
             f"weights do not match a {config.kind} head with decoder channels {list(config.dims)}:\n"
             + "\n".join(problems)
         )
+
+
+def check_finite_weights(state_dict: Mapping[str, torch.Tensor], file_name: str) -> None:
+    """Raise HeadFileError naming the weights that hold NaN or infinite values (every guided step would be skipped)."""
+    broken = sorted(name for name, tensor in state_dict.items()
+                    if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+                    and not bool(torch.isfinite(tensor).all()))
+    if broken:
+        raise HeadFileError(f"{file_name}: weights hold NaN or infinite values, the file is damaged or its training "
+                            f"diverged; retrain the head or download it again\n{_listing('broken weights', broken)}")
 
 
 def save_head_safetensors(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .files import build_head, check_head_matches_model, load_head_file
+from .files import build_head, check_finite_weights, check_head_matches_model, load_head_file
 from .features import decoder_dims, model_family
 from .architecture import FAMILY_LABELS, HeadConfig, ReadoutHead
 
@@ -44,6 +44,7 @@ def load_head_model(path: str, kind: str | None = None, reverse_timestep: bool |
     import comfy.model_patcher
 
     config, state_dict = load_head_file(path, kind)
+    check_finite_weights(state_dict, os.path.basename(path))
     if reverse_timestep is not None and reverse_timestep != config.reverse_timestep:
         config = HeadConfig.from_dict({**config.to_dict(), "reverse_timestep": reverse_timestep})
     module = build_head(config, state_dict)

@@ -29,6 +29,9 @@ def parse_drag_pairs(text: str, input_name: str = "points") -> list[DragPair]:
     except json.JSONDecodeError as error:
         raise ValueError(f"{input_name}: not valid JSON ({error.msg} at character {error.pos}); expected "
                          '[{"source": [x, y], "target": [x, y]}, ...]') from error
+    except RecursionError as error:
+        raise ValueError(f"{input_name}: the JSON is nested too deeply to be point pairs; expected "
+                         '[{"source": [x, y], "target": [x, y]}, ...]') from error
     if not isinstance(data, list):
         raise ValueError(f"{input_name}: expected a list of point pairs, got {type(data).__name__}")
     pairs = []

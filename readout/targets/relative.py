@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..heads.head_model import HeadModel
 from .points import DragPair
 from .reference import InvertedReference
-from .spatial import StepWindow, masked_mean, resize_map
+from .spatial import StepWindow, check_aspect, masked_mean, resize_map
 
 
 def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -78,6 +78,10 @@ class CorrespondenceTarget:
     def active(self) -> bool:
         return bool(self.pairs)
 
+    def check_latent_size(self, latent_size: tuple[int, int]) -> None:
+        """The points' image must have the latent's aspect, or the points would land elsewhere than drawn."""
+        check_aspect(self.image_size, latent_size, "reference_image")
+
     def loss(self, edited: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         return correspondence_loss(reference, edited, list(self.pairs), self.image_size)
 
@@ -98,6 +102,7 @@ class AppearanceTarget:
     reference: InvertedReference | None = None
     role: str = "appearance"
     shares_reference_noise: bool = False
+    mask_input: str = "mask"
     relative = True
 
     @property
@@ -107,6 +112,11 @@ class AppearanceTarget:
     @property
     def active(self) -> bool:
         return True
+
+    def check_latent_size(self, latent_size: tuple[int, int]) -> None:
+        """The mask must have the latent's aspect, or it would mark other regions than painted."""
+        if self.mask is not None:
+            check_aspect(tuple(self.mask.shape[-2:]), latent_size, self.mask_input)
 
     def loss(self, edited: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         weights = torch.ones_like(edited[:1, :1])

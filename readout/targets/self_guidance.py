@@ -93,6 +93,9 @@ class SelfGuidanceTarget:
     def active(self) -> bool:
         return True
 
+    def check_latent_size(self, latent_size: tuple[int, int]) -> None:
+        """Attention maps are read at the latent's own size: any latent fits."""
+
     def loss(self, edited: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) L1 distance of the edited readout's property to its goal."""
         if self.edit == "move_to":

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..heads.extract import LATENT_SCALE
 from ..heads.head_model import HeadModel
 
 
@@ -42,6 +43,11 @@ class SpatialTarget:
     def active(self) -> bool:
         return True
 
+    def check_latent_size(self, latent_size: tuple[int, int]) -> None:
+        """The mask must have the latent's aspect (the target map is resized to any size, as its tooltip says)."""
+        if self.mask is not None:
+            check_aspect(tuple(self.mask.shape[-2:]), latent_size, "mask")
+
     def loss(self, readout: torch.Tensor) -> torch.Tensor:
         config = self.head.config
         image = per_latent(self.image, readout.shape[0], "target_image")
@@ -56,6 +62,18 @@ def per_latent(maps: torch.Tensor, batch: int, name: str) -> torch.Tensor:
         raise ValueError(f"{name}: {maps.shape[0]} maps for a batch of {batch} latents; connect one map for the "
                          f"whole batch or one per latent ({batch})")
     return maps
+
+
+def check_aspect(size: tuple[int, int], latent_size: tuple[int, int], name: str) -> None:
+    """Refuse a (height, width) map whose aspect differs from the latent's by more than one latent cell (the
+    rounding of an image to whole cells): resizing it to the latent would stretch it."""
+    height, width = size
+    rows, cols = latent_size
+    if abs(height * cols / width - rows) <= 1 and abs(width * rows / height - cols) <= 1:
+        return
+    raise ValueError(f"{name}: it is {width}x{height}, another aspect ratio than the {cols * LATENT_SCALE}x"
+                     f"{rows * LATENT_SCALE} px latent, and would be stretched to it; crop or pad it to the latent's "
+                     "aspect, or size the latent like it")
 
 
 def spatial_map_loss(readout: torch.Tensor, target: torch.Tensor, control_range: tuple[float, float],

@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import ReadoutError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 LATENT_FACTOR = 8
 
 
-class DataError(ValueError):
+class DataError(ReadoutError):
     """Training data is missing or malformed; the message names the file or folder and the fix."""
 
 

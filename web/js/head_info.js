@@ -1,7 +1,13 @@
-// Shows a node's text report after a run: a loaded head's kind, model family and layers; a score node's numbers.
+// Shows a node's text report after a run: a loaded head's kind, model family and layers; a score node's numbers;
+// what the guided sampler's guidance did, with its warnings.
 import { app } from "../../scripts/app.js";
 
-const REPORT_WIDGETS = { LoadReadoutHead: "head_info", ReadoutScore: "report", WordAttentionMap: "report" };
+const REPORT_WIDGETS = {
+  LoadReadoutHead: "head_info",
+  ReadoutScore: "report",
+  WordAttentionMap: "report",
+  ReadoutGuidedKSampler: "guidance_report",
+};
 
 // A read-only text box (a DOM widget: public on both frontends): not sent to the backend, not saved in the
 // workflow, not listed as a parameter in the new frontend's side panel.
