@@ -1,5 +1,7 @@
 # make test: set up the test bed (venv, ComfyUI, tiny models) and run the suite.
-# make demo: the same setup, then run every workflow in workflows/ on a real ComfyUI server.
+# make demo: the same setup, then run every workflow in workflows/ on a real ComfyUI server, and guide the
+#   learned world model (world/) next to the same seeds unguided.
+# make world: retrain the learned world model and its heads (about an hour on 2 CPU cores).
 # make test-comfyui-033: the suite on ComfyUI 0.33.0 from $(SHARED)/comfyui (its own venv and folder).
 PYTHON ?= python3.11
 VENV := .venv
@@ -15,15 +17,22 @@ COMFYUI_033 := .comfyui033/ComfyUI-0.33.0
 VENV_033 := .venv-comfyui033
 PY_033 := $(VENV_033)/bin/python
 
-.PHONY: test demo setup test-comfyui-033 setup-comfyui-033 clean
+.PHONY: test demo setup world test-comfyui-033 setup-comfyui-033 clean
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) scripts/demo.py
+	$(PY) scripts/demo_world.py
 
 setup: $(VENV)/.torch-ok
+	$(PY) scripts/setup_testbed.py
+
+world: setup
+	$(PY) -m world.train
+	$(PY) scripts/setup_testbed.py
+	$(PY) -m world.heads
 	$(PY) scripts/setup_testbed.py
 
 test-comfyui-033: setup-comfyui-033

@@ -155,8 +155,9 @@ def ensure_tiny_models(comfy_dir: str) -> None:
 
     comfy.cli_args.args.cpu = True
     from tiny.models import write_tiny_models
+    from world.assemble import write_world_models
 
-    for path in write_tiny_models(os.path.join(comfy_dir, "models")):
+    for path in write_tiny_models(os.path.join(comfy_dir, "models")) + write_world_models(os.path.join(comfy_dir, "models")):
         log(f"wrote {path}")
     for path in write_example_images(os.path.join(comfy_dir, "input")):
         log(f"wrote {path}")

@@ -72,13 +72,13 @@ def _data_options(kind: str, folder: str, count: int) -> list[str]:
     return ["--triplets", write_triplets(folder, count)]
 
 
-def train_head(kind: str, checkpoint: str, work: str, scale: float = 1.0) -> dict:
+def train_head(kind: str, comfy: str, checkpoint: str, work: str, scale: float = 1.0) -> dict:
     """Train one head with the pack's trainer; store it compressed; return its losses and time."""
     recipe = HEAD_RECIPES[kind]
     folder = os.path.join(work, kind)
     output = os.path.join(folder, paths.head_name(kind))
     steps = max(2, int(recipe["steps"] * scale))
-    command = [sys.executable, "-m", "readout.train", "--checkpoint", checkpoint, "--kind", kind, "--output", output,
+    command = [sys.executable, "-m", "readout.train", "--comfyui", comfy, "--checkpoint", checkpoint, "--kind", kind, "--output", output,
                "--steps", str(steps), "--lr", str(recipe["lr"]), "--batch-size", str(recipe["batch"]), *TRAIN_OPTIONS,
                *_data_options(kind, folder, max(16, int(recipe["examples"] * scale)))]
     started = time.time()
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint or os.path.join(comfy, "models", "checkpoints", paths.CHECKPOINT)
     log = []
     for kind in args.kinds:
-        log.append(train_head(kind, checkpoint, args.work, args.scale))
+        log.append(train_head(kind, comfy, checkpoint, args.work, args.scale))
         print(f"[world] head {json.dumps(log[-1])}", flush=True)
     if args.scale == 1.0:
         with open(os.path.join(paths.WEIGHTS_DIR, "heads_log.json"), "w", encoding="utf-8") as f:

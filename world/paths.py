@@ -22,11 +22,11 @@ def import_comfyui() -> str:
     sys.path.insert(0, os.path.join(REPO, "scripts"))
     from testbed import add_comfyui_to_sys_path, comfyui_path
 
-    comfy = comfyui_path()
-    add_comfyui_to_sys_path(comfy)
+    folder = comfyui_path()
+    add_comfyui_to_sys_path(folder)
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
-    return comfy
+    return folder

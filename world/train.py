@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     started = time.time()
     weight, mean = fit_patch_encoder(PCA_SEEDS)
-    decoder_losses = [float("nan")]
+    decoder_losses: list[float] = []
     if not args.reuse_decoder:
         decoder, decoder_losses = train_decoder(weight, mean, args.decoder_steps, seed=args.seed + 1)
         vae = {"patch_weight": weight, "patch_mean": mean, **{f"decoder.{k}": v for k, v in decoder.items()}}
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                                    snapshot_every=args.snapshot_every, snapshot=snapshot)
     save_file({k: v.half().contiguous() for k, v in unet.items()}, os.path.join(args.out, paths.UNET_FILE),
               metadata={"steps": str(args.unet_steps), "batch": str(args.unet_batch), "seed": str(args.seed)})
-    log = {"decoder_loss_first": decoder_losses[0], "decoder_loss_last": sum(decoder_losses[-20:]) / len(decoder_losses[-20:]),
+    log = {"decoder_loss_first": decoder_losses[0] if decoder_losses else None,
+           "decoder_loss_last": sum(decoder_losses[-20:]) / len(decoder_losses[-20:]) if decoder_losses else None,
            "unet_loss_first": unet_losses[0], "unet_loss_last": sum(unet_losses[-20:]) / len(unet_losses[-20:]),
            "seconds": round(time.time() - started), "args": vars(args)}
     with open(os.path.join(args.out, "training_log.json"), "w", encoding="utf-8") as f:
