@@ -1,0 +1,285 @@
+"""Effects of readout guidance on the learned world model, measured on decoded pixels by the colour-blob detector
+(which shares no code with the heads). Every experiment runs the pack's real nodes, guided against the same seed
+unguided, and returns one record per seed."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from world import paths
+from world.detector import Blob, caption_objects, detect, foreground, iou, largest
+from world.scenes import SIZE, random_scene
+
+EVAL_SCENE_BASE = 9 * 10**8
+STEPS = 12
+CFG = 4.0
+SAMPLER = ("ddim", "ddim_uniform")
+DRAG_POINTS = 5
+
+
+def call(name: str, **inputs: Any) -> tuple:
+    """A node call as ComfyUI's executor makes it (under inference mode); dict results give their `result`."""
+    import nodes
+
+    cls = nodes.NODE_CLASS_MAPPINGS[name]
+    with torch.inference_mode():
+        out = getattr(cls(), cls.FUNCTION)(**inputs)
+    out = out["result"] if isinstance(out, dict) else out
+    return getattr(out, "result", out)
+
+
+def to_image(array: np.ndarray) -> torch.Tensor:
+    """An (H, W, 3) array in [0, 1] as a ComfyUI IMAGE batch of one."""
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+
+
+@dataclass
+class World:
+    """The world checkpoint and heads, loaded through the pack's and ComfyUI's loader nodes."""
+
+    model: Any
+    clip: Any
+    vae: Any
+    heads: dict[str, Any]
+
+    @classmethod
+    def load(cls) -> "World":
+        model, clip, vae = call("CheckpointLoaderSimple", ckpt_name=paths.CHECKPOINT)[:3]
+        import folder_paths
+
+        listed = set(folder_paths.get_filename_list("readout_heads"))
+        heads = {k: call("LoadReadoutHead", head_name=paths.head_name(k))[0] for k in paths.HEAD_KINDS
+                 if paths.head_name(k) in listed}
+        return cls(model, clip, vae, heads)
+
+    def encode(self, text: str):
+        return call("CLIPTextEncode", text=text, clip=self.clip)[0]
+
+    def decode(self, latent: dict) -> np.ndarray:
+        return call("VAEDecode", samples=latent, vae=self.vae)[0][0].cpu().numpy()
+
+    def latent(self) -> dict:
+        return call("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)[0]
+
+    def sample(self, seed: int, prompt: str) -> dict:
+        """KSampler's latent, unguided."""
+        return call("KSampler", model=self.model, seed=seed, steps=STEPS, cfg=CFG, sampler_name=SAMPLER[0],
+                    scheduler=SAMPLER[1], positive=self.encode(prompt), negative=self.encode(""),
+                    latent_image=self.latent(), denoise=1.0)[0]
+
+    def unguided(self, seed: int, prompt: str) -> np.ndarray:
+        return self.decode(self.sample(seed, prompt))
+
+    def guided(self, seed: int, prompt: str, guidance: tuple, rule: str = "fast",
+               latent: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The guided image and its reference branch's image."""
+        out = call("ReadoutGuidedKSampler", model=self.model, seed=seed, steps=STEPS, cfg=CFG, sampler_name=SAMPLER[0],
+                   scheduler=SAMPLER[1], positive=self.encode(prompt), negative=self.encode(""),
+                   latent_image=latent or self.latent(), denoise=1.0, guidance=guidance, rule=rule,
+                   gradient_checkpointing=False)
+        return self.decode(out[0]), self.decode(out[2])
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.time()
+    return fn(), time.time() - start
+
+
+def spatial(world: World, kind: str, seed: int, weight: float | None = None, rule: str = "fast") -> dict:
+    """A depth or edge map of a scene, its caption as the prompt, another seed: foreground IoU with the scene."""
+    scene = random_scene(EVAL_SCENE_BASE + seed)
+    truth = np.any(scene.visible_masks(), axis=0)
+    target = scene.depth() if kind == "depth" else scene.edges()
+    extra = {} if weight is None else {"weight": weight}
+    guidance = call("ReadoutTarget", head=world.heads[kind], start_percent=0.0, end_percent=0.5,
+                    target_image=to_image(target), **{"weight": _default_weight(), **extra})[0]
+    plain = world.unguided(seed, scene.caption)
+    (guided, _), seconds = _timed(lambda: world.guided(seed, scene.caption, guidance, rule))
+    score = lambda image: iou(foreground(detect(image), truth.shape), truth)  # noqa: E731
+    return {"seed": seed, "unguided": score(plain), "guided": score(guided), "seconds": seconds,
+            "images": (plain, guided)}
+
+
+def _default_weight() -> float:
+    import nodes
+
+    return nodes.NODE_CLASS_MAPPINGS["ReadoutTarget"].INPUT_TYPES()["required"]["weight"][1]["default"]
+
+
+def drag_vector(blob: Blob, rng: np.random.Generator) -> tuple[float, float]:
+    """A 24-40 px displacement that keeps the blob inside the canvas."""
+    ys, xs = np.nonzero(blob.mask)
+    for _ in range(200):
+        length, angle = rng.uniform(24, 40), rng.uniform(0, 2 * math.pi)
+        dx, dy = length * math.cos(angle), length * math.sin(angle)
+        if xs.min() + dx >= 2 and xs.max() + dx <= SIZE - 3 and ys.min() + dy >= 2 and ys.max() + dy <= SIZE - 3:
+            return dx, dy
+    raise ValueError("no displacement keeps the object inside the canvas")
+
+
+def drag_points(blob: Blob, dx: float, dy: float) -> str:
+    """Source points on the blob (its centroid and four inner points), each with its target moved by (dx, dy)."""
+    cx, cy = blob.centroid
+    ys, xs = np.nonzero(blob.mask)
+    reach = 0.25 * min(xs.max() - xs.min(), ys.max() - ys.min())
+    sources = [(cx, cy)] + [(cx + ox * reach, cy + oy * reach) for ox, oy in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+    sources = [(x, y) for x, y in sources if blob.mask[min(SIZE - 1, int(y)), min(SIZE - 1, int(x))]][:DRAG_POINTS]
+    return json.dumps([{"source": [round(x, 1), round(y, 1)], "target": [round(x + dx, 1), round(y + dy, 1)]}
+                       for x, y in sources])
+
+
+def drag_measures(before: np.ndarray, after: np.ndarray, colour: str, dx: float, dy: float) -> dict:
+    """How far the object of a colour moved along (dx, dy), whether it kept its colour, what stayed at its source."""
+    start, end = largest(detect(before), colour), largest(detect(after), colour)
+    if start is None:
+        return {"skipped": f"no {colour} object in the image before the drag"}
+    moved = 0.0 if end is None else ((end.centroid[0] - start.centroid[0]) * dx
+                                     + (end.centroid[1] - start.centroid[1]) * dy) / (dx * dx + dy * dy)
+    shifted = np.roll(np.roll(start.mask, int(round(dy)), 0), int(round(dx)), 1)
+    source_only = start.mask & ~shifted
+    still = 0.0 if end is None or not source_only.any() else float((end.mask & source_only).sum() / source_only.sum())
+    kept = end is not None and end.area >= 0.5 * start.area
+    return {"moved": moved, "colour_kept": kept, "ghost": still}
+
+
+def drag_generated(world: World, seed: int, rule: str = "fast", weight: float | None = None) -> dict:
+    """Drag the object of a one-object prompt's own generated image by 24-40 px."""
+    scene = random_scene(EVAL_SCENE_BASE + seed, num_objects=1)
+    before = world.unguided(seed, scene.caption)
+    blob = largest(detect(before), scene.shapes[0].colour) or next(iter(detect(before)), None)
+    if blob is None:
+        return {"seed": seed, "skipped": "no object in the unguided image"}
+    dx, dy = drag_vector(blob, np.random.default_rng(seed))
+    extra = {} if weight is None else {"drag_weight": weight}
+    guidance = call("ReadoutDragTarget", correspondence_head=world.heads["correspondence"],
+                    points=drag_points(blob, dx, dy), **{"drag_weight": _default_weight(), **extra},
+                    start_percent=0.0, end_percent=0.5, appearance_head=world.heads["appearance"],
+                    reference_image=to_image(before))[0]
+    (after, reference), seconds = _timed(lambda: world.guided(seed, scene.caption, guidance, rule))
+    return {"seed": seed, **drag_measures(reference, after, blob.colour, dx, dy), "seconds": seconds,
+            "images": (reference, after)}
+
+
+def drag_real(world: World, seed: int) -> dict:
+    """Drag an object of a rendered scene, inverted with Readout Invert Image; before = the same drag at weight 0."""
+    scene = random_scene(EVAL_SCENE_BASE + seed, num_objects=1)
+    image = to_image(scene.image())
+    reference = call("ReadoutInvertImage", model=world.model, vae=world.vae, image=image,
+                     positive=world.encode(scene.caption), steps=STEPS, scheduler=SAMPLER[1], refinements=2)[0]
+    blob = largest(detect(scene.image()), scene.shapes[0].colour)
+    dx, dy = drag_vector(blob, np.random.default_rng(seed))
+
+    def run(weight: float) -> np.ndarray:
+        guidance = call("ReadoutDragTarget", correspondence_head=world.heads["correspondence"],
+                        points=drag_points(blob, dx, dy), drag_weight=weight, start_percent=0.0, end_percent=0.5,
+                        appearance_head=world.heads["appearance"], reference=reference)[0]
+        return world.guided(seed, scene.caption, guidance)[0]
+
+    before = run(0.0)
+    after, seconds = _timed(lambda: run(_default_weight()))
+    return {"seed": seed, **drag_measures(before, after, blob.colour, dx, dy), "seconds": seconds,
+            "images": (before, after)}
+
+
+def colour_match(reference: np.ndarray, image: np.ndarray) -> float:
+    """Share of the reference's object colours that the image has (by detected blobs)."""
+    wanted = {b.colour for b in detect(reference)}
+    return len(wanted & {b.colour for b in detect(image)}) / len(wanted) if wanted else float("nan")
+
+
+def appearance(world: World, seed: int) -> dict:
+    """Unconditional: keep a generated reference's colours in another seed's image (the edit starts at seed + 1)."""
+    guidance = call("ReadoutAppearanceTarget", appearance_head=world.heads["appearance"], weight=_default_weight(),
+                    start_percent=0.0, end_percent=0.5)[0]
+    (guided, reference), seconds = _timed(lambda: world.guided(seed, "", guidance))
+    plain = world.unguided(seed + 1, "")
+    return {"seed": seed, "unguided": colour_match(reference, plain), "guided": colour_match(reference, guided),
+            "seconds": seconds, "images": (reference, plain, guided)}
+
+
+def self_guidance(world: World, seed: int, edit: str) -> dict:
+    """move_to (to the opposite side of the canvas) or scale_size (x1.5) on a one-object prompt's words."""
+    scene = random_scene(EVAL_SCENE_BASE + seed, num_objects=1)
+    colour, shape = caption_objects(scene.caption)[0]
+    plain = world.unguided(seed, scene.caption)
+    start = largest(detect(plain), colour)
+    if start is None:
+        return {"seed": seed, "skipped": "no object in the unguided image"}
+    goal = (0.28 if start.centroid[0] > SIZE / 2 else 0.72, 0.28 if start.centroid[1] > SIZE / 2 else 0.72)
+    guidance = call("SelfGuidanceTarget", clip=world.clip, prompt=scene.caption, words=f"{colour} {shape}", edit=edit,
+                    dx=0.0, dy=0.0, x=goal[0], y=goal[1], size_factor=1.5, weight=_default_weight(),
+                    start_percent=0.0, end_percent=0.5)[0]
+    (guided, _), seconds = _timed(lambda: world.guided(seed, scene.caption, guidance))
+    end = largest(detect(guided), colour)
+    record = {"seed": seed, "seconds": seconds, "images": (plain, guided)}
+    if edit == "move_to":
+        target = np.array(goal) * SIZE
+        before = float(np.linalg.norm(np.array(start.centroid) - target))
+        after = before if end is None else float(np.linalg.norm(np.array(end.centroid) - target))
+        return {**record, "closed": 1 - after / before}
+    return {**record, "area_ratio": 0.0 if end is None else end.area / start.area}
+
+
+def pack(submodule: str):
+    """A module of this pack exactly as ComfyUI imported it."""
+    import importlib
+
+    from testbed import comfyui_path, pack_dir_in
+
+    return importlib.import_module(f"{pack_dir_in(comfyui_path()).replace('.', '_x_')}.{submodule}")
+
+
+def word_localization(world: World, seed: int, timestep: int = 500) -> dict:
+    """How well each word's cross-attention (as Self-Guidance reads it) picks out its object in an unguided sample:
+    correlation with the object's mask and centroid error in pixels, for the colour and the shape word."""
+    started = time.time()
+    scene = random_scene(EVAL_SCENE_BASE + 2 * 10**6 + seed, num_objects=1)
+    colour, shape = caption_objects(scene.caption)[0]
+    latent = world.sample(seed, scene.caption)
+    blob = largest(detect(world.decode(latent)), colour)
+    if blob is None:
+        return {"seed": seed, "skipped": "no object in the unguided image"}
+    record = {"seed": seed}
+    for role, word in (("colour", colour), ("shape", shape)):
+        target = call("SelfGuidanceTarget", clip=world.clip, prompt=scene.caption, words=word, edit="move_to", dx=0.0,
+                      dy=0.0, x=0.5, y=0.5, size_factor=1.5, weight=1.0, start_percent=0.0, end_percent=0.5)[0][-1]
+        maps = pack("readout.report.word_attention").word_maps(world.model, latent["samples"], world.encode(scene.caption),
+                                                              target.tokens, timestep, seed)[0, 0].numpy()
+        h, w = maps.shape
+        mask = blob.mask.reshape(h, SIZE // h, w, SIZE // w).mean((1, 3))
+        ys, xs = np.mgrid[0:h, 0:w]
+        centre = ((maps * (xs + 0.5)).sum() / maps.sum() * SIZE / w, (maps * (ys + 0.5)).sum() / maps.sum() * SIZE / h)
+        record[f"{role}_corr"] = float(np.corrcoef(maps.ravel(), mask.ravel())[0, 1])
+        record[f"{role}_centroid_error"] = float(np.hypot(centre[0] - blob.centroid[0], centre[1] - blob.centroid[1]))
+    return {**record, "seconds": time.time() - started}
+
+
+def model_quality(world: World, seeds: range) -> dict:
+    """Prompted colours present and object count right, over unguided samples of random world captions."""
+    colours = counts = 0
+    for seed in seeds:
+        scene = random_scene(EVAL_SCENE_BASE + 10**6 + seed)
+        blobs = detect(world.unguided(seed, scene.caption))
+        wanted = [c for c, _ in caption_objects(scene.caption)]
+        colours += set(wanted) <= {b.colour for b in blobs}
+        counts += len(blobs) == len(wanted)
+    return {"samples": len(seeds), "colours_present": colours / len(seeds), "count_right": counts / len(seeds)}
+
+
+def summary(records: list[dict], key: str, baseline: str | None = None) -> dict:
+    """Mean and spread of a measure over seeds (and against the unguided baseline: the share of seeds improved)."""
+    kept = [r for r in records if "skipped" not in r]
+    values = np.array([float(r[key]) for r in kept])
+    out = {"seeds": len(kept), "skipped": len(records) - len(kept), "mean": float(values.mean()),
+           "std": float(values.std()), "seconds": float(np.mean([r["seconds"] for r in kept]))}
+    if baseline:
+        base = np.array([float(r[baseline]) for r in kept])
+        out.update({"baseline_mean": float(base.mean()), "baseline_std": float(base.std()),
+                    "improved": float((values > base).mean())})
+    return out
