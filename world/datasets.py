@@ -33,11 +33,12 @@ def write_spatial(folder: str, kind: str, count: int, seed: int = 0) -> tuple[st
 def _points(mask: np.ndarray, rng: np.random.Generator, count: int) -> np.ndarray:
     ys, xs = np.nonzero(mask)
     pick = rng.choice(len(xs), size=min(count, len(xs)), replace=False)
-    return np.stack([xs[pick], ys[pick]], 1).astype(np.float64) + 0.5
+    return np.stack([xs[pick], ys[pick]], 1).astype(np.float64)
 
 
 def drag_pair(scene: Scene, rng: np.random.Generator) -> tuple[Scene, np.ndarray, np.ndarray]:
-    """The scene with one object moved 24-40 px, and matched points: on the moved object and on what stayed."""
+    """The scene with one object moved 24-40 px, and matched points (pixel indices, as the trainer reads them): on
+    the moved object and on what stayed."""
     index, dx, dy = random_move(scene, rng)
     after = moved(scene, index, dx, dy)
     before_masks, after_masks = scene.visible_masks(), after.visible_masks()

@@ -139,7 +139,7 @@ def train_unet(batch_fn: Callable[[int], tuple[torch.Tensor, torch.Tensor]], emp
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         ema.update(unet)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if snapshot_every and snapshot and (step + 1) % snapshot_every == 0:
             snapshot(step + 1, ema.shadow)
         if log_every and (step % log_every == 0 or step == steps - 1):
