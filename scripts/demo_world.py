@@ -19,11 +19,13 @@ from demo_roles import GUIDED_SCORE, GUIDED_VIEW, REFERENCE_VIEW, TARGET_MAP, UN
 from testbed import comfyui_path, import_comfyui_in_process  # noqa: E402
 
 PANELS = {
-    "world_spatial_depth": ("spatial", "IoU of the detected objects with the depth map's scene"),
-    "world_spatial_edge": ("spatial", "IoU of the detected objects with the edge map's scene"),
-    "world_drag_generated": ("drag", "share of the requested displacement the object moved"),
-    "world_drag_real_image": ("drag", "share of the requested displacement the object moved (inverted scene)"),
-    "world_self_guidance_move_to": ("self_guidance", "share of the distance to the goal closed"),
+    "world_spatial_depth": ("spatial", "IoU of the detected objects with the depth map's scene", ("depth",)),
+    "world_spatial_edge": ("spatial", "IoU of the detected objects with the edge map's scene", ("edge",)),
+    "world_drag_generated": ("drag", "share of the requested displacement the object moved",
+                             ("correspondence", "appearance")),
+    "world_drag_real_image": ("drag", "share of the requested displacement the object moved (inverted scene)",
+                              ("correspondence", "appearance")),
+    "world_self_guidance_move_to": ("self_guidance", "share of the distance to the goal closed", ()),
 }
 
 
@@ -73,7 +75,12 @@ def main(argv: list[str]) -> int:
             panels = [Panel(**{**p, "images": [tuple(i) for i in p["images"]]}) for p in json.load(f)
                       if not p["workflow"].startswith("world_")]
     worse = []
-    for name, (kind, measure) in PANELS.items():
+    for name, (kind, measure, heads) in PANELS.items():
+        missing = [h for h in heads if h not in world.heads]
+        if missing:
+            print(f"[demo] {name}: skipped, no world {' and '.join(missing)} head in models/readout_heads", flush=True)
+            worse.append(name)
+            continue
         for seed in range(seeds):
             record, images, scores = run(name, world, seed)
             if not images:

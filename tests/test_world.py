@@ -1,0 +1,212 @@
+"""The learned world: scenes with exact ground truth, a detector that reads them, the model's exact assembly into
+ComfyUI's formats, its training code, and guidance measured on its decoded pixels (CI-sized)."""
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from world import paths
+from world.autoencoder import build_taesd, encode_patches, fit_patch_encoder, psnr, scene_batch, train_decoder
+from world.detector import caption_objects, detect, foreground, iou, largest
+from world.scenes import COLOURS, SHAPES, all_captions, moved, random_scene
+from world.unet import UNET_CONFIG, build_unet, train_unet, wide_config, widen_state_dict
+
+
+def test_captions_follow_the_two_forms():
+    for seed in range(50):
+        scene = random_scene(seed)
+        words = scene.caption.split(" ")
+        if len(scene.shapes) == 1:
+            assert words[0] == "a" and words[1] in COLOURS and words[2] in SHAPES and len(words) == 3
+        else:
+            assert words[3:5] == ["and", "a"] and len(words) == 7 and words[1] != words[5]
+        assert scene.caption in all_captions()
+
+
+def test_ground_truth_agrees_with_the_rendered_image():
+    for seed in range(30):
+        scene = random_scene(seed, num_objects=2)
+        image, depth, edges, labels = scene.image(), scene.depth()[..., 0], scene.edges()[..., 0], scene.labels()
+        for i, (shape, mask) in enumerate(zip(scene.shapes, scene.visible_masks())):
+            assert np.allclose(image[mask], COLOURS[shape.colour])
+            assert np.allclose(depth[mask], shape.depth)
+            ys, xs = np.nonzero(labels == i + 1)
+            assert scene.centroids()[i] == pytest.approx((xs.mean() + 0.5, ys.mean() + 0.5))
+        assert scene.shapes[1].depth >= scene.shapes[0].depth
+        assert depth[labels == 0].max() < depth[labels > 0].min()
+        inside = labels > 0
+        boundary = inside ^ np.roll(inside, 1, 0) | inside ^ np.roll(inside, 1, 1)
+        near = ndimage.binary_dilation(inside, iterations=2)
+        assert edges[boundary].mean() == 1.0 and edges[~near].max() == 0 and edges[near].mean() > 0.05
+
+
+def test_detector_reads_rendered_scenes():
+    hits = centroid_errors = 0
+    for seed in range(60):
+        scene = random_scene(seed)
+        blobs = detect(scene.image())
+        hits += sorted(b.colour for b in blobs) == sorted(c for c, _ in caption_objects(scene.caption))
+        for shape, (cx, cy) in zip(scene.shapes, scene.centroids()):
+            blob = largest(blobs, shape.colour)
+            centroid_errors += abs(blob.centroid[0] - cx) + abs(blob.centroid[1] - cy) > 1.0
+    assert hits == 60 and centroid_errors == 0
+    scene = random_scene(3, num_objects=1)
+    truth = scene.visible_masks()[0]
+    assert iou(foreground(detect(scene.image()), truth.shape), truth) == 1.0
+    shifted = moved(scene, 0, 30, 0)
+    assert iou(foreground(detect(shifted.image()), truth.shape), truth) < 0.5
+
+
+def test_patch_encoder_is_written_exactly_into_taesd():
+    weight, mean = fit_patch_encoder(range(40))
+    taesd = build_taesd(weight, mean)
+    images = scene_batch(range(500, 503))
+    with torch.no_grad():
+        assert torch.allclose(taesd.taesd_encoder(images), encode_patches(images, weight, mean), atol=1e-4)
+    codes = encode_patches(scene_batch(range(600, 640)), weight, mean)
+    assert codes.std(dim=(0, 2, 3)).sub(1).abs().max() < 0.3
+
+
+def test_widened_unet_computes_the_narrow_one():
+    narrow = build_unet(UNET_CONFIG, seed=0)
+    with torch.no_grad():
+        for param in narrow.parameters():
+            param.add_(0.02 * torch.randn(param.shape, generator=torch.Generator().manual_seed(param.numel())))
+    wide = build_unet(wide_config())
+    wide.load_state_dict(widen_state_dict(narrow.state_dict()))
+    x, t, context = torch.randn(2, 4, 16, 16), torch.tensor([20.0, 900.0]), torch.randn(2, 77, 768)
+    with torch.no_grad():
+        expected = narrow(x, timesteps=t, context=context)
+        assert expected.abs().max() > 0.1
+        assert torch.allclose(wide(x, timesteps=t, context=context), expected, atol=1e-4)
+
+
+def test_training_code_lowers_its_losses():
+    weight, mean = fit_patch_encoder(range(20))
+    _, decoder_losses = train_decoder(weight, mean, steps=30, seed=5, batch=4, crop=32, log_every=0)
+    assert np.mean(decoder_losses[-5:]) < 0.6 * np.mean(decoder_losses[:5])
+    contexts = torch.randn(7, 77, 768)
+
+    def batch(step: int):
+        seeds = range(step * 8, step * 8 + 8)
+        return encode_patches(scene_batch(seeds), weight, mean), contexts[torch.tensor([s % 6 for s in seeds])]
+
+    _, unet_losses = train_unet(batch, contexts[6], steps=30, seed=5, warmup=5, log_every=0)
+    assert np.mean(unet_losses[-8:]) < 0.8 * np.mean(unet_losses[:4])
+
+
+def test_world_cli_trains_and_its_weights_assemble_into_a_checkpoint(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from world.assemble import checkpoint_state_dict
+
+    subprocess.run([sys.executable, "-m", "world.train", "--unet-steps", "6", "--unet-batch", "4", "--decoder-steps", "3",
+                    "--out", str(tmp_path)], cwd=paths.REPO, check=True, capture_output=True)
+    log = json.loads((tmp_path / "training_log.json").read_text())
+    assert log["args"]["unet_steps"] == 6 and log["decoder_loss_first"] is not None
+    narrow = load_file(str(tmp_path / paths.UNET_FILE))
+    assert narrow["input_blocks.0.0.weight"].shape == (64, 4, 3, 3)
+    sd = checkpoint_state_dict(str(tmp_path))
+    assert sd["model.diffusion_model.input_blocks.0.0.weight"].shape == (320, 4, 3, 3)
+    assert "first_stage_model.taesd_decoder.1.weight" in sd and "cond_stage_model.transformer.text_model.final_layer_norm.weight" in sd
+
+
+@functools.lru_cache(maxsize=1)
+def _world():
+    """The world checkpoint and heads, loaded once for the module through the loader nodes."""
+    from world.experiments import World
+
+    return World.load()
+
+
+def test_world_checkpoint_loads_as_sd15_with_its_vae_and_own_word_tokens():
+    from world.experiments import call
+
+    world = _world()
+    assert type(world.model.model.model_config).__name__ == "SD15"
+    red, blue = (world.encode(t)[0][0] for t in ("a red circle", "a blue circle"))
+    assert torch.equal(red[0, 3], blue[0, 3]) and not torch.allclose(red[0, 2], blue[0, 2])
+    scene = random_scene(7)
+    encoded = call("VAEEncode", pixels=torch.from_numpy(scene.image())[None], vae=world.vae)[0]
+    decoded = world.decode(encoded)
+    assert psnr(torch.from_numpy(decoded), torch.from_numpy(scene.image())) > 20
+    for shape, (cx, cy) in zip(scene.shapes, scene.centroids()):
+        blob = largest(detect(decoded), shape.colour)
+        assert blob is not None and abs(blob.centroid[0] - cx) + abs(blob.centroid[1] - cy) < 3
+
+
+def test_compressed_world_heads_read_exactly_what_the_trained_ones_read(tmp_path):
+    from world.experiments import call, pack
+    from world.heads import compress_head_file, expand_head_file
+
+    files = pack("readout.heads.files")
+    architecture = pack("readout.heads.architecture")
+    config = architecture.HeadConfig(kind="depth", family="sd15", dims=(640, 640, 320, 320), projection_dim=128,
+                                     use_output_head=True, control_range=(-1.0, 1.0))
+    with torch.inference_mode(False):
+        torch.manual_seed(3)
+        state = architecture.ReadoutHead(config).state_dict()
+    import folder_paths
+
+    heads_dir = folder_paths.get_folder_paths("readout_heads")[0]
+    original, restored = os.path.join(heads_dir, "rg_test_world_original.safetensors"), os.path.join(heads_dir, "rg_test_world_restored.safetensors")
+    try:
+        files.save_head_safetensors(original, config, state)
+        compress_head_file(original, str(tmp_path / "narrow.safetensors"))
+        expand_head_file(str(tmp_path / "narrow.safetensors"), restored)
+        assert os.path.getsize(tmp_path / "narrow.safetensors") < 0.25 * os.path.getsize(original)
+        world = _world()
+        image = torch.from_numpy(random_scene(11).image())[None]
+        reads = [call("ExtractReadout", model=world.model, vae=world.vae, head=call("LoadReadoutHead", head_name=os.path.basename(p))[0],
+                      timestep=300, seed=0, image=image, clip=world.clip)[1].tensor for p in (original, restored)]
+        assert reads[0].abs().mean() > 0.01
+        assert torch.allclose(reads[0], reads[1], atol=2e-3)
+    finally:
+        for p in (original, restored):
+            if os.path.exists(p):
+                os.remove(p)
+
+
+EFFECT_SEEDS = (0, 1, 2)
+QUALITY_FLOOR = 0.3
+SPATIAL_IOU_GAIN = 0.15
+DRAG_MOVED = 0.2
+SELF_GUIDANCE_CLOSED = 0.05
+
+
+def test_world_model_follows_its_prompts():
+    from world.experiments import model_quality
+
+    quality = model_quality(_world(), range(6))
+    assert quality["colours_present"] >= QUALITY_FLOOR
+
+
+def test_depth_guidance_puts_objects_where_the_map_says():
+    from world.experiments import spatial
+
+    records = [spatial(_world(), "depth", seed) for seed in EFFECT_SEEDS]
+    gain = np.mean([r["guided"] - r["unguided"] for r in records])
+    assert gain >= SPATIAL_IOU_GAIN, records
+
+
+def test_drag_moves_the_generated_object_along_the_drag():
+    from world.experiments import drag_generated
+
+    records = [r for r in (drag_generated(_world(), seed) for seed in EFFECT_SEEDS) if "skipped" not in r]
+    assert len(records) >= 2 and np.mean([r["moved"] for r in records]) >= DRAG_MOVED, records
+
+
+def test_self_guidance_moves_the_word_object_toward_the_goal():
+    from world.experiments import self_guidance
+
+    records = [r for r in (self_guidance(_world(), seed, "move_to") for seed in EFFECT_SEEDS) if "skipped" not in r]
+    assert len(records) >= 2 and np.mean([r["closed"] for r in records]) >= SELF_GUIDANCE_CLOSED, records
