@@ -10,25 +10,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tiny.models import TINY_UNET_CONFIG
+
 WIDEN = 5
 NARROW_CHANNELS = 64
-UNET_CONFIG = {
-    "image_size": 16,
-    "in_channels": 4,
-    "out_channels": 4,
-    "model_channels": NARROW_CHANNELS,
-    "num_res_blocks": [1, 1],
-    "channel_mult": [1, 2],
-    "transformer_depth": [0, 1],
-    "transformer_depth_output": [1, 1, 1, 1],
-    "transformer_depth_middle": 1,
-    "context_dim": 768,
-    "num_heads": 8,
-    "num_head_channels": -1,
-    "use_linear_in_transformer": False,
-    "use_spatial_transformer": True,
-    "legacy": False,
-}
+UNET_CONFIG = {**TINY_UNET_CONFIG, "image_size": 16, "model_channels": NARROW_CHANNELS, "transformer_depth": [0, 1],
+               "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1}
 """Two levels (16x16 and 8x8 latents), one ResBlock each way, transformers in the 8x8 encoder level, the middle block
 and every decoder block (self-attention at 16x16 costs most on a CPU): the decoder has 4 ResBlocks (640, 640, 320,
 320 channels once widened), like the tiny test UNet."""
