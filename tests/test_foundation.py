@@ -121,10 +121,30 @@ def test_tiny_models_are_deterministic_and_match_the_files(comfyui_dir):
     assert torch.equal(stored, rebuilt)
 
 
-def test_no_committed_file_is_over_one_megabyte():
+WEIGHTS_FOLDER = "world/weights/"
+
+
+def _committed_sizes() -> dict[str, int]:
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    big = [f for f in files if os.path.isfile(os.path.join(REPO, f)) and os.path.getsize(os.path.join(REPO, f)) > 1 << 20]
+    return {f: os.path.getsize(os.path.join(REPO, f)) for f in files if os.path.isfile(os.path.join(REPO, f))}
+
+
+def test_no_committed_file_is_over_one_megabyte_outside_the_trained_weights():
+    big = [f for f, size in _committed_sizes().items() if size > 1 << 20 and not f.startswith(WEIGHTS_FOLDER)]
     assert not big
+
+
+def test_trained_weights_are_fp16_safetensors_within_sixteen_megabytes():
+    from safetensors import safe_open
+
+    weights = {f: size for f, size in _committed_sizes().items() if f.startswith(WEIGHTS_FOLDER)}
+    assert sum(weights.values()) <= 16 * 10**6
+    tensors = [f for f in weights if f.endswith(".safetensors")]
+    assert tensors and all(size < 1 << 20 for f, size in weights.items() if f not in tensors)
+    for f in tensors:
+        with safe_open(os.path.join(REPO, f), "pt") as file:
+            dtypes = {file.get_slice(k).get_dtype() for k in file.keys()}
+        assert dtypes == {"F16"}, (f, dtypes)
 
 
 def test_readout_heads_folder_is_registered_and_keeps_extra_paths(tmp_path):
