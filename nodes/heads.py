@@ -8,7 +8,7 @@ import folder_paths
 from ..readout.heads.extract import extract_readout
 from ..readout.heads.head_model import load_head_model
 from ..readout.heads.architecture import HEAD_KINDS
-from ..readout.heads.model_folder import FOLDER_NAME
+from ..readout.heads.model_folder import FOLDER_NAME, head_file_names
 from ..readout.heads.readouts import render_readout
 from ..readout.guidance.unet_call import encode_empty_prompt
 from .common import CATEGORY, require_vae_size
@@ -24,7 +24,7 @@ class LoadReadoutHead:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "head_name": (folder_paths.get_filename_list(FOLDER_NAME), {
+                "head_name": (head_file_names(), {
                     "tooltip": "A head file in ComfyUI/models/readout_heads: an official "
                                "readout_{sdv15,sdxl}_*.pt or a .safetensors head from our trainer."}),
             },

@@ -198,6 +198,19 @@ def assert_lowered(bed: SpatialBed, guidance, samples: torch.Tensor, plain: torc
     assert bed.loss(guidance, samples) < 0.9 * bed.loss(guidance, plain)
 
 
+def assert_plot_shows_losses(plot: torch.Tensor, labels: list[str]) -> None:
+    """The loss plot draws a curve per target: more pixels of the first target's colour than the plot of the same
+    targets with no guided steps (whose frame, axis text and labels are drawn too)."""
+    loss_plot = pack_module("readout.guidance.loss_plot")
+    colour = torch.tensor(loss_plot.COLORS[0], dtype=torch.float32) / 255
+
+    def coloured(image: torch.Tensor) -> int:
+        return int(((image[0] - colour).abs().amax(dim=-1) < 0.05).sum())
+
+    assert plot.shape == (1, loss_plot.HEIGHT, loss_plot.WIDTH, 3)
+    assert coloured(plot) > coloured(loss_plot.plot_losses([[] for _ in labels], labels)) + 200
+
+
 def model_state(model) -> dict:
     """What a guided run could leave behind on a user's MODEL: module hooks, instance forwards, weight/bias functions,
     parameters (an autograd-safe alias is not an inference tensor) and the patcher's post-CFG functions, wrappers and

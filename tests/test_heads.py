@@ -89,9 +89,12 @@ def test_from_dict_names_missing_fields_and_inconsistent_ones():
 def test_forward_resizes_each_layer_to_the_largest_map():
     head = ReadoutHead(small_config(kind="pose", use_output_head=True)).eval()
     emb = torch.randn(2, 1280)
-    out = head(small_features(sizes=(8, 16, 32)), emb)
+    features = small_features(sizes=(8, 16, 32))
+    out = head(features, emb)
     assert out.shape == (2, 3, 32, 32)
-    assert out.abs().max() < 1 and out.std() > 0
+    for index in range(len(features)):
+        without = [torch.zeros_like(f) if i == index else f for i, f in enumerate(features)]
+        assert not torch.allclose(head(without, emb), out), f"layer {index} does not reach the output"
     assert head(small_features(sizes=(8, 16, 32)), emb, output_size=(24, 20)).shape == (2, 3, 24, 20)
 
 

@@ -23,7 +23,6 @@ from readout.heads.files import load_head_file, save_head_safetensors
 from readout.train.data import DataError, PairDataset, SpatialDataset, TripletDataset
 from readout.train.frozen_unet import FrozenUNet
 from readout.train.loop import Trainer, TrainOptions, head_config, new_head
-from readout.train.losses import match_points
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
@@ -206,6 +205,16 @@ def write_pairs(folder: str, count: int, seed: int, shape_points: int = 8, backg
     return manifest
 
 
+def match_points(features_a: torch.Tensor, features_b: torch.Tensor, points_a: torch.Tensor) -> torch.Tensor:
+    """For each (x, y) pixel of image a, the pixel centre of b's most cosine-similar cell of (C, h, w) features."""
+    rows, cols = features_b.shape[-2:]
+    grid = F.interpolate(features_a[None].float(), size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0]
+    x, y = (points_a.round().long().clamp(0, SIZE - 1)[:, i] for i in (0, 1))
+    query = F.normalize(grid[:, y, x].T, dim=1)
+    best = (query @ F.normalize(features_b.float().flatten(1), dim=0)).argmax(dim=1)
+    return torch.stack([(best % cols + 0.5) * SIZE / cols - 0.5, (best // cols + 0.5) * SIZE / rows - 0.5], dim=1)
+
+
 def matching_accuracy(frozen: FrozenUNet, dataset: PairDataset, head=None) -> float:
     """Share of points whose nearest neighbour in the other frame lies within PCK_THRESHOLD pixels of the track:
     with the head's readout, or with the raw decoder features (each normalised, resized to the largest map,
@@ -224,7 +233,7 @@ def matching_accuracy(frozen: FrozenUNet, dataset: PairDataset, head=None) -> fl
                 features = torch.cat([F.interpolate(F.normalize(f.float(), dim=1), size=tuple(size),
                                                     mode="bilinear", align_corners=False)
                                       for f in reading.features], dim=1)
-        found = match_points(features[0], features[1], example.points_a, (SIZE, SIZE))
+        found = match_points(features[0], features[1], example.points_a)
         hits += int(((found - example.points_b).norm(dim=1) <= PCK_THRESHOLD).sum())
         total += len(found)
     return hits / total

@@ -10,7 +10,7 @@ from .architecture import HEAD_KINDS
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse arguments, convert, and print what the head reads out; exit with a message on a bad file."""
-    parser = argparse.ArgumentParser(prog="python -m readout.convert", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m readout.heads.convert", description=__doc__)
     parser.add_argument("source", help="official readout head (.pt), read without executing pickled code")
     parser.add_argument("target", help="output path (.safetensors)")
     parser.add_argument("--kind", choices=HEAD_KINDS, help="head kind, for files that do not say what they read out")

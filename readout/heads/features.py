@@ -10,9 +10,6 @@ from torch import nn
 
 from ..errors import ReadoutError
 
-FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
-EMB_DIM = 1280
-
 
 class UnsupportedModel(ReadoutError):
     """The model is not an SD1.5- or SDXL-family UNet."""

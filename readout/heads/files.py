@@ -32,6 +32,7 @@ FORMAT_METADATA_KEY = "format"
 OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt")
 RELATIVE_KINDS = tuple(kind for kind in HEAD_KINDS if kind not in SPATIAL_KINDS)
 MAX_LISTED_KEYS = 8
+TRAINING_STATE_SUFFIX = ".state.pt"  # the trainer's resume file beside a head: not a head
 
 StateDict = dict[str, torch.Tensor]
 
@@ -256,7 +257,7 @@ def _official_kind(config: Mapping[str, Any], dataset_args: Mapping[str, Any], f
     raise HeadFileError(
         f"{file_name}: cannot tell what this head reads out (no control_type or run name in its config): "
         f"rename the file to contain 'correspondence', 'appearance' or 'identity', or convert it with "
-        f"`python -m readout.convert {file_name} out.safetensors --kind KIND`"
+        f"`python -m readout.heads.convert {file_name} out.safetensors --kind KIND`"
     )
 
 

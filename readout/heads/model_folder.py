@@ -5,6 +5,8 @@ import os
 
 import folder_paths
 
+from .files import TRAINING_STATE_SUFFIX
+
 FOLDER_NAME = "readout_heads"
 HEAD_EXTENSIONS = {".safetensors", ".pt", ".pth"}
 
@@ -15,3 +17,8 @@ def register_readout_heads_folder() -> None:
     folder_paths.add_model_folder_path(FOLDER_NAME, default, is_default=True)
     paths, extensions = folder_paths.folder_names_and_paths[FOLDER_NAME]
     folder_paths.folder_names_and_paths[FOLDER_NAME] = (paths, set(extensions) | HEAD_EXTENSIONS)
+
+
+def head_file_names() -> list[str]:
+    """The head files in the folder, without the trainer's `<head>.state.pt` resume files (not heads)."""
+    return [n for n in folder_paths.get_filename_list(FOLDER_NAME) if not n.endswith(TRAINING_STATE_SUFFIX)]

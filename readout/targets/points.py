@@ -58,6 +58,3 @@ def check_inside(pairs: list[DragPair], width: int, height: int, input_name: str
                 raise ValueError(f"{input_name}: pair {index + 1} {role} ({x:g}, {y:g}) is outside the "
                                  f"{width}x{height} reference image")
 
-
-def pairs_to_json(pairs: list[DragPair]) -> str:
-    return json.dumps([{"source": list(p.source), "target": list(p.target)} for p in pairs])

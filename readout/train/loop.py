@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from ..heads.files import save_head_safetensors
+from ..heads.files import TRAINING_STATE_SUFFIX, save_head_safetensors
 from ..heads.architecture import SPATIAL_KINDS, HeadConfig, ReadoutHead
 from ..heads.architecture import DEFAULT_CONTROL_RANGES
 from .data import DataError, PairExample, SpatialExample, TripletExample, collate
@@ -22,7 +22,6 @@ from .frozen_unet import FrozenUNet
 from ..targets.spatial import spatial_map_loss
 from .losses import APPEARANCE_MARGIN, CORRESPONDENCE_TEMPERATURE, correspondence_loss, triplet_loss
 
-STATE_SUFFIX = ".state.pt"
 VALIDATION_SEED_OFFSET = 1_000_003
 
 
@@ -51,7 +50,7 @@ class TrainOptions:
     @property
     def state_path(self) -> str:
         """The training state (head, optimizer, step, losses) written beside the output head."""
-        return os.path.splitext(self.output)[0] + STATE_SUFFIX
+        return os.path.splitext(self.output)[0] + TRAINING_STATE_SUFFIX
 
 
 @dataclass

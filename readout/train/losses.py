@@ -1,4 +1,4 @@
-"""Training losses per head kind, and nearest-neighbour point matching to measure correspondence features."""
+"""Training losses per head kind."""
 from __future__ import annotations
 
 import torch
@@ -40,15 +40,6 @@ def correspondence_loss(features_a: torch.Tensor, features_b: torch.Tensor, poin
         b_to_a = F.cross_entropy(_match_logits(fb, pb, fa, image_size) / temperature, cells_a)
         losses.append(0.5 * (a_to_b + b_to_a))
     return torch.stack(losses).mean()
-
-
-def match_points(features_a: torch.Tensor, features_b: torch.Tensor, points_a: torch.Tensor,
-                 image_size: tuple[int, int]) -> torch.Tensor:
-    """For each (x, y) point of image a, the pixel centre of the most similar cell of b's (C, h, w) features."""
-    rows, cols = features_b.shape[-2:]
-    best = _match_logits(features_a, points_a, features_b, image_size).argmax(dim=1)
-    height, width = image_size
-    return torch.stack([(best % cols + 0.5) * width / cols - 0.5, (best // cols + 0.5) * height / rows - 0.5], dim=1)
 
 
 def appearance_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
