@@ -16,6 +16,7 @@ from helpers import (
     TINY_CONTROLNET,
     TINY_LORA,
     call_node,
+    node_class,
     run_prompt,
     text_to_image_prompt,
 )
@@ -159,5 +160,8 @@ def test_readout_heads_folder_is_registered_and_keeps_extra_paths(tmp_path):
     paths, extensions = folder_paths.folder_names_and_paths["readout_heads"]
     assert str(tmp_path) in paths and {".pt", ".safetensors"} <= extensions
     (tmp_path / "extra_head.safetensors").write_bytes(b"")
-    assert "extra_head.safetensors" in folder_paths.get_filename_list("readout_heads")
+    (tmp_path / "extra_head.state.pt").write_bytes(b"")
+    (tmp_path / "official_head.pt").write_bytes(b"")
+    listed = node_class("LoadReadoutHead").INPUT_TYPES()["required"]["head_name"][0]
+    assert {"extra_head.safetensors", "official_head.pt"} <= set(listed) and "extra_head.state.pt" not in listed
     paths.remove(str(tmp_path))
