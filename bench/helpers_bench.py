@@ -35,11 +35,11 @@ def random_head(model):
 
     base = pack_dir_in(comfyui_path()).replace(".", "_x_")
     heads = importlib.import_module(f"{base}.readout.heads.architecture")
-    features = importlib.import_module(f"{base}.readout.heads.features")
+    backbone = importlib.import_module(f"{base}.readout.backbones.registry").backbone_for(model)
     head_model = importlib.import_module(f"{base}.readout.heads.head_model")
     checkpoints = importlib.import_module(f"{base}.readout.heads.files")
-    config = heads.HeadConfig(kind="depth", family=features.model_family(model),
-                              dims=tuple(features.decoder_dims(model)), use_output_head=True)
+    config = heads.HeadConfig(kind="depth", family=backbone.family,
+                              dims=tuple(backbone.feature_dims(model.model.diffusion_model)), use_output_head=True)
     with torch.inference_mode(False):
         state = heads.ReadoutHead(config).state_dict()
     import comfy.model_management as mm

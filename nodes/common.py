@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from ..readout.heads.extract import LATENT_SCALE
+from ..readout.backbones.base import LATENT_SCALE
 from ..readout.guidance.patch import COMPUTE_DTYPES, LOSS_BRANCHES, RULES, GuidanceOptions
 
 CATEGORY = "readout_guidance"

@@ -10,7 +10,8 @@ from ..readout.heads.head_model import load_head_model
 from ..readout.heads.architecture import HEAD_KINDS
 from ..readout.heads.model_folder import FOLDER_NAME, head_file_names
 from ..readout.heads.readouts import render_readout
-from ..readout.guidance.unet_call import encode_empty_prompt
+from ..readout.backbones.evaluation import encode_empty_prompt
+from ..readout.backbones.registry import backbone_for
 from .common import CATEGORY, require_vae_size
 
 AUTO = "auto"
@@ -116,9 +117,8 @@ class ExtractReadout:
                              "sampler's LATENT to read as it is)")
         if image is not None:
             require_vae_size(image, "image", "Extract Readout")
-        if latent is not None and latent["samples"].ndim != 4:
-            raise ValueError(f"latent: it holds latents of shape {tuple(latent['samples'].shape)}; readout heads read "
-                             "SD1.5 / SDXL image latents (batch, 4, height, width)")
+        if latent is not None:
+            backbone_for(model).check_latent(latent["samples"], "latent")
         if positive is None:
             if clip is None:
                 raise ValueError("positive / clip: connect a positive conditioning, or a CLIP to encode the empty prompt")

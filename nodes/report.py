@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..readout.heads.extract import LATENT_SCALE
+from ..readout.backbones.base import LATENT_SCALE
 from ..readout.report.drawing import draw_pairs, heat, mark
 from ..readout.report.scores import score_readout
 from ..readout.report.word_attention import check_edit, word_maps

@@ -244,15 +244,9 @@ def assert_model_untouched(model, before: dict) -> None:
 def word_reading(model, clip, prompt: str, positive, samples: torch.Tensor,
                  words: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """A prompt word's cross-attention map and the decoder features on a final latent (t = 0, the prompt)."""
-    attention = pack_module("readout.guidance.attention")
-    extract = pack_module("readout.heads.extract")
-    features = pack_module("readout.heads.features")
-    unet_call = pack_module("readout.guidance.unet_call")
+    evaluation = pack_module("readout.backbones.evaluation")
     tokens = pack_module("readout.targets.prompt_tokens").word_token_positions(clip, prompt, words)
-    diffusion_model = model.model.diffusion_model
     with torch.inference_mode():
-        x, sigma = extract.noised_latent(model, samples, 0, 0)
-        with attention.capture_cross_attention(diffusion_model, list(tokens)) as store, \
-                features.capture_decoder_features(diffusion_model) as feature_store:
-            unet_call.evaluate_unet(model, x, sigma.expand(x.shape[0]), positive)
-            return store.word_maps(tokens, *samples.shape[-2:]).float(), feature_store.complete()
+        reading = evaluation.hooked_evaluation(model, samples, torch.zeros(1), evaluation.seeded_noise(samples, 0),
+                                               positive, tokens=tokens)
+        return reading.attention.word_maps(tokens, *samples.shape[-2:]).float(), reading.features

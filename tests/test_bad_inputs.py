@@ -247,6 +247,6 @@ def test_head_file_rewritten_under_the_same_name_is_loaded_again(heads_folder):
 
 def test_errors_of_the_pack_have_short_type_names():
     errors = [pack_module("readout.heads.files").HeadFileError, pack_module("readout.heads.files").HeadModelMismatch,
-              pack_module("readout.heads.features").UnsupportedModel, pack_module("readout.train.data").DataError]
+              pack_module("readout.backbones.base").UnsupportedModel, pack_module("readout.train.data").DataError]
     assert {error.__module__ for error in errors} == {"readout_guidance"}
     assert all(issubclass(error, ValueError) for error in errors)

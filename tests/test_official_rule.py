@@ -100,7 +100,7 @@ class Reference:
         """dL/dx_t of the loss summed over the negative and positive halves of one UNet call, by the chain rule
         from dL/dx (the loss itself is official_loss, checked against its formula below)."""
         grad_pass = pack_module("readout.guidance.grad_pass")
-        features = pack_module("readout.heads.features")
+        backbone = pack_module("readout.backbones.registry").backbone_for(self.bed.model)
         official_loss = pack_module("readout.targets.official_losses").official_loss
         unet = self.base.diffusion_model
         scale = math.sqrt(1 + float(sigma) ** 2)
@@ -109,9 +109,9 @@ class Reference:
             x_t = rows.detach() / scale
             width = x_t.max() - x_t.min()
             sigmas = sigma.reshape(1).repeat(2).clone()
-            with features.capture_decoder_features(unet) as store:
+            with backbone.capture_features(unet) as store:
                 self.base.apply_model(rows, sigmas, c_crossattn=torch.cat(self.contexts).clone())
-                emb = features.head_embedding(unet, self.bed.pose.config, self.sampling.timestep(sigmas).float())
+                emb = backbone.head_embedding(unet, self.bed.pose.config, self.sampling.timestep(sigmas).float())
                 readouts = self.bed.pose.module(store.complete(), emb).float()
             total = sum(official_loss(self.target, readouts[i:i + 1], None, width) for i in self.halves)
             grad = torch.autograd.grad(total.sum(), rows)[0]

@@ -97,15 +97,8 @@ def _checkpointed(forward):
 
 
 @contextmanager
-def gradient_checkpointing(diffusion_model: nn.Module, enabled: bool) -> Iterator[None]:
-    """Recompute each UNet block layer (ResBlock, transformer) in the backward instead of keeping its activations."""
-    if not enabled:
-        yield
-        return
-    layers = [layer for group in ("input_blocks", "output_blocks") for block in getattr(diffusion_model, group)
-              for layer in block]
-    if getattr(diffusion_model, "middle_block", None) is not None:
-        layers += list(diffusion_model.middle_block)
+def gradient_checkpointing(layers: list[nn.Module]) -> Iterator[None]:
+    """Recompute each of these layers (the backbone's blocks) in the backward instead of keeping its activations."""
     patched = []
     try:
         for layer in layers:

@@ -18,10 +18,11 @@ from typing import Callable
 
 import torch
 
-from .attention import AttentionStore, capture_cross_attention
 from .batch_split import BatchSplit
 from .compatibility import check_compatible
-from ..heads.features import capture_decoder_features, head_embedding
+from ..backbones.cross_attention import AttentionStore, capture_cross_attention
+from ..backbones.base import Backbone
+from ..backbones.registry import backbone_for, backbone_for_config
 from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, grad_pass_options
 from .rule import GuidanceRun
 from ..targets.reference import InvertedReference
@@ -74,12 +75,14 @@ class _Evaluation:
 
 @dataclass
 class Readings:
-    """What one guided UNet call offers the targets: decoder features, cross-attention maps, latent size, timesteps."""
+    """What one guided model call offers the targets: readout features, cross-attention maps, latent size, timesteps,
+    and the backbone that read them (for the heads' timestep embedding)."""
 
     features: list[torch.Tensor]
     attention: AttentionStore | None
     latent_size: tuple[int, int]
     timesteps: torch.Tensor
+    backbone: Backbone
 
 
 class ReadoutGuidancePatch:
@@ -206,6 +209,7 @@ class ReadoutGuidancePatch:
         """The UNet call on the loss chunks with autograd: features, each target's loss, gradients w.r.t. x."""
         base = executor.class_obj
         diffusion_model = base.diffusion_model
+        backbone = backbone_for_config(base.model_config)
         dtype = COMPUTE_DTYPES[self.options.compute_dtype]
         autocast = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
         chunks = chunks_of(x.shape[0], transformer_options)
@@ -214,14 +218,16 @@ class ReadoutGuidancePatch:
             x_grad = x.clone().requires_grad_(True)
             t_copy, c_concat, c_crossattn, control, kwargs = normal_copies((t, c_concat, c_crossattn, control, kwargs))
             stack.enter_context(autograd_safe_weights(diffusion_model))
-            stack.enter_context(gradient_checkpointing(diffusion_model, self.options.gradient_checkpointing))
-            store = stack.enter_context(capture_decoder_features(diffusion_model))
-            attention = stack.enter_context(capture_cross_attention(diffusion_model, tokens)) if tokens else None
+            if self.options.gradient_checkpointing:
+                stack.enter_context(gradient_checkpointing(backbone.checkpoint_layers(diffusion_model)))
+            store = stack.enter_context(backbone.capture_features(diffusion_model))
+            attention = (stack.enter_context(capture_cross_attention(backbone.cross_attentions(diffusion_model), tokens))
+                         if tokens else None)
             with autocast:
                 out = executor(x_grad, t_copy, c_concat, c_crossattn, control,
                                grad_pass_options(transformer_options), **kwargs)
             readings = Readings(store.complete(), attention, tuple(x.shape[-2:]),
-                                base.model_sampling.timestep(t_copy).float())
+                                base.model_sampling.timestep(t_copy).float(), backbone)
             self._backprop_targets(active, readings, diffusion_model, x_grad, chunks, autocast)
             store.clear()
         return out.detach()
@@ -256,7 +262,7 @@ class ReadoutGuidancePatch:
         if target.head is None:
             return target.read(readings.attention.word_maps(target.tokens, *readings.latent_size), readings.features)
         with autocast:
-            emb = head_embedding(diffusion_model, target.head.config, readings.timesteps)
+            emb = readings.backbone.head_embedding(diffusion_model, target.head.config, readings.timesteps)
             return target.head.module(readings.features, emb).float()
 
     def _backprop_target(self, index, readings: Readings, diffusion_model, x_grad, chunks, retain, autocast):
@@ -343,13 +349,11 @@ def _patch_class(rule: str) -> type[ReadoutGuidancePatch]:
 
 def check_targets_fit(model, targets: tuple, options: GuidanceOptions) -> None:
     """Heads must read this model; self-guidance needs this model family's CLIP and the cond loss branch."""
-    from ..heads.features import model_family
-
     for target in targets:
         if target.head is not None:
             target.head.check_model(model)
             continue
-        family = model_family(model)
+        family = backbone_for(model).family
         if target.family != family:
             raise ValueError(f"clip: the words {target.words!r} were tokenized with an {target.family} CLIP but the "
                              f"model is {family}: connect the CLIP that encodes this model's prompt")

@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones.registry import FAMILIES
+
 HEAD_KINDS = ("pose", "depth", "edge", "correspondence", "appearance", "identity")
 SPATIAL_KINDS = ("pose", "depth", "edge")
-MODEL_FAMILIES = ("sd15", "sdxl")
-FAMILY_LABELS = {"sd15": "SD1.5", "sdxl": "SDXL"}
-FAMILY_NUM_LAYERS = {"sd15": 12, "sdxl": 9}
+MODEL_FAMILIES = tuple(FAMILIES)
+FAMILY_LABELS = {family: backbone.label for family, backbone in FAMILIES.items()}
 DEFAULT_CONTROL_RANGES = {"pose": (-0.5, 0.5), "edge": (-0.5, 0.5), "depth": (-1.0, 1.0)}
 """The released spatial heads' control ranges: sparse pose/edge maps +-0.5, depth +-1."""
 NUM_NORM_GROUPS = 32

@@ -18,7 +18,6 @@ from safetensors.torch import save_file
 from ..errors import ReadoutError
 from .architecture import (
     FAMILY_LABELS,
-    FAMILY_NUM_LAYERS,
     HEAD_KINDS,
     MODEL_FAMILIES,
     SPATIAL_KINDS,
@@ -32,6 +31,8 @@ FORMAT_METADATA_KEY = "format"
 OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt")
 RELATIVE_KINDS = tuple(kind for kind in HEAD_KINDS if kind not in SPATIAL_KINDS)
 MAX_LISTED_KEYS = 8
+OFFICIAL_NUM_LAYERS = {"sd15": 12, "sdxl": 9}
+"""Decoder layers of the released heads per family (an official config without model_id is told by them)."""
 TRAINING_STATE_SUFFIX = ".state.pt"  # the trainer's resume file beside a head: not a head
 
 StateDict = dict[str, torch.Tensor]
@@ -128,7 +129,7 @@ def check_head_matches_model(
     head = f"head {head_name!r}" if head_name else "the head"
     if family not in MODEL_FAMILIES:
         raise HeadModelMismatch(
-            f"the model is not SD1.5 or SDXL (family {family!r}): readout heads exist for those two only"
+            f"the model's family {family!r} is not one that readout heads exist for ({', '.join(FAMILY_LABELS.values())})"
         )
     if config.family != family:
         raise HeadModelMismatch(
@@ -274,7 +275,7 @@ def _official_family(config: Mapping[str, Any], file_name: str) -> str:
         return "sdxl" if "xl" in model_id.lower() else "sd15"
     dims = config["dims"]
     num_layers = len(dims) if isinstance(dims, (list, tuple)) else None
-    for family, family_layers in FAMILY_NUM_LAYERS.items():
+    for family, family_layers in OFFICIAL_NUM_LAYERS.items():
         if num_layers == family_layers:
             return family
     raise HeadFileError(f"{file_name}: cannot tell the model family: no model_id, and dims is {dims!r}")

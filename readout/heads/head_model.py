@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .files import build_head, check_finite_weights, check_head_matches_model, load_head_file
-from .features import decoder_dims, model_family
+from ..backbones.registry import backbone_for
 from .architecture import FAMILY_LABELS, HeadConfig, ReadoutHead
 
 
@@ -31,7 +31,9 @@ class HeadModel:
 
     def check_model(self, model_patcher) -> None:
         """Raise HeadModelMismatch (naming this head) unless the model is the family and layout it reads."""
-        check_head_matches_model(self.config, model_family(model_patcher), decoder_dims(model_patcher), self.name)
+        backbone = backbone_for(model_patcher)
+        check_head_matches_model(self.config, backbone.family,
+                                 backbone.feature_dims(model_patcher.model.diffusion_model), self.name)
 
     def device_dtype(self) -> tuple[torch.device, torch.dtype]:
         param = next(self.module.parameters())

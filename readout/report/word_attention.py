@@ -1,13 +1,11 @@
-"""A prompt word's cross-attention map in a sampled latent: one UNet pass on it noised, as Self-Guidance reads it."""
+"""A prompt word's cross-attention map in a sampled latent: one model pass on it noised, as Self-Guidance reads it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from ..guidance.attention import capture_cross_attention
-from ..guidance.unet_call import evaluate_unet
-from ..heads.extract import noised_latent
+from ..backbones.evaluation import hooked_evaluation, seeded_noise
 from ..targets.self_guidance import SelfGuidanceTarget, centroid
 
 
@@ -23,15 +21,10 @@ class WordCheck:
 
 def word_maps(model_patcher, latent: torch.Tensor, conditioning: list, tokens: tuple[int, ...],
               timestep: int, seed: int) -> torch.Tensor:
-    """(B, 1, h, w): the mean decoder cross-attention of the tokens over each (raw) latent noised to `timestep`."""
-    import comfy.model_management as mm
-
-    mm.load_models_gpu([model_patcher])
-    x, sigma = noised_latent(model_patcher, latent, timestep, seed)
-    x, sigma = x.to(model_patcher.load_device), sigma.to(model_patcher.load_device).expand(x.shape[0])
-    with torch.no_grad(), capture_cross_attention(model_patcher.model.diffusion_model, list(tokens)) as store:
-        evaluate_unet(model_patcher, x, sigma, conditioning, seed)
-        return store.word_maps(tokens, x.shape[-2], x.shape[-1]).float().cpu()
+    """(B, 1, h, w): the mean cross-attention of the tokens over each (raw) latent noised to `timestep`."""
+    reading = hooked_evaluation(model_patcher, latent, torch.tensor([float(timestep)]), seeded_noise(latent, seed),
+                                conditioning, features=False, tokens=tokens, seed=seed)
+    return reading.attention.word_maps(tokens, reading.x.shape[-2], reading.x.shape[-1]).float().cpu()
 
 
 def check_edit(target: SelfGuidanceTarget, maps: torch.Tensor, unguided: torch.Tensor | None) -> WordCheck:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .reference import InvertedReference
-from ..guidance.unet_call import evaluate_unet
+from ..backbones.evaluation import evaluate_unet
 
 
 def _eps(model_patcher, x: torch.Tensor, sigma: float, conditioning: list) -> torch.Tensor:

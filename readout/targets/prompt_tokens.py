@@ -1,28 +1,27 @@
 """Where a word of the prompt sits in the conditioning: token positions from the CLIP's own tokenizer."""
 from __future__ import annotations
 
-TOKENIZER_KEY = "l"
-"""SD1.5 and SDXL both tokenize with CLIP-L; SDXL's CLIP-G tokens sit at the same positions."""
+from ..backbones.registry import clip_backbone
 
 
 def clip_family(clip) -> str:
-    """sd15 for a CLIP-L text encoder, sdxl for CLIP-G + CLIP-L; a ValueError names anything else."""
-    tokenizer = getattr(clip, "tokenizer", None)
-    if tokenizer is None or not hasattr(tokenizer, "clip_l"):
-        raise ValueError(f"clip: self-guidance needs an SD1.5 or SDXL CLIP (CLIP-L tokenizer); got "
-                         f"{type(tokenizer).__name__}")
-    return "sdxl" if hasattr(tokenizer, "clip_g") else "sd15"
+    """The model family whose prompts this CLIP encodes; a ValueError names anything else."""
+    return clip_backbone(clip).family
+
+
+def _tokenizer(clip):
+    return getattr(clip.tokenizer, f"clip_{clip_backbone(clip).tokenizer_key}")
 
 
 def _special_tokens(clip) -> set[int]:
-    tokenizer = clip.tokenizer.clip_l
+    tokenizer = _tokenizer(clip)
     return {token for token in (getattr(tokenizer, name, None) for name in ("start_token", "end_token", "pad_token"))
             if token is not None}
 
 
 def _token_ids(clip, text: str) -> list[list[int]]:
     """The tokenizer's chunks (77 tokens each, start/end/padding included) as token ids."""
-    chunks = clip.tokenize(text)[TOKENIZER_KEY]
+    chunks = clip.tokenize(text)[clip_backbone(clip).tokenizer_key]
     return [[int(item[0]) for item in chunk] for chunk in chunks]
 
 

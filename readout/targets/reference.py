@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..heads.extract import LATENT_SCALE
+from ..backbones.base import LATENT_SCALE
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..heads.extract import LATENT_SCALE
+from ..backbones.base import LATENT_SCALE
 from ..heads.head_model import HeadModel
 
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..heads.features import capture_decoder_features, decoder_dims, head_embedding, model_family
+from ..backbones.evaluation import encode_empty_prompt, hooked_evaluation
+from ..backbones.registry import backbone_for
 from ..heads.architecture import HeadConfig
-from ..guidance.unet_call import encode_empty_prompt, evaluate_unet
 
 
 @dataclass
@@ -25,8 +25,9 @@ class FrozenUNet:
 
     def __init__(self, model_patcher, vae, clip) -> None:
         self.model_patcher, self.vae = model_patcher, vae
-        self.family = model_family(model_patcher)
-        self.dims = decoder_dims(model_patcher)
+        self.backbone = backbone_for(model_patcher)
+        self.family = self.backbone.family
+        self.dims = self.backbone.feature_dims(model_patcher.model.diffusion_model)
         self.conditioning = encode_empty_prompt(clip)
 
     @classmethod
@@ -52,20 +53,11 @@ class FrozenUNet:
 
     def read(self, images: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator,
              config: HeadConfig) -> DecoderReading:
-        """Noise each image's latent to its timestep (0..999) with noise from `generator`, run the UNet once with
-        the empty prompt and capture the decoder features; the embedding follows the head's convention."""
-        import comfy.model_management as mm
-
+        """Noise each image's latent to its timestep (0..999) with noise from `generator`, run the model once with
+        the empty prompt and capture the readout features; the embedding follows the head's convention."""
         latent = self.encode(images)
-        base = self.model_patcher.model
-        sigma = base.model_sampling.sigma(timesteps.float()).float()
         noise = torch.randn(latent.shape, generator=generator)
-        x = base.process_latent_in(latent) + noise * sigma[:, None, None, None]
-        mm.load_models_gpu([self.model_patcher])
-        x, sigma, timesteps = x.to(self.device), sigma.to(self.device), timesteps.to(self.device)
-        diffusion_model = base.diffusion_model
-        with torch.no_grad(), capture_decoder_features(diffusion_model) as store:
-            evaluate_unet(self.model_patcher, x, sigma, self.conditioning)
-            features = [feature.detach() for feature in store.complete()]
-            emb = head_embedding(diffusion_model, config, timesteps)
-        return DecoderReading(features, timesteps, None if emb is None else emb.detach().float())
+        reading = hooked_evaluation(self.model_patcher, latent, timesteps, noise, self.conditioning)
+        with torch.no_grad():
+            emb = self.backbone.head_embedding(self.model_patcher.model.diffusion_model, config, reading.timesteps)
+        return DecoderReading(reading.features, reading.timesteps, None if emb is None else emb.detach().float())

@@ -1,8 +1,8 @@
-"""Cross-attention probabilities of the UNet decoder for chosen prompt tokens, captured in the guided pass.
+"""Cross-attention probabilities for chosen prompt tokens, captured in a model call (the backbone picks the layers).
 
 ComfyUI's attention kernels never return probabilities, so they are recomputed from the layer's own query and
-key projections (hooks on `attn2.to_q` / `attn2.to_k`, which both the plain path and attn2 replacement patches
-call); only the requested token columns are kept, with autograd intact.
+key projections (hooks on `to_q` / `to_k`, which both the plain path and attention replacement patches call);
+only the requested token columns are kept, with autograd intact.
 """
 from __future__ import annotations
 
@@ -13,17 +13,6 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-def decoder_cross_attentions(diffusion_model: nn.Module) -> list[nn.Module]:
-    """The cross-attention (attn2) modules of the UNet decoder's transformer blocks, in call order."""
-    layers = []
-    for block in getattr(diffusion_model, "output_blocks", []):
-        for module in block.modules():
-            attn2 = getattr(module, "attn2", None)
-            if attn2 is not None and hasattr(attn2, "to_q") and hasattr(attn2, "to_k"):
-                layers.append(attn2)
-    return layers
 
 
 class AttentionStore:
@@ -66,7 +55,7 @@ class AttentionStore:
         """(B, K, h, w): each layer's maps laid out on its grid (aspect of the latent), resized to the largest
         grid and averaged over layers."""
         if not self.maps:
-            raise RuntimeError("self-guidance: no decoder cross-attention ran in this UNet call")
+            raise RuntimeError("self-guidance: no cross-attention layer ran in this model call")
         grids = []
         for probs in self.maps:
             scale = math.sqrt(height * width / probs.shape[1])
@@ -78,12 +67,12 @@ class AttentionStore:
 
 
 @contextmanager
-def capture_cross_attention(diffusion_model: nn.Module, token_indices: list[int]) -> Iterator[AttentionStore]:
-    """Hooks on every decoder attn2's query and key projections for one UNet call; removed on exit."""
+def capture_cross_attention(layers: list[nn.Module], token_indices: list[int]) -> Iterator[AttentionStore]:
+    """Hooks on each cross-attention layer's query and key projections for one model call; removed on exit."""
     store = AttentionStore(sorted(set(token_indices)))
     handles = []
     try:
-        for attention in decoder_cross_attentions(diffusion_model):
+        for attention in layers:
             handles.append(attention.to_q.register_forward_hook(store.query_hook))
             handles.append(attention.to_k.register_forward_hook(
                 lambda module, args, output, attention=attention: store.key_hook(attention, output)))

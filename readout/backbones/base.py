@@ -1,0 +1,124 @@
+"""What a model family must provide for readout guidance: the Backbone interface and its shared parts."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..errors import ReadoutError
+
+
+LATENT_SCALE = 8
+"""Image pixels per latent cell in every family the pack knows (the VAE's downsampling)."""
+
+
+class UnsupportedModel(ReadoutError):
+    """The model belongs to no family the pack has a backbone for."""
+
+
+@dataclass
+class LayerFeatures:
+    """The feature maps (B, C, h, w) of a backbone's readout layers in the last model call, by layer."""
+
+    layers: list[torch.Tensor | None] = field(default_factory=list)
+
+    def complete(self) -> list[torch.Tensor]:
+        missing = [i for i, f in enumerate(self.layers) if f is None]
+        if missing:
+            raise RuntimeError(f"readout layers {missing} produced no features in this model call")
+        return list(self.layers)
+
+    def clear(self) -> None:
+        self.layers = [None] * len(self.layers)
+
+
+class Backbone(ABC):
+    """One model family: how ComfyUI's model of it is recognised, which layers heads read and how they are captured,
+    the heads' timestep embedding, the cross-attention Self-Guidance reads and how a latent is noised."""
+
+    family: str
+    """The name head files record, e.g. 'sd15'."""
+    label: str
+    """The name users know, e.g. 'SD1.5'."""
+    latent_channels: int = 4
+    latent_scale: int = LATENT_SCALE
+    tokenizer_key: str = "l"
+    """The tokenizer whose token positions index the conditioning's tokens."""
+
+    @abstractmethod
+    def matches(self, model_config) -> bool:
+        """Whether ComfyUI's detected model config is this family."""
+
+    @abstractmethod
+    def matches_clip(self, clip) -> bool:
+        """Whether a CLIP object encodes prompts for this family."""
+
+    @abstractmethod
+    def feature_layers(self, diffusion_model: nn.Module) -> list[nn.Module]:
+        """The modules whose outputs are the readout features, in the order heads list them."""
+
+    @abstractmethod
+    def feature_dims(self, diffusion_model: nn.Module) -> list[int]:
+        """Channels of each readout layer, as a head config lists them."""
+
+    @abstractmethod
+    def timestep_embedding(self, diffusion_model: nn.Module, timesteps: torch.Tensor) -> torch.Tensor:
+        """The model's own timestep embedding E(t) that heads are fed."""
+
+    @abstractmethod
+    def cross_attentions(self, diffusion_model: nn.Module) -> list[nn.Module]:
+        """The cross-attention modules whose image-query x text-key maps Self-Guidance reads."""
+
+    @abstractmethod
+    def checkpoint_layers(self, diffusion_model: nn.Module) -> list[nn.Module]:
+        """The layers gradient checkpointing recomputes in the backward."""
+
+    @abstractmethod
+    def feature_hook_point(self, layer: nn.Module) -> nn.Module:
+        """The submodule of a readout layer whose forward output is that layer's feature map."""
+
+    @contextmanager
+    def capture_features(self, diffusion_model: nn.Module) -> Iterator[LayerFeatures]:
+        """Keep each readout layer's feature map of every model call made inside the block."""
+        layers = self.feature_layers(diffusion_model)
+        store = LayerFeatures([None] * len(layers))
+
+        def hook_for(index: int):
+            def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+                store.layers[index] = output
+            return hook
+
+        handles = [self.feature_hook_point(layer).register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
+        try:
+            yield store
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def head_embedding(self, diffusion_model: nn.Module, config, timesteps: torch.Tensor) -> torch.Tensor | None:
+        """The embedding a head is fed: E(t), or E(num_timesteps - t) for heads trained that way; None if unused."""
+        if not config.use_emb or config.bottleneck_sequential:
+            return None
+        t = config.num_timesteps - timesteps if config.reverse_timestep else timesteps
+        return self.timestep_embedding(diffusion_model, t.float())
+
+    def noised(self, model_patcher, latent: torch.Tensor, timesteps: torch.Tensor,
+               noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A raw (VAE-space) latent noised to the timesteps by the model's own model_sampling, and the sigmas."""
+        base = model_patcher.model
+        sampling = base.model_sampling
+        device = next((buffer.device for buffer in sampling.buffers()), latent.device)
+        sigma = sampling.sigma(timesteps.float().to(device)).float()
+        x = sampling.noise_scaling(sigma, noise.float().to(device), base.process_latent_in(latent.float().to(device)))
+        return x, sigma
+
+    def check_latent(self, latent: torch.Tensor, name: str) -> None:
+        """A ValueError naming the input unless it is a (batch, channels, H, W) latent of this family."""
+        if latent.ndim != 4 or latent.shape[1] != self.latent_channels:
+            raise ValueError(f"{name}: expected a {self.label} latent (batch, {self.latent_channels}, H, W), got "
+                             f"shape {tuple(latent.shape)}: connect a latent of this model (VAE Encode or a "
+                             "sampler's LATENT output)")

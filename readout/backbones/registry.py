@@ -1,0 +1,43 @@
+"""The model families the pack knows, and which one a model or CLIP is: the one list of families."""
+from __future__ import annotations
+
+from .base import Backbone, UnsupportedModel
+from .unet import SD15Backbone, SDXLBackbone
+
+BACKBONES: tuple[Backbone, ...] = (SD15Backbone(), SDXLBackbone())
+"""Tried in order by backbone_for and clip_backbone; a family whose configs subclass another's goes first."""
+FAMILIES = {backbone.family: backbone for backbone in BACKBONES}
+
+
+def _names() -> str:
+    return " or ".join(backbone.label for backbone in BACKBONES)
+
+
+def backbone_for(model_patcher) -> Backbone:
+    """The family of a ComfyUI MODEL, from its detected model config (never from file names)."""
+    return backbone_for_config(model_patcher.model.model_config)
+
+
+def backbone_for_config(config) -> Backbone:
+    """The family of ComfyUI's detected model config (`model.model_config`)."""
+    for backbone in BACKBONES:
+        if backbone.matches(config):
+            return backbone
+    raise UnsupportedModel(f"readout heads read {_names()} models; this model is {type(config).__name__}: load an "
+                           f"{_names()} checkpoint")
+
+
+def backbone_named(family: str) -> Backbone:
+    """The backbone of a family name as head files record it."""
+    if family not in FAMILIES:
+        raise UnsupportedModel(f"model family {family!r} is not one of {', '.join(FAMILIES)}")
+    return FAMILIES[family]
+
+
+def clip_backbone(clip) -> Backbone:
+    """The family whose prompts a CLIP encodes; a ValueError names anything else."""
+    for backbone in BACKBONES:
+        if backbone.matches_clip(clip):
+            return backbone
+    raise ValueError(f"clip: self-guidance needs an {_names()} CLIP; got "
+                     f"{type(getattr(clip, 'tokenizer', None)).__name__}")
