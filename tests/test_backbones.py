@@ -1,0 +1,70 @@
+"""The backbone seam: every model-specific fact lives in readout/backbones/, read from ComfyUI's own model."""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import torch
+
+from helpers import TINY_CKPT, call_node, pack_module
+from testbed import REPO
+
+MODEL_INTERNALS = re.compile(r"\b(output_blocks|input_blocks|time_embed|out_layers)\b")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[:3]
+
+
+def test_no_model_internals_outside_the_backbones():
+    found = []
+    for folder in ("readout", "nodes"):
+        for root, _, files in os.walk(os.path.join(REPO, folder)):
+            if os.path.relpath(root, REPO).startswith(os.path.join("readout", "backbones")):
+                continue
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(root, name)
+                    with open(path, encoding="utf-8") as f:
+                        found += [f"{os.path.relpath(path, REPO)}: {m.group(0)}" for m in MODEL_INTERNALS.finditer(f.read())]
+    assert found == []
+
+
+def test_the_tiny_checkpoint_is_sd15_with_its_decoder_dims(tiny):
+    backbone = pack_module("readout.backbones.registry").backbone_for(tiny[0])
+    unet = tiny[0].model.diffusion_model
+    assert (backbone.family, backbone.label) == ("sd15", "SD1.5")
+    assert backbone.feature_dims(unet) == [block[0].out_channels for block in unet.output_blocks]
+    assert len(backbone.cross_attentions(unet)) > 0 and len(backbone.checkpoint_layers(unet)) > len(unet.output_blocks)
+
+
+def test_noising_follows_the_model_sampling(tiny):
+    backbone = pack_module("readout.backbones.registry").backbone_for(tiny[0])
+    latent, noise = torch.rand(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    timesteps = torch.tensor([100.0, 700.0])
+    x, sigma = backbone.noised(tiny[0], latent, timesteps, noise)
+    base = tiny[0].model
+    expected_sigma = base.model_sampling.sigma(timesteps)
+    torch.testing.assert_close(sigma, expected_sigma)
+    torch.testing.assert_close(x, base.process_latent_in(latent) + noise * expected_sigma[:, None, None, None])
+    assert sigma[1] > sigma[0]
+
+
+def test_hooked_evaluation_captures_what_the_decoder_computed(tiny):
+    model, clip, _ = tiny
+    evaluation = pack_module("readout.backbones.evaluation")
+    latent = torch.rand(1, 4, 8, 8)
+    positive = call_node("CLIPTextEncode", text="a photo", clip=clip)[0]
+    with torch.inference_mode():
+        reading = evaluation.hooked_evaluation(model, latent, torch.tensor([300.0]), torch.randn(1, 4, 8, 8),
+                                               positive, tokens=(1, 2))
+        again = evaluation.hooked_evaluation(model, latent, torch.tensor([300.0]), torch.randn(1, 4, 8, 8),
+                                             positive, features=False)
+    dims = pack_module("readout.backbones.registry").backbone_for(model).feature_dims(model.model.diffusion_model)
+    assert [f.shape[1] for f in reading.features] == dims and all(f.shape[0] == 1 for f in reading.features)
+    maps = reading.attention.word_maps((1, 2), 8, 8)
+    assert maps.shape == (1, 1, 8, 8) and float(maps.min()) >= 0 and float(maps.max()) <= 1
+    assert again.features is None and again.attention is None
+    assert reading.timesteps.tolist() == [300.0]
