@@ -7,8 +7,6 @@ from ..readout.backbones.base import LATENT_SCALE
 from ..readout.report.drawing import draw_pairs, heat, mark
 from ..readout.report.scores import score_readout
 from ..readout.report.word_attention import check_edit, word_maps
-from ..readout.targets.relative import CorrespondenceTarget
-from ..readout.targets.self_guidance import SelfGuidanceTarget
 from .common import CATEGORY
 
 GUIDANCE_INPUT_TIP = "The guidance the image was sampled with (the same output that feeds the sampler)."
@@ -72,10 +70,10 @@ class DrawDragPoints:
     DESCRIPTION = "Shows where a drag moves content from (red) and to (green)."
 
     def draw(self, image, guidance):
-        drags = [t for t in guidance or () if isinstance(t, CorrespondenceTarget)]
+        drags = [t for t in guidance or () if t.point_pairs is not None]
         if not drags:
             raise ValueError("guidance: it has no Readout Drag Target; connect the drag node's guidance output")
-        return (draw_pairs(image, [p for t in drags for p in t.pairs], drags[0].image_size),)
+        return (draw_pairs(image, [p for t in drags for p in t.point_pairs], drags[0].image_size),)
 
 
 class WordAttentionMap:
@@ -115,7 +113,7 @@ class WordAttentionMap:
     DESCRIPTION = "Shows a prompt word's cross-attention map in a latent and how far it is from the edit's goal."
 
     def read(self, model, positive, samples, guidance, timestep: int, seed: int, unguided_samples=None):
-        edits = [t for t in guidance or () if isinstance(t, SelfGuidanceTarget)]
+        edits = [t for t in guidance or () if t.tokens]
         if not edits:
             raise ValueError("guidance: it has no Self-Guidance Target; connect that node's guidance output")
         target = edits[0]

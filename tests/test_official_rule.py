@@ -101,7 +101,6 @@ class Reference:
         from dL/dx (the loss itself is official_loss, checked against its formula below)."""
         grad_pass = pack_module("readout.guidance.grad_pass")
         backbone = pack_module("readout.backbones.registry").backbone_for(self.bed.model)
-        official_loss = pack_module("readout.targets.official_losses").official_loss
         unet = self.base.diffusion_model
         scale = math.sqrt(1 + float(sigma) ** 2)
         with torch.inference_mode(False), torch.enable_grad(), grad_pass.autograd_safe_weights(unet):
@@ -113,7 +112,7 @@ class Reference:
                 self.base.apply_model(rows, sigmas, c_crossattn=torch.cat(self.contexts).clone())
                 emb = backbone.head_embedding(unet, self.bed.pose.config, self.sampling.timestep(sigmas).float())
                 readouts = self.bed.pose.module(store.complete(), emb).float()
-            total = sum(official_loss(self.target, readouts[i:i + 1], None, width) for i in self.halves)
+            total = sum(self.target.official_loss(readouts[i:i + 1], None, width) for i in self.halves)
             grad = torch.autograd.grad(total.sum(), rows)[0]
         return (grad[:1] + grad[1:]) * scale
 
@@ -191,12 +190,11 @@ def test_self_guidance_is_refused_under_official(bed):
 
 def spatial_loss_pair(bed, head, readout, width):
     """(fast loss, official loss) of one spatial target on a readout, in a latent of range `width`."""
-    losses = pack_module("readout.targets.official_losses")
     low, high = head.config.control_range
     target = call_node("ReadoutTarget", head=head, weight=1.0, start_percent=0.0, end_percent=1.0,
                        target_image=torch.rand(1, 8, 8, 3, generator=torch.Generator().manual_seed(0)).round())[0][0]
     scale = 0.5 * (width / (high - low)) ** 2
-    return target.loss(readout), losses.official_loss(target, readout, None, torch.tensor(width)) / scale
+    return target.loss(readout), target.official_loss(readout, None, torch.tensor(width)) / scale
 
 
 @pytest.mark.parametrize("kind, same", [("depth", True), ("pose", False)])
@@ -214,12 +212,11 @@ def test_official_spatial_loss_is_plain_mse_in_the_latent_range(bed, kind, same)
 
 def drag_losses(points: list, image_size: tuple[int, int]):
     relative = pack_module("readout.targets.relative")
-    official = pack_module("readout.targets.official_losses")
     generator = torch.Generator().manual_seed(2)
     reference, edited = torch.randn(2, 1, 16, 8, 8, generator=generator)
     pairs = pack_module("readout.targets.points").parse_drag_pairs(json.dumps(points))
     fast = relative.correspondence_loss(reference, edited, pairs, image_size)
-    floored = relative.correspondence_loss(reference, edited, pairs, image_size, sample=official.cell_points)
+    floored = relative.correspondence_loss(reference, edited, pairs, image_size, sample=relative.cell_points)
     return fast, floored, reference, edited
 
 

@@ -2,7 +2,7 @@
 
 At each guided step i of n (target windows: int(start * n) <= i < int(end * n), like the official rg_ratio):
 1. one model evaluation at x with autograd over both CFG halves; the loss is the sum over the halves and over
-   the active targets of (w_k / w_max) * official loss (targets/official_losses.py), one backward;
+   the active targets of (w_k / w_max) * the target's `official_loss`, one backward;
 2. one step of a fresh AdamW (betas 0.9/0.999, eps 1e-8, no weight decay) on the VP latent
    x_t = x / sqrt(1 + sigma^2) with lr = 2e-2 * w_max / OFFICIAL_WEIGHT (the default weight gives the official
    2e-2); a fresh Adam's first step is lr * g / (|g| + eps) (8-bit AdamW under fp16 in the official code: not here);
@@ -17,9 +17,9 @@ from functools import partial
 
 import torch
 
-from .patch import ReadoutGuidancePatch, Readings
+from .patch import ReadoutGuidancePatch
 from .rule import ADAM_BETA2, ADAM_EPS, OFFICIAL_WEIGHT
-from ..targets.official_losses import official_loss
+from ..targets.base import Readings
 
 OFFICIAL_LR = 2e-2
 ADAM_BETA1 = 0.9
@@ -66,7 +66,7 @@ class OfficialPatch(ReadoutGuidancePatch):
     """Guidance that moves the latent before the sampler's step, as the official code does (module docstring)."""
 
     def __init__(self, targets: tuple, options) -> None:
-        unsupported = [t.label for t in targets if t.head is None]
+        unsupported = [t.label for t in targets if not t.has_official_loss]
         if unsupported:
             raise ValueError(f"rule: official has no self-guidance ({', '.join(unsupported)}); the official code "
                              "guides with readout heads only: use rule fast")
@@ -78,7 +78,7 @@ class OfficialPatch(ReadoutGuidancePatch):
     def _active_targets(self, model_sampling, sigma: float) -> list[int]:
         return self.step_targets
 
-    def _backprop_targets(self, active: list[int], readings: Readings, diffusion_model, x_grad, chunks, autocast):
+    def _backprop_targets(self, active: list[int], readings: Readings, x_grad, chunks):
         """One backward of the weighted sum of the official losses over the active targets and all CFG chunks."""
         sigma = self._evaluation.sigma
         x_t = x_grad.detach() / math.sqrt(1 + sigma * sigma)
@@ -87,7 +87,7 @@ class OfficialPatch(ReadoutGuidancePatch):
         total = x_grad.new_zeros(())
         for index in active:
             target = self.targets[index]
-            readout = self._readout(target, readings, diffusion_model, autocast)
+            readout = target.read(readings)
             losses = torch.stack([self._chunk_loss(target, readout[chunk]) for chunk in chunks])
             self.run.record_loss(index, sigma, losses.detach().sum(dim=0))
             total = total + target.weight / top * losses.sum()
@@ -96,7 +96,7 @@ class OfficialPatch(ReadoutGuidancePatch):
         self.joint_grad = folded if self.joint_grad is None else self.joint_grad + folded
 
     def _target_loss(self, target, edited: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
-        return official_loss(target, edited, reference, self._width)
+        return target.official_loss(edited, reference, self._width)
 
     def sampler_sample_wrapper(self, executor, *args, **kwargs):
         """Run the sampler's step function one step at a time with the official update before each step."""

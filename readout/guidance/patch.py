@@ -20,9 +20,9 @@ import torch
 
 from .batch_split import BatchSplit
 from .compatibility import check_compatible
-from ..backbones.cross_attention import AttentionStore, capture_cross_attention
-from ..backbones.base import Backbone
-from ..backbones.registry import backbone_for, backbone_for_config
+from ..backbones.cross_attention import capture_cross_attention
+from ..backbones.registry import backbone_for_config
+from ..targets.base import Readings
 from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, grad_pass_options
 from .rule import GuidanceRun
 from ..targets.reference import InvertedReference
@@ -71,18 +71,6 @@ class _Evaluation:
     def add(self, index: int, grad: torch.Tensor, loss: torch.Tensor) -> None:
         self.grads[index] = grad if index not in self.grads else self.grads[index] + grad
         self.losses[index] = loss if index not in self.losses else self.losses[index] + loss
-
-
-@dataclass
-class Readings:
-    """What one guided model call offers the targets: readout features, cross-attention maps, latent size, timesteps,
-    and the backbone that read them (for the heads' timestep embedding)."""
-
-    features: list[torch.Tensor]
-    attention: AttentionStore | None
-    latent_size: tuple[int, int]
-    timesteps: torch.Tensor
-    backbone: Backbone
 
 
 class ReadoutGuidancePatch:
@@ -213,7 +201,7 @@ class ReadoutGuidancePatch:
         dtype = COMPUTE_DTYPES[self.options.compute_dtype]
         autocast = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
         chunks = chunks_of(x.shape[0], transformer_options)
-        tokens = [token for index in active if self.targets[index].head is None for token in self.targets[index].tokens]
+        tokens = [token for index in active for token in self.targets[index].tokens]
         with torch.inference_mode(False), torch.enable_grad(), ExitStack() as stack:
             x_grad = x.clone().requires_grad_(True)
             t_copy, c_concat, c_crossattn, control, kwargs = normal_copies((t, c_concat, c_crossattn, control, kwargs))
@@ -227,8 +215,8 @@ class ReadoutGuidancePatch:
                 out = executor(x_grad, t_copy, c_concat, c_crossattn, control,
                                grad_pass_options(transformer_options), **kwargs)
             readings = Readings(store.complete(), attention, tuple(x.shape[-2:]),
-                                base.model_sampling.timestep(t_copy).float(), backbone)
-            self._backprop_targets(active, readings, diffusion_model, x_grad, chunks, autocast)
+                                base.model_sampling.timestep(t_copy).float(), backbone, diffusion_model, autocast)
+            self._backprop_targets(active, readings, x_grad, chunks)
             store.clear()
         return out.detach()
 
@@ -249,25 +237,16 @@ class ReadoutGuidancePatch:
 
     def _target_loss(self, target, edited: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
         """A target's per-sample loss (`reference`: the reference branch's readout, None without one)."""
-        return target.loss(edited, reference) if target.relative and reference is not None else target.loss(edited)
+        return target.loss(edited, reference if target.relative else None)
 
-    def _backprop_targets(self, active: list[int], readings: Readings, diffusion_model, x_grad, chunks, autocast):
+    def _backprop_targets(self, active: list[int], readings: Readings, x_grad, chunks):
         """Each active target's own gradient w.r.t. x (normalized per target later)."""
         for order, index in enumerate(active):
-            self._backprop_target(index, readings, diffusion_model, x_grad, chunks,
-                                  retain=order < len(active) - 1, autocast=autocast)
+            self._backprop_target(index, readings, x_grad, chunks, retain=order < len(active) - 1)
 
-    def _readout(self, target, readings: Readings, diffusion_model, autocast) -> torch.Tensor:
-        """The target's readout of this UNet call (a head's output, or self-guidance's attention reading)."""
-        if target.head is None:
-            return target.read(readings.attention.word_maps(target.tokens, *readings.latent_size), readings.features)
-        with autocast:
-            emb = readings.backbone.head_embedding(diffusion_model, target.head.config, readings.timesteps)
-            return target.head.module(readings.features, emb).float()
-
-    def _backprop_target(self, index, readings: Readings, diffusion_model, x_grad, chunks, retain, autocast):
+    def _backprop_target(self, index, readings: Readings, x_grad, chunks, retain):
         target = self.targets[index]
-        readout = self._readout(target, readings, diffusion_model, autocast)
+        readout = target.read(readings)
         losses = torch.stack([self._chunk_loss(target, readout[chunk]) for chunk in chunks])
         grad = torch.autograd.grad(losses.sum(), x_grad, retain_graph=retain)[0]
         folded = sum(grad[chunk] for chunk in chunks)
@@ -332,7 +311,7 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
     # at cfg 1 ComfyUI skips the negative prompt's half unless told otherwise: a loss branch that reads it needs it
     needs_uncond = 1 in LOSS_BRANCHES[patch.options.loss_branch]
     guided.set_model_sampler_post_cfg_function(patch.post_cfg_function, disable_cfg1_optimization=needs_uncond)
-    heads = {id(t.head.patcher): t.head.patcher for t in patch.targets if t.head is not None}
+    heads = {id(head.patcher): head.patcher for t in patch.targets for head in t.heads}
     guided.set_additional_models(PATCH_KEY, list(heads.values()))
     if not patch.targets:
         logging.info("readout guidance: no targets, the model samples as before")
@@ -348,18 +327,9 @@ def _patch_class(rule: str) -> type[ReadoutGuidancePatch]:
 
 
 def check_targets_fit(model, targets: tuple, options: GuidanceOptions) -> None:
-    """Heads must read this model; self-guidance needs this model family's CLIP and the cond loss branch."""
+    """Each target must be able to guide this model with this loss branch (heads of its family, its CLIP)."""
     for target in targets:
-        if target.head is not None:
-            target.head.check_model(model)
-            continue
-        family = backbone_for(model).family
-        if target.family != family:
-            raise ValueError(f"clip: the words {target.words!r} were tokenized with an {target.family} CLIP but the "
-                             f"model is {family}: connect the CLIP that encodes this model's prompt")
-        if options.loss_branch != "cond":
-            raise ValueError(f"loss_branch: self-guidance ({target.label}) reads the prompt's cross-attention; "
-                             f"use cond, not {options.loss_branch}")
+        target.check_model(model, options.loss_branch)
 
 
 def find_patch(model) -> ReadoutGuidancePatch | None:

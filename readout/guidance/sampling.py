@@ -70,7 +70,7 @@ def sample_guided(model, seed: int, steps: int, cfg: float, sampler_name: str, s
     if reference is not None:
         reference.check_latent_size(tuple(samples.shape[-2:]))
         reference.check_schedule(sigmas, steps, scheduler)
-    share_noise = any(getattr(t, "shares_reference_noise", False) for t in targets)
+    share_noise = any(t.shares_reference_noise for t in targets)
     noise, start = _start_noise(guided, samples, seed, reference, share_noise, sigmas)
     patch.branch_split, patch.reference = samples.shape[0], reference
     callback = latent_preview.prepare_callback(guided, steps)

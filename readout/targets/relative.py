@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from ..heads.head_model import HeadModel
 from .points import DragPair
 from .reference import InvertedReference
-from .spatial import StepWindow, check_aspect, masked_mean, resize_map
+from .base import HeadTarget, Score, StepWindow
+from .spatial import check_aspect, masked_mean, resize_map
 
 
 def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -24,6 +25,15 @@ def sample_points(features: torch.Tensor, points: torch.Tensor, image_size: tupl
     grid = torch.stack([(points[:, 0] + 0.5) / width * 2 - 1, (points[:, 1] + 0.5) / height * 2 - 1], dim=-1)
     grid = grid.to(features).expand(features.shape[0], 1, -1, 2)
     return F.grid_sample(features, grid, mode="bilinear", align_corners=False)[:, :, 0]
+
+
+def cell_points(features: torch.Tensor, points: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Feature vectors (B, C, P) of the cells under image-pixel points (P, 2: x, y), indices floored: how the
+    official code reads drag points."""
+    height, width = image_size
+    rows = (points[:, 1] * features.shape[-2] / height).floor().long()
+    cols = (points[:, 0] * features.shape[-1] / width).floor().long()
+    return features[:, :, rows, cols]
 
 
 PointSampler = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor]
@@ -58,7 +68,7 @@ def _crop(features: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tenso
 
 
 @dataclass(frozen=True)
-class CorrespondenceTarget:
+class CorrespondenceTarget(HeadTarget):
     """Drag: move what is at each source point of the reference to its target point in the edited image."""
 
     head: HeadModel
@@ -69,6 +79,11 @@ class CorrespondenceTarget:
     reference: InvertedReference | None = None
     relative = True
     shares_reference_noise = True
+    has_official_loss = True
+
+    @property
+    def point_pairs(self) -> tuple[DragPair, ...]:
+        return self.pairs
 
     @property
     def label(self) -> str:
@@ -82,12 +97,26 @@ class CorrespondenceTarget:
         """The points' image must have the latent's aspect, or the points would land elsewhere than drawn."""
         check_aspect(self.image_size, latent_size, "reference_image")
 
-    def loss(self, edited: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    def loss(self, edited: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         return correspondence_loss(reference, edited, list(self.pairs), self.image_size)
+
+    def official_loss(self, edited: torch.Tensor, reference: torch.Tensor | None, width: torch.Tensor) -> torch.Tensor:
+        """The correspondence loss with each point floored to the feature cell under it."""
+        return correspondence_loss(reference, edited, list(self.pairs), self.image_size, sample=cell_points)
+
+    def scores(self, readout: torch.Tensor, reference: torch.Tensor | None) -> list[Score]:
+        """Per drag pair: similarity in [0, 1] of the reference's features at the source and the readout's at the
+        target."""
+        sources = torch.tensor([p.source for p in self.pairs])
+        goals = torch.tensor([p.target for p in self.pairs])
+        anchor = sample_points(reference.float(), sources, self.image_size)
+        moved = sample_points(readout.float(), goals, self.image_size)
+        values = similarity(anchor, moved).mean(dim=0).tolist()
+        return [Score(f"similarity at target {i + 1}", v, True) for i, v in enumerate(values)]
 
 
 @dataclass(frozen=True)
-class AppearanceTarget:
+class AppearanceTarget(HeadTarget):
     """Keep the reference's appearance: mean cosine distance of the two readouts, pixel by pixel.
 
     `mask` limits the comparison to a region (and `invert_mask` to outside it); with `crop` the mask's
@@ -104,21 +133,18 @@ class AppearanceTarget:
     shares_reference_noise: bool = False
     mask_input: str = "mask"
     relative = True
+    has_official_loss = True
 
     @property
     def label(self) -> str:
         return f"{self.role} ({self.head.name})"
-
-    @property
-    def active(self) -> bool:
-        return True
 
     def check_latent_size(self, latent_size: tuple[int, int]) -> None:
         """The mask must have the latent's aspect, or it would mark other regions than painted."""
         if self.mask is not None:
             check_aspect(tuple(self.mask.shape[-2:]), latent_size, self.mask_input)
 
-    def loss(self, edited: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    def loss(self, edited: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         weights = torch.ones_like(edited[:1, :1])
         if self.mask is not None:
             mask = resize_map(self.mask[:1], edited.shape[-2:]).to(edited)
@@ -129,3 +155,10 @@ class AppearanceTarget:
                 weights = 1 - mask if self.invert_mask else mask
         distance = (1 - F.cosine_similarity(edited, reference, dim=1))[:, None]
         return masked_mean(distance, weights)
+
+    def official_loss(self, edited: torch.Tensor, reference: torch.Tensor | None, width: torch.Tensor) -> torch.Tensor:
+        """The mean cosine distance times (latent max - latent min)^2."""
+        return self.loss(edited, reference) * width ** 2
+
+    def scores(self, readout: torch.Tensor, reference: torch.Tensor | None) -> list[Score]:
+        return [Score(f"{self.role} distance", float(self.loss(readout, reference).mean()), False)]

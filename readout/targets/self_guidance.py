@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..backbones.registry import backbone_for
+from .base import Readings, StepWindow, Target
 from .reference import InvertedReference
-from .spatial import StepWindow
 
 SELF_GUIDANCE_EDITS = ("move_by", "move_to", "scale_size", "keep_shape", "keep_appearance")
 SHAPE_THRESHOLD = 0.5
@@ -48,7 +49,7 @@ def appearance(maps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class SelfGuidanceTarget:
+class SelfGuidanceTarget(Target):
     """Edit one property of the words' attention: move by (dx, dy) or to a point (fractions of the image), scale
     the size by a factor, keep the shape or the appearance of the unguided image (or copy the appearance of an
     inverted real image, `reference`)."""
@@ -63,7 +64,6 @@ class SelfGuidanceTarget:
     point: tuple[float, float] = (0.5, 0.5)
     factor: float = 1.0
     reference: InvertedReference | None = None
-    head = None
 
     def __post_init__(self) -> None:
         if self.edit not in SELF_GUIDANCE_EDITS:
@@ -81,20 +81,24 @@ class SelfGuidanceTarget:
         """The edit starts from the unguided image's noise; with a real reference, from its own."""
         return self.reference is None
 
-    def read(self, maps: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+    def read(self, readings: Readings) -> torch.Tensor:
         """What the loss compares: the word maps, or for keep_appearance the activations pooled under them."""
-        return appearance(maps, features[-1]) if self.edit == "keep_appearance" else maps
+        maps = readings.attention.word_maps(self.tokens, *readings.latent_size)
+        return appearance(maps, readings.features[-1]) if self.edit == "keep_appearance" else maps
 
     @property
     def label(self) -> str:
         return f"self-guidance {self.edit} {self.words!r}"
 
-    @property
-    def active(self) -> bool:
-        return True
-
-    def check_latent_size(self, latent_size: tuple[int, int]) -> None:
-        """Attention maps are read at the latent's own size: any latent fits."""
+    def check_model(self, model_patcher, loss_branch: str) -> None:
+        """The words must be tokenized by this model family's CLIP, and read from the prompt's (cond) half."""
+        family = backbone_for(model_patcher).family
+        if self.family != family:
+            raise ValueError(f"clip: the words {self.words!r} were tokenized with an {self.family} CLIP but the "
+                             f"model is {family}: connect the CLIP that encodes this model's prompt")
+        if loss_branch != "cond":
+            raise ValueError(f"loss_branch: self-guidance ({self.label}) reads the prompt's cross-attention; "
+                             f"use cond, not {loss_branch}")
 
     def loss(self, edited: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) L1 distance of the edited readout's property to its goal."""

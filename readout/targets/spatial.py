@@ -1,4 +1,4 @@
-"""Guidance targets (what a readout should become) and their losses; READOUT_GUIDANCE is a tuple of them."""
+"""Spatial targets: a pose, depth or edge map the head's readout should become, and the map losses."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,24 +8,14 @@ import torch.nn.functional as F
 
 from ..backbones.base import LATENT_SCALE
 from ..heads.head_model import HeadModel
+from .base import HeadTarget, Score, StepWindow
+
+SPATIAL_LOSS_RESCALE = 0.5
+"""`loss_rescale` of the official spatial config (appearance and correspondence use 1)."""
 
 
 @dataclass(frozen=True)
-class StepWindow:
-    """Where a target acts, as fractions of the schedule (0 = first step, 1 = last), like ControlNet's percents."""
-
-    start_percent: float = 0.0
-    end_percent: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.start_percent <= self.end_percent <= 1.0:
-            raise ValueError(
-                f"start_percent / end_percent: need 0 <= start <= end <= 1, got {self.start_percent} and {self.end_percent}"
-            )
-
-
-@dataclass(frozen=True)
-class SpatialTarget:
+class SpatialTarget(HeadTarget):
     """A pose/depth/edge map (B or 1, 3, H, W) in [0, 1] the spatial head's readout should match."""
 
     head: HeadModel
@@ -33,27 +23,37 @@ class SpatialTarget:
     weight: float
     window: StepWindow
     mask: torch.Tensor | None = None
-    relative = False
+    has_official_loss = True
 
     @property
     def label(self) -> str:
         return f"{self.head.config.kind} ({self.head.name})"
-
-    @property
-    def active(self) -> bool:
-        return True
 
     def check_latent_size(self, latent_size: tuple[int, int]) -> None:
         """The mask must have the latent's aspect (the target map is resized to any size, as its tooltip says)."""
         if self.mask is not None:
             check_aspect(tuple(self.mask.shape[-2:]), latent_size, "mask")
 
-    def loss(self, readout: torch.Tensor) -> torch.Tensor:
+    def _mask_for(self, readout: torch.Tensor) -> torch.Tensor | None:
+        if self.mask is None:
+            return None
+        return resize_map(per_latent(self.mask, readout.shape[0], "mask"), readout.shape[-2:]).to(readout)
+
+    def loss(self, edited: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         config = self.head.config
-        image = per_latent(self.image, readout.shape[0], "target_image")
-        mask = None if self.mask is None else resize_map(per_latent(self.mask, readout.shape[0], "mask"),
-                                                         readout.shape[-2:]).to(readout)
-        return spatial_map_loss(readout, image, config.control_range, config.sparse_loss, mask)
+        image = per_latent(self.image, edited.shape[0], "target_image")
+        return spatial_map_loss(edited, image, config.control_range, config.sparse_loss, self._mask_for(edited))
+
+    def official_loss(self, edited: torch.Tensor, reference: torch.Tensor | None, width: torch.Tensor) -> torch.Tensor:
+        """Per sample: 0.5 * ((latent range) / (control range))^2 * plain per-pixel MSE (no balancing of drawn and
+        empty pixels), inside the mask if any."""
+        low, high = self.head.config.control_range
+        image = per_latent(self.image, edited.shape[0], "target_image")
+        mse = spatial_map_loss(edited, image, (low, high), sparse=False, mask=self._mask_for(edited))
+        return SPATIAL_LOSS_RESCALE * (width / (high - low)) ** 2 * mse
+
+    def scores(self, readout: torch.Tensor, reference: torch.Tensor | None) -> list[Score]:
+        return [Score(f"{self.head.config.kind} loss", float(self.loss(readout).mean()), False)]
 
 
 def per_latent(maps: torch.Tensor, batch: int, name: str) -> torch.Tensor:
