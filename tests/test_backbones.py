@@ -68,3 +68,44 @@ def test_hooked_evaluation_captures_what_the_decoder_computed(tiny):
     assert maps.shape == (1, 1, 8, 8) and float(maps.min()) >= 0 and float(maps.max()) <= 1
     assert again.features is None and again.attention is None
     assert reading.timesteps.tolist() == [300.0]
+
+
+def _pack_imports(path: str, module: str) -> set[str]:
+    """Modules of readout/ that a module imports (relative imports anywhere in it, lazy ones included)."""
+    import ast
+
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    package = module.rsplit(".", 1)[0] if not path.endswith("__init__.py") else module
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            found.add(target)
+    return found
+
+
+def test_readout_has_no_import_cycle():
+    modules = {}
+    for root, _, files in os.walk(os.path.join(REPO, "readout")):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                module = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".").removesuffix(".__init__")
+                modules[module] = path
+    graph = {m: {t for t in _pack_imports(p, m) if t in modules} for m, p in modules.items()}
+    assert graph["readout.guidance.patch"] >= {"readout.guidance.fast", "readout.guidance.official"}
+    state: dict[str, str] = {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            assert state.get(target) != "open", f"import cycle: {' -> '.join(trail + [module, target])}"
+            if target not in state:
+                visit(target, trail + [module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])

@@ -17,8 +17,8 @@ from functools import partial
 
 import torch
 
-from .patch import ReadoutGuidancePatch
 from .rule import ADAM_BETA2, ADAM_EPS, OFFICIAL_WEIGHT
+from .strategy import GuidanceRule
 from ..targets.base import Readings
 
 OFFICIAL_LR = 2e-2
@@ -62,56 +62,67 @@ def check_official_sampler(sampler_name: str) -> None:
                          "rule to fast")
 
 
-class OfficialPatch(ReadoutGuidancePatch):
-    """Guidance that moves the latent before the sampler's step, as the official code does (module docstring)."""
+def _official_step_loss(width: torch.Tensor):
+    def loss(target, edited: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
+        return target.official_loss(edited, reference, width)
+    return loss
 
-    def __init__(self, targets: tuple, options) -> None:
+
+class OfficialRule(GuidanceRule):
+    """Guidance that moves the latent before the sampler's step, as the official code does (module docstring).
+    Per run state: the targets of the step being guided and the gradient its model evaluation left."""
+
+    def __init__(self) -> None:
+        self.step_targets: list[int] = []
+        self.joint_grad: torch.Tensor | None = None
+
+    def options_for(self, options):
+        """The official loss sums both CFG halves."""
+        return dataclasses.replace(options, loss_branch="both")
+
+    def check_targets(self, targets: tuple) -> None:
         unsupported = [t.label for t in targets if not t.has_official_loss]
         if unsupported:
             raise ValueError(f"rule: official has no self-guidance ({', '.join(unsupported)}); the official code "
                              "guides with readout heads only: use rule fast")
-        super().__init__(targets, dataclasses.replace(options, loss_branch="both"))
-        self.step_targets: list[int] = []
-        self.joint_grad: torch.Tensor | None = None
-        self._width: torch.Tensor | None = None
 
-    def _active_targets(self, model_sampling, sigma: float) -> list[int]:
+    def active_targets(self, patch, model_sampling, sigma: float) -> list[int]:
         return self.step_targets
 
-    def _backprop_targets(self, active: list[int], readings: Readings, x_grad, chunks):
+    def backprop(self, patch, active: list[int], readings: Readings, x_grad: torch.Tensor, chunks: list[slice]) -> None:
         """One backward of the weighted sum of the official losses over the active targets and all CFG chunks."""
-        sigma = self._evaluation.sigma
+        sigma = patch.evaluation.sigma
         x_t = x_grad.detach() / math.sqrt(1 + sigma * sigma)
-        self._width = x_t.max() - x_t.min()
-        top = max(self.targets[index].weight for index in active)
+        loss = _official_step_loss(x_t.max() - x_t.min())
+        top = max(patch.targets[index].weight for index in active)
         total = x_grad.new_zeros(())
         for index in active:
-            target = self.targets[index]
-            readout = target.read(readings)
-            losses = torch.stack([self._chunk_loss(target, readout[chunk]) for chunk in chunks])
-            self.run.record_loss(index, sigma, losses.detach().sum(dim=0))
+            target = patch.targets[index]
+            losses = patch.chunk_losses(target, target.read(readings), chunks, loss)
+            patch.run.record_loss(index, sigma, losses.detach().sum(dim=0))
             total = total + target.weight / top * losses.sum()
         grad = torch.autograd.grad(total, x_grad)[0]
         folded = sum(grad[chunk] for chunk in chunks).detach()
         self.joint_grad = folded if self.joint_grad is None else self.joint_grad + folded
 
-    def _target_loss(self, target, edited: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
-        return target.official_loss(edited, reference, self._width)
+    def sampler_sample_wrapper(self, patch):
+        return partial(self._sampler_sample, patch)
 
-    def sampler_sample_wrapper(self, executor, *args, **kwargs):
+    def _sampler_sample(self, patch, executor, *args, **kwargs):
         """Run the sampler's step function one step at a time with the official update before each step."""
         sampler = executor.class_obj
         step_function = getattr(sampler, "sampler_function", None)
         if step_function not in _official_step_functions():
             name = getattr(step_function, "__name__", type(sampler).__name__).removeprefix("sample_")
             check_official_sampler(name)
-        sampler.sampler_function = partial(self._sample, step_function)
+        sampler.sampler_function = partial(self._sample, patch, step_function)
         try:
             return executor(*args, **kwargs)
         finally:
             sampler.sampler_function = step_function
 
-    def _sample(self, step_function, model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+    def _sample(self, patch, step_function, model, x, sigmas, extra_args=None, callback=None, disable=None,
+                **options):
         import comfy.k_diffusion.sampling as k
         from tqdm.auto import trange
 
@@ -120,15 +131,15 @@ class OfficialPatch(ReadoutGuidancePatch):
             options["noise_sampler"] = k.default_noise_sampler(x, seed=extra_args.get("seed"))
         steps = len(sigmas) - 1
         for i in trange(steps, disable=disable):
-            x = self._guide(model, x, sigmas[i], i, steps, extra_args)
+            x = self._guide(patch, model, x, sigmas[i], i, steps, extra_args)
             shifted = None if callback is None else partial(_shifted_callback, callback, i)
             x = step_function(model, x, sigmas[i:i + 2], extra_args=extra_args, callback=shifted, disable=True,
                               **options)
         return x
 
-    def _guide(self, model, x: torch.Tensor, sigma: torch.Tensor, step: int, steps: int, extra_args: dict):
+    def _guide(self, patch, model, x: torch.Tensor, sigma: torch.Tensor, step: int, steps: int, extra_args: dict):
         """x after the official update at this step (x itself when no target guides it)."""
-        active = [index for index, target in enumerate(self.targets)
+        active = [index for index, target in enumerate(patch.targets)
                   if target.weight != 0.0 and target.active
                   and step in step_window(target.window.start_percent, target.window.end_percent, steps)]
         if not active:
@@ -143,9 +154,9 @@ class OfficialPatch(ReadoutGuidancePatch):
             return x
         finite = torch.isfinite(grad).all()
         for index in active:
-            self.run.targets[index].finite.append(finite)
+            patch.run.targets[index].finite.append(finite)
         scale = math.sqrt(1 + float(sigma) ** 2)
-        lr = learning_rate([self.targets[index].weight for index in active])
+        lr = learning_rate([patch.targets[index].weight for index in active])
         updated = fresh_adam_step(x / scale, grad.to(x) * scale, lr) * scale
         return torch.where(finite, updated, x)
 

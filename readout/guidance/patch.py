@@ -23,8 +23,11 @@ from .compatibility import check_compatible
 from ..backbones.cross_attention import capture_cross_attention
 from ..backbones.registry import backbone_for_config
 from ..targets.base import Readings
+from .fast import FastRule
 from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, grad_pass_options
+from .official import OfficialRule
 from .rule import GuidanceRun
+from .strategy import GuidanceRule
 from ..targets.reference import InvertedReference
 
 PATCH_KEY = "readout_guidance"
@@ -35,7 +38,8 @@ AREA_ONLY_ERROR = (
     "(ConditioningCombine), or set loss_branch of KSampler (Readout Guidance) / Apply Readout Guidance to a branch "
     "whose prompt covers the whole image")
 COMPUTE_DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-RULES = ("fast", "official")
+RULE_CLASSES: dict[str, type[GuidanceRule]] = {"fast": FastRule, "official": OfficialRule}
+RULES = tuple(RULE_CLASSES)
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,10 @@ class ReadoutGuidancePatch:
     function always meet; ComfyUI samples one run at a time and each run starts fresh."""
 
     def __init__(self, targets: tuple, options: GuidanceOptions) -> None:
+        self.rule = RULE_CLASSES[options.rule]()
+        self.rule.check_targets(targets)
         self.targets = targets
-        self.options = options
+        self.options = self.rule.options_for(options)
         self.branch_split: int | None = None
         self.reference: InvertedReference | None = None
         self.latent_size: tuple[int, int] | None = None
@@ -90,7 +96,7 @@ class ReadoutGuidancePatch:
         self.last_run = self.run
         self.last_report: tuple[list[str], list[str]] = ([], [])
         self.report_to: Callable[[tuple[list[str], list[str]]], None] | None = None
-        self._evaluation = _Evaluation()
+        self.evaluation = _Evaluation()
         self._evaluation_open = False
         self._guiding = False
 
@@ -106,14 +112,14 @@ class ReadoutGuidancePatch:
                            if isinstance(c, dict) and "uuid" in c}
         check_compatible(executor.class_obj.model_options)
         self.run = GuidanceRun.fresh(len(self.targets))
-        self._evaluation = _Evaluation()
+        self.evaluation = _Evaluation()
         try:
             for target in self.targets:
                 target.check_latent_size(self.latent_size)
             return executor(*args, **kwargs)
         finally:
             self.last_run = self.run
-            self._evaluation = _Evaluation()
+            self.evaluation = _Evaluation()
             self.latent_size, self.cond_names = None, {}
             self.last_report = self.run.report(self.targets, self.options.loss_branch)
             if self.report_to is not None:
@@ -134,13 +140,6 @@ class ReadoutGuidancePatch:
             return executor(*args, **kwargs)
         finally:
             self._guiding = False
-
-    def _active_targets(self, model_sampling, sigma: float) -> list[int]:
-        if self.run.windows is None:
-            self.run.windows = [(model_sampling.percent_to_sigma(t.window.end_percent),
-                                 model_sampling.percent_to_sigma(t.window.start_percent)) for t in self.targets]
-        return [index for index, (target, (low, high)) in enumerate(zip(self.targets, self.run.windows))
-                if target.weight != 0.0 and target.active and low <= sigma <= high]
 
     def _roles(self, transformer_options: dict) -> list[int]:
         """Each chunk's role, 0 for the guider's positive prompt and 1 for any other: by the chunk's cond uuid when
@@ -167,17 +166,17 @@ class ReadoutGuidancePatch:
         without autograd: the targets read the whole latent."""
         base = executor.class_obj
         sigma = float(t[0])
-        active = self._active_targets(base.model_sampling, sigma) if self._guiding else []
+        active = self.rule.active_targets(self, base.model_sampling, sigma) if self._guiding else []
         cond_or_uncond = transformer_options.get("cond_or_uncond", [])
         grad_chunks = self._loss_chunks(self._roles(transformer_options), x.shape[0]) if active else ()
-        self._evaluation.wanted.update(active)
+        self.evaluation.wanted.update(active)
         if grad_chunks and self.latent_size not in (None, tuple(x.shape[-2:])):
-            self._evaluation.skipped_crop = True
+            self.evaluation.skipped_crop = True
             grad_chunks = ()
         if not grad_chunks:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-        self._evaluation.sigma = sigma
-        self._evaluation.guided.update(active)
+        self.evaluation.sigma = sigma
+        self.evaluation.guided.update(active)
         x = self._with_reference(x.detach().clone(), chunks_of(x.shape[0], transformer_options), sigma)
         split = BatchSplit(x.shape[0], len(cond_or_uncond), grad_chunks)
         calls = (split.grad_chunks, split.rest_chunks) if split.rest_chunks else (split.grad_chunks,)
@@ -216,7 +215,7 @@ class ReadoutGuidancePatch:
                                grad_pass_options(transformer_options), **kwargs)
             readings = Readings(store.complete(), attention, tuple(x.shape[-2:]),
                                 base.model_sampling.timestep(t_copy).float(), backbone, diffusion_model, autocast)
-            self._backprop_targets(active, readings, x_grad, chunks)
+            self.rule.backprop(self, active, readings, x_grad, chunks)
             store.clear()
         return out.detach()
 
@@ -228,34 +227,19 @@ class ReadoutGuidancePatch:
                 x[chunk.start:chunk.start + self.branch_split] = latent
         return x
 
-    def _chunk_loss(self, target, readout: torch.Tensor) -> torch.Tensor:
-        """Loss of one CFG chunk: on the edited half when a reference half rides along in the batch."""
-        if not self.branch_split:
-            return self._target_loss(target, readout, None)
-        reference, edited = readout[:self.branch_split].detach(), readout[self.branch_split:]
-        return self._target_loss(target, edited, reference)
-
-    def _target_loss(self, target, edited: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
-        """A target's per-sample loss (`reference`: the reference branch's readout, None without one)."""
-        return target.loss(edited, reference if target.relative else None)
-
-    def _backprop_targets(self, active: list[int], readings: Readings, x_grad, chunks):
-        """Each active target's own gradient w.r.t. x (normalized per target later)."""
-        for order, index in enumerate(active):
-            self._backprop_target(index, readings, x_grad, chunks, retain=order < len(active) - 1)
-
-    def _backprop_target(self, index, readings: Readings, x_grad, chunks, retain):
-        target = self.targets[index]
-        readout = target.read(readings)
-        losses = torch.stack([self._chunk_loss(target, readout[chunk]) for chunk in chunks])
-        grad = torch.autograd.grad(losses.sum(), x_grad, retain_graph=retain)[0]
-        folded = sum(grad[chunk] for chunk in chunks)
-        self._evaluation.add(index, folded.detach(), losses.detach().sum(dim=0))
+    def chunk_losses(self, target, readout: torch.Tensor, chunks: list[slice], loss) -> torch.Tensor:
+        """(chunks, B) losses of one target, chunk by chunk: on the edited half when a reference half rides along
+        in the batch; `loss(target, edited, reference)` is the rule's loss."""
+        def chunk_loss(part: torch.Tensor) -> torch.Tensor:
+            if not self.branch_split:
+                return loss(target, part, None)
+            return loss(target, part[self.branch_split:], part[:self.branch_split].detach())
+        return torch.stack([chunk_loss(readout[chunk]) for chunk in chunks])
 
     def post_cfg_function(self, args: dict) -> torch.Tensor:
         """denoised' = denoised - sigma * sum_k w_k n_k from this evaluation's gradients."""
         denoised = args["denoised"]
-        evaluation, self._evaluation = self._evaluation, _Evaluation()
+        evaluation, self.evaluation = self.evaluation, _Evaluation()
         for index in evaluation.wanted - evaluation.guided:
             self.run.targets[index].missed += 1
         if not evaluation.grads:
@@ -296,13 +280,13 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
             fn for fn in guided.model_options.get("sampler_post_cfg_function", [])
             if getattr(fn, "__self__", None) is not previous
         ]
-    patch = _patch_class(options.rule)(tuple(targets), options)
+    patch = ReadoutGuidancePatch(tuple(targets), options)
     wrappers = {
         pe.WrappersMP.OUTER_SAMPLE: patch.outer_sample_wrapper,
         pe.WrappersMP.PREDICT_NOISE: patch.predict_noise_wrapper,
         pe.WrappersMP.CALC_COND_BATCH: patch.calc_cond_batch_wrapper,
         pe.WrappersMP.APPLY_MODEL: patch.apply_model_wrapper,
-        pe.WrappersMP.SAMPLER_SAMPLE: getattr(patch, "sampler_sample_wrapper", None),
+        pe.WrappersMP.SAMPLER_SAMPLE: patch.rule.sampler_sample_wrapper(patch),
     }
     for kind, wrapper in wrappers.items():
         guided.remove_wrappers_with_key(kind, PATCH_KEY)
@@ -316,14 +300,6 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
     if not patch.targets:
         logging.info("readout guidance: no targets, the model samples as before")
     return guided, patch
-
-
-def _patch_class(rule: str) -> type[ReadoutGuidancePatch]:
-    """ReadoutGuidancePatch for rule fast; the official code's procedure for rule official."""
-    if rule == "official":
-        from .official import OfficialPatch
-        return OfficialPatch
-    return ReadoutGuidancePatch
 
 
 def check_targets_fit(model, targets: tuple, options: GuidanceOptions) -> None:
