@@ -26,3 +26,11 @@ from browser import browser  # noqa: E402,F401  (fixture)
 @pytest.fixture(scope="session")
 def comfyui_dir() -> str:
     return COMFYUI
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny SD1.5 checkpoint's (MODEL, CLIP, VAE), loaded by Load Checkpoint once per test module."""
+    from helpers import TINY_CKPT, call_node
+
+    return call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[:3]

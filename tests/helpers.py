@@ -39,6 +39,12 @@ def call_node(name: str, **inputs: Any) -> tuple:
     return getattr(out, "result", out)
 
 
+def sample_image(height: int = 64, width: int = 64) -> torch.Tensor:
+    """A smooth colour ramp as a ComfyUI IMAGE batch of one."""
+    y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    return torch.stack([x, y, (x * y) ** 0.5], dim=-1)[None]
+
+
 def with_tiny_controlnet(positive, negative, vae, name: str = TINY_CONTROLNET) -> tuple:
     """Both prompts through a tiny ControlNet or T2I adapter (a bright box as the hint), as ControlNetApplyAdvanced
     makes them."""

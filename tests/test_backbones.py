@@ -4,18 +4,12 @@ from __future__ import annotations
 import os
 import re
 
-import pytest
 import torch
 
-from helpers import TINY_CKPT, call_node, pack_module
+from helpers import call_node, pack_module
 from testbed import REPO
 
 MODEL_INTERNALS = re.compile(r"\b(output_blocks|input_blocks|time_embed|out_layers)\b")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[:3]
 
 
 def test_no_model_internals_outside_the_backbones():

@@ -32,11 +32,6 @@ def sample(model, clip, seed: int = 3, steps: int = 4, positive=None, negative=N
                      scheduler="normal", positive=pos, negative=neg, latent_image=latent, denoise=1.0)[0]["samples"]
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[:3]
-
-
 def test_tiny_checkpoint_loads_as_sd15_and_samples_an_image(tiny):
     model, clip, vae = tiny
     assert type(model.model.model_config).__name__ == "SD15"

@@ -8,21 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import TINY_CKPT, call_node, pack_module
+from helpers import TINY_CKPT, call_node, pack_module, sample_image
 from tiny.models import tiny_head_name
 
 SD15_DIMS = [1280] * 6 + [640] * 3 + [320] * 3
 SDXL_DIMS = [1280] * 3 + [640] * 3 + [320] * 3
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[:3]
-
-
-def sample_image(height: int = 64, width: int = 64) -> torch.Tensor:
-    y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
-    return torch.stack([x, y, (x * y) ** 0.5], dim=-1)[None]
 
 
 def load(name: str, **options):

@@ -6,22 +6,12 @@ import json
 import pytest
 import torch
 
-from helpers import TINY_CKPT, call_node, pack_module
+from helpers import call_node, pack_module, sample_image
 from tiny.models import tiny_head_name
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[:3]
 
 
 def head(kind: str):
     return call_node("LoadReadoutHead", head_name=tiny_head_name(kind))["result"][0]
-
-
-def gradient(height: int = 64, width: int = 64) -> torch.Tensor:
-    y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
-    return torch.stack([x, y, (x * y) ** 0.5], dim=-1)[None]
 
 
 def extract(tiny, readout_head, image, **options):
@@ -32,7 +22,7 @@ def extract(tiny, readout_head, image, **options):
 
 def test_spatial_score_is_the_target_loss_and_lowest_for_the_readout_itself(tiny):
     pose = head("pose")
-    readout_image, readout = extract(tiny, pose, gradient())
+    readout_image, readout = extract(tiny, pose, sample_image())
     own = call_node("ReadoutTarget", head=pose, weight=0.43, start_percent=0.0, end_percent=0.5,
                     target_image=readout_image)[0]
     other = call_node("ReadoutTarget", head=pose, weight=0.43, start_percent=0.0, end_percent=0.5,
@@ -46,7 +36,7 @@ def test_spatial_score_is_the_target_loss_and_lowest_for_the_readout_itself(tiny
 
 def test_drag_score_is_similarity_at_each_target_and_points_are_drawn(tiny):
     correspondence = head("correspondence")
-    image = gradient()
+    image = sample_image()
     reference_image, reference = extract(tiny, correspondence, image)
     points = json.dumps([{"source": [10, 10], "target": [10, 10]}, {"source": [5, 5], "target": [60, 60]}])
     drag = call_node("ReadoutDragTarget", correspondence_head=correspondence, points=points, drag_weight=0.43,
@@ -63,11 +53,11 @@ def test_drag_score_is_similarity_at_each_target_and_points_are_drawn(tiny):
 
 def test_relative_colours_follow_colors_from(tiny):
     correspondence = head("correspondence")
-    first_image, first = extract(tiny, correspondence, gradient())
-    same_image, _ = extract(tiny, correspondence, gradient(), colors_from=first)
+    first_image, first = extract(tiny, correspondence, sample_image())
+    same_image, _ = extract(tiny, correspondence, sample_image(), colors_from=first)
     assert torch.allclose(first_image, same_image, atol=0.02)
     with pytest.raises(ValueError, match="colors_from: it was read with"):
-        extract(tiny, head("appearance"), gradient(), colors_from=first)
+        extract(tiny, head("appearance"), sample_image(), colors_from=first)
 
 
 def test_colors_from_colours_part_of_a_map_as_the_whole_map_colours_it():
@@ -88,18 +78,18 @@ def test_colors_from_colours_part_of_a_map_as_the_whole_map_colours_it():
 
 def test_score_errors_name_the_input(tiny):
     pose, depth = head("pose"), head("depth")
-    _, readout = extract(tiny, pose, gradient())
+    _, readout = extract(tiny, pose, sample_image())
     target = call_node("ReadoutTarget", head=depth, weight=0.43, start_percent=0.0, end_percent=0.5,
-                       target_image=gradient())[0]
+                       target_image=sample_image())[0]
     with pytest.raises(ValueError, match="guidance: no target in it uses the head"):
         call_node("ReadoutScore", readout=readout, guidance=target)
     appearance = head("appearance")
-    _, app_readout = extract(tiny, appearance, gradient())
+    _, app_readout = extract(tiny, appearance, sample_image())
     app_target = call_node("ReadoutAppearanceTarget", appearance_head=appearance, weight=0.43, start_percent=0.0,
                            end_percent=0.5)[0]
     with pytest.raises(ValueError, match="reference: the appearance"):
         call_node("ReadoutScore", readout=app_readout, guidance=app_target)
-    _, other_head = extract(tiny, head("correspondence"), gradient())
+    _, other_head = extract(tiny, head("correspondence"), sample_image())
     with pytest.raises(ValueError, match="reference: it was read with"):
         call_node("ReadoutScore", readout=app_readout, guidance=app_target, reference=other_head)
 

@@ -119,6 +119,6 @@ class Backbone(ABC):
     def check_latent(self, latent: torch.Tensor, name: str) -> None:
         """A ValueError naming the input unless it is a (batch, channels, H, W) latent of this family."""
         if latent.ndim != 4 or latent.shape[1] != self.latent_channels:
-            raise ValueError(f"{name}: expected a {self.label} latent (batch, {self.latent_channels}, H, W), got "
-                             f"shape {tuple(latent.shape)}: connect a latent of this model (VAE Encode or a "
-                             "sampler's LATENT output)")
+            raise ValueError(f"{name}: it holds latents of shape {tuple(latent.shape)}; {self.label} readout heads "
+                             f"read {self.label} image latents (batch, {self.latent_channels}, height, width): connect "
+                             "a latent of this model (VAE Encode or a sampler's LATENT output)")
