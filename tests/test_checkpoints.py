@@ -8,15 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from readout.heads import convert
-from readout.heads.files import (
-    HeadFileError,
-    HeadModelMismatch,
-    build_head,
-    check_head_matches_model,
-    load_head_file,
-    save_head_safetensors,
-)
+from helpers import pack_module
+
+convert = pack_module("readout.heads.convert")
+files = pack_module("readout.heads.files")
+HeadFileError, HeadModelMismatch = files.HeadFileError, files.HeadModelMismatch
+build_head, check_head_matches_model = files.build_head, files.check_head_matches_model
+load_head_file, save_head_safetensors = files.load_head_file, files.save_head_safetensors
 
 SD15_DIMS = [1280] * 6 + [640] * 3 + [320] * 3
 SDXL_DIMS = [1280] * 3 + [640] * 3 + [320] * 3

@@ -6,7 +6,10 @@ import json
 import pytest
 import torch
 
-from readout.heads.architecture import HeadConfig, ReadoutHead
+from helpers import pack_module
+
+architecture = pack_module("readout.heads.architecture")
+HeadConfig, ReadoutHead = architecture.HeadConfig, architecture.ReadoutHead
 
 SD15_DIMS = (1280,) * 6 + (640,) * 3 + (320,) * 3
 SDXL_DIMS = (1280,) * 3 + (640,) * 3 + (320,) * 3

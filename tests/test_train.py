@@ -19,10 +19,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from helpers import TINY_CKPT, call_node, pack_module
-from readout.heads.files import load_head_file, save_head_safetensors
-from readout.train.data import DataError, PairDataset, SpatialDataset, TripletDataset
-from readout.train.frozen_unet import FrozenUNet
-from readout.train.loop import Trainer, TrainOptions, head_config, new_head
+
+files, data, loop = (pack_module(f"readout.{name}") for name in ("heads.files", "train.data", "train.loop"))
+load_head_file, save_head_safetensors = files.load_head_file, files.save_head_safetensors
+DataError, PairDataset, SpatialDataset, TripletDataset = data.DataError, data.PairDataset, data.SpatialDataset, data.TripletDataset
+FrozenUNet = pack_module("readout.train.frozen_unet").FrozenUNet
+Trainer, TrainOptions, head_config, new_head = loop.Trainer, loop.TrainOptions, loop.head_config, loop.new_head
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
