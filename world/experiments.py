@@ -261,15 +261,27 @@ def word_localization(world: World, seed: int, timestep: int = 500) -> dict:
 
 
 def model_quality(world: World, seeds: range) -> dict:
-    """Prompted colours present and object count right, over unguided samples of random world captions."""
-    colours = counts = 0
+    """Prompted colours present and object count right, over unguided samples of random world captions, with the
+    kinds of miss (split by one- and two-object prompts; extra blobs of a prompted colour, of another colour, or
+    objects missing)."""
+    samples = []
     for seed in seeds:
         scene = random_scene(EVAL_SCENE_BASE + 10**6 + seed)
         blobs = detect(world.unguided(seed, scene.caption))
         wanted = [c for c, _ in caption_objects(scene.caption)]
-        colours += set(wanted) <= {b.colour for b in blobs}
-        counts += len(blobs) == len(wanted)
-    return {"samples": len(seeds), "colours_present": colours / len(seeds), "count_right": counts / len(seeds)}
+        samples.append({"objects": len(wanted), "colours_present": set(wanted) <= {b.colour for b in blobs},
+                        "count_right": len(blobs) == len(wanted),
+                        "extra_same_colour": sum(b.colour in wanted for b in blobs) > len(wanted),
+                        "other_colour": any(b.colour not in wanted for b in blobs),
+                        "missing": len(blobs) < len(wanted)})
+    share = lambda key, group: float(np.mean([s[key] for s in group])) if group else float("nan")  # noqa: E731
+    out = {"samples": len(samples), "colours_present": share("colours_present", samples),
+           "count_right": share("count_right", samples)}
+    for objects in (1, 2):
+        group = [s for s in samples if s["objects"] == objects]
+        out[f"{objects}_object_prompts"] = {"samples": len(group), **{key: share(key, group) for key in (
+            "colours_present", "count_right", "extra_same_colour", "other_colour", "missing")}}
+    return out
 
 
 def summary(records: list[dict], key: str, baseline: str | None = None) -> dict:
