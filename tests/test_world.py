@@ -177,10 +177,14 @@ def test_compressed_world_heads_read_exactly_what_the_trained_ones_read(tmp_path
 
 
 EFFECT_SEEDS = (0, 1, 2)
-QUALITY_FLOOR = 0.3
-SPATIAL_IOU_GAIN = 0.15
-DRAG_MOVED = 0.2
-SELF_GUIDANCE_CLOSED = 0.05
+# Thresholds safely below bench/world_effects.py on these seeds (README, "Measured on a learned model"):
+# spatial depth IoU gain 0.14, 0.49, 0.49 (mean 0.37; 16 seeds: +0.36); drag moved 1.28, -0.09, 0.97 (mean 0.72;
+# 16 seeds: 0.84); Self-Guidance move_to closed 0.72, 0.90, -0.01 (mean 0.54; 12 seeds: 0.57); prompted colours
+# present in 92% of 24 samples.
+QUALITY_FLOOR = 0.5
+SPATIAL_IOU_GAIN = 0.2
+DRAG_MOVED = 0.4
+SELF_GUIDANCE_CLOSED = 0.25
 
 
 def test_world_model_follows_its_prompts():
