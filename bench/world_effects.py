@@ -28,7 +28,7 @@ def experiments(ex) -> dict:
         "spatial_edge": (lambda w, s: ex.spatial(w, "edge", s), "guided", "unguided", "object mask IoU with the edge map's scene"),
         "drag_generated": (ex.drag_generated, "moved", None, "share of the requested displacement moved"),
         "drag_real": (ex.drag_real, "moved", None, "share of the requested displacement moved (inverted scene)"),
-        "appearance": (ex.appearance, "guided", "unguided", "share of the reference's colours kept (other seed)"),
+        "appearance": (ex.appearance, "guided", "unguided", "colour similarity to the reference (1 - total variation of object colour areas; other seed)"),
         "self_guidance_move_to": (lambda w, s: ex.self_guidance(w, s, "move_to"), "closed", None,
                                   "share of the distance to the goal closed"),
         "self_guidance_scale_size": (lambda w, s: ex.self_guidance(w, s, "scale_size"), "area_ratio", None,

@@ -187,19 +187,32 @@ def drag_real(world: World, seed: int) -> dict:
             "images": (before, after)}
 
 
-def colour_match(reference: np.ndarray, image: np.ndarray) -> float:
-    """Share of the reference's object colours that the image has (by detected blobs)."""
-    wanted = {b.colour for b in detect(reference)}
-    return len(wanted & {b.colour for b in detect(image)}) / len(wanted) if wanted else float("nan")
+def colour_similarity(reference: np.ndarray, image: np.ndarray) -> float:
+    """1 - total variation distance between the two images' object colour areas (detected blobs, per world
+    colour, normalized): 1 for the same colours in the same proportions, 0 for none in common or no objects."""
+    def histogram(picture: np.ndarray) -> dict[str, float]:
+        areas: dict[str, float] = {}
+        for blob in detect(picture):
+            areas[blob.colour] = areas.get(blob.colour, 0.0) + blob.area
+        total = sum(areas.values())
+        return {colour: area / total for colour, area in areas.items()} if total else {}
+
+    wanted, got = histogram(reference), histogram(image)
+    if not got:
+        return 0.0
+    return 1 - 0.5 * sum(abs(wanted.get(c, 0.0) - got.get(c, 0.0)) for c in set(wanted) | set(got))
 
 
 def appearance(world: World, seed: int) -> dict:
-    """Unconditional: keep a generated reference's colours in another seed's image (the edit starts at seed + 1)."""
+    """Unconditional: keep a generated reference's object colours in another seed's image (the edit starts at
+    seed + 1); seeds whose reference shows no object are skipped."""
     guidance = call("ReadoutAppearanceTarget", appearance_head=world.heads["appearance"], weight=_default_weight(),
                     start_percent=0.0, end_percent=0.5)[0]
     (guided, reference), seconds = _timed(lambda: world.guided(seed, "", guidance))
+    if not detect(reference):
+        return {"seed": seed, "skipped": "the unconditional reference shows no object"}
     plain = world.unguided(seed + 1, "")
-    return {"seed": seed, "unguided": colour_match(reference, plain), "guided": colour_match(reference, guided),
+    return {"seed": seed, "unguided": colour_similarity(reference, plain), "guided": colour_similarity(reference, guided),
             "seconds": seconds, "images": (reference, plain, guided)}
 
 
