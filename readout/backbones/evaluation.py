@@ -68,7 +68,8 @@ def hooked_evaluation(model_patcher, latent: torch.Tensor, timesteps: torch.Tens
     x, sigma, timesteps = x.to(device), sigma.to(device), timesteps.to(device)
     diffusion_model = model_patcher.model.diffusion_model
     with torch.no_grad(), ExitStack() as stack:
-        store: LayerFeatures | None = stack.enter_context(backbone.capture_features(diffusion_model)) if features else None
+        store: LayerFeatures | None = (stack.enter_context(backbone.capture_features(diffusion_model))
+                                       if features else None)
         attention = (stack.enter_context(capture_cross_attention(backbone.cross_attentions(diffusion_model),
                                                                  list(tokens))) if tokens else None)
         evaluate_unet(model_patcher, x, sigma, conditioning, seed)

@@ -208,8 +208,10 @@ class ReadoutGuidancePatch:
             if self.options.gradient_checkpointing:
                 stack.enter_context(gradient_checkpointing(backbone.checkpoint_layers(diffusion_model)))
             store = stack.enter_context(backbone.capture_features(diffusion_model))
-            attention = (stack.enter_context(capture_cross_attention(backbone.cross_attentions(diffusion_model), tokens))
-                         if tokens else None)
+            attention = None
+            if tokens:
+                attention = stack.enter_context(capture_cross_attention(backbone.cross_attentions(diffusion_model),
+                                                                        tokens))
             with autocast:
                 out = executor(x_grad, t_copy, c_concat, c_crossattn, control,
                                grad_pass_options(transformer_options), **kwargs)
