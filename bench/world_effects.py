@@ -19,6 +19,9 @@ REPO = os.path.dirname(HERE)
 sys.path[:0] = [HERE, os.path.join(REPO, "scripts"), REPO]
 
 WEIGHTS = (0.2, 0.43, 1.0, 2.0)
+OFFICIAL_SCALED_WEIGHT = 3.58
+"""0.43 * 100 / 12: rule official's Adam lr grows with the weight; its sign steps move the latent as far in the 12
+steps of these runs as the default does in the official 100."""
 
 
 def experiments(ex) -> dict:
@@ -42,6 +45,12 @@ def experiments(ex) -> dict:
                                    "rule official: object mask IoU"),
         "official_drag_generated": (lambda w, s: ex.drag_generated(w, s, rule="official"), "moved", None,
                                     "rule official: share of the displacement moved"),
+        "official_scaled_spatial_depth": (lambda w, s: ex.spatial(w, "depth", s, rule="official",
+                                                                 weight=OFFICIAL_SCALED_WEIGHT), "guided", "unguided",
+                                          f"rule official at weight {OFFICIAL_SCALED_WEIGHT}: object mask IoU"),
+        "official_scaled_drag_generated": (lambda w, s: ex.drag_generated(w, s, rule="official",
+                                                                          weight=OFFICIAL_SCALED_WEIGHT), "moved", None,
+                                           f"rule official at weight {OFFICIAL_SCALED_WEIGHT}: share moved"),
         **{f"weight_{v}_spatial_depth": ((lambda v: lambda w, s: ex.spatial(w, "depth", s, weight=v))(v), "guided",
                                          "unguided", f"weight {v}: object mask IoU") for v in WEIGHTS},
         **{f"weight_{v}_drag_generated": ((lambda v: lambda w, s: ex.drag_generated(w, s, weight=v))(v), "moved",
