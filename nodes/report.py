@@ -70,10 +70,10 @@ class DrawDragPoints:
     DESCRIPTION = "Shows where a drag moves content from (red) and to (green)."
 
     def draw(self, image, guidance):
-        drags = [t for t in guidance or () if t.point_pairs is not None]
+        drags = [points for points in (t.drag_points() for t in guidance or ()) if points is not None]
         if not drags:
             raise ValueError("guidance: it has no Readout Drag Target; connect the drag node's guidance output")
-        return (draw_pairs(image, [p for t in drags for p in t.point_pairs], drags[0].image_size),)
+        return (draw_pairs(image, [pair for pairs, _ in drags for pair in pairs], drags[0][1]),)
 
 
 class WordAttentionMap:
@@ -113,14 +113,14 @@ class WordAttentionMap:
     DESCRIPTION = "Shows a prompt word's cross-attention map in a latent and how far it is from the edit's goal."
 
     def read(self, model, positive, samples, guidance, timestep: int, seed: int, unguided_samples=None):
-        edits = [t for t in guidance or () if t.tokens]
+        edits = [t for t in guidance or () if t.attention_tokens()]
         if not edits:
             raise ValueError("guidance: it has no Self-Guidance Target; connect that node's guidance output")
         target = edits[0]
         latent = samples["samples"]
-        maps = word_maps(model, latent, positive, target.tokens, timestep, seed)
+        maps = word_maps(model, latent, positive, target.attention_tokens(), timestep, seed)
         unguided = None if unguided_samples is None else word_maps(model, unguided_samples["samples"], positive,
-                                                                   target.tokens, timestep, seed)
+                                                                   target.attention_tokens(), timestep, seed)
         check = check_edit(target, maps, unguided)
         size = (latent.shape[-2] * LATENT_SCALE, latent.shape[-1] * LATENT_SCALE)
         picture = mark(heat(check.maps, size), check.centroids, check.goals)

@@ -200,7 +200,7 @@ class ReadoutGuidancePatch:
         dtype = COMPUTE_DTYPES[self.options.compute_dtype]
         autocast = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
         chunks = chunks_of(x.shape[0], transformer_options)
-        tokens = [token for index in active for token in self.targets[index].tokens]
+        tokens = [token for index in active for token in self.targets[index].attention_tokens()]
         with torch.inference_mode(False), torch.enable_grad(), ExitStack() as stack:
             x_grad = x.clone().requires_grad_(True)
             t_copy, c_concat, c_crossattn, control, kwargs = normal_copies((t, c_concat, c_crossattn, control, kwargs))

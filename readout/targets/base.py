@@ -62,12 +62,6 @@ class Target(ABC):
     """Compares the edit with a reference branch's readout (KSampler (Readout Guidance) samples one)."""
     shares_reference_noise: bool = False
     """The edit starts from the reference branch's noise (a drag of the unguided image) rather than seed + 1."""
-    tokens: tuple[int, ...] = ()
-    """Prompt tokens whose cross-attention the target reads; none for targets that read heads."""
-    point_pairs: tuple | None = None
-    """Drag point pairs it moves, in pixels of an image of `image_size` (drawn by Draw Drag Points); None for
-    targets that are not drags."""
-    image_size: tuple[int, int] | None = None
     has_official_loss: bool = False
     """Whether rule official (the official code's losses) can guide it."""
 
@@ -75,6 +69,15 @@ class Target(ABC):
     @abstractmethod
     def label(self) -> str:
         """How messages and plots name the target."""
+
+    def attention_tokens(self) -> tuple[int, ...]:
+        """Prompt tokens whose cross-attention the target reads; none for targets that read heads."""
+        return ()
+
+    def drag_points(self) -> tuple[tuple, tuple[int, int]] | None:
+        """The drag pairs it moves and the (height, width) of the image their pixels refer to (Draw Drag Points
+        draws them); None for targets that are not drags."""
+        return None
 
     @property
     def heads(self) -> tuple:
@@ -118,6 +121,15 @@ class HeadTarget(Target):
     """A target read by one readout head: its output on the model call's features."""
 
     head: object
+
+    def attention_tokens(self) -> tuple[int, ...]:
+        """Prompt tokens whose cross-attention the target reads; none for targets that read heads."""
+        return ()
+
+    def drag_points(self) -> tuple[tuple, tuple[int, int]] | None:
+        """The drag pairs it moves and the (height, width) of the image their pixels refer to (Draw Drag Points
+        draws them); None for targets that are not drags."""
+        return None
 
     @property
     def heads(self) -> tuple:

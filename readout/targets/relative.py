@@ -81,9 +81,8 @@ class CorrespondenceTarget(HeadTarget):
     shares_reference_noise = True
     has_official_loss = True
 
-    @property
-    def point_pairs(self) -> tuple[DragPair, ...]:
-        return self.pairs
+    def drag_points(self) -> tuple[tuple[DragPair, ...], tuple[int, int]]:
+        return self.pairs, self.image_size
 
     @property
     def label(self) -> str:

@@ -71,6 +71,9 @@ class SelfGuidanceTarget(Target):
         if not self.tokens:
             raise ValueError(f"words: {self.words!r} has no tokens")
 
+    def attention_tokens(self) -> tuple[int, ...]:
+        return self.tokens
+
     @property
     def relative(self) -> bool:
         """Every edit but move_to compares with the unguided image (the reference branch)."""
