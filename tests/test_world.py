@@ -178,12 +178,14 @@ def test_compressed_world_heads_read_exactly_what_the_trained_ones_read(tmp_path
 
 EFFECT_SEEDS = (0, 1, 2)
 # Thresholds safely below bench/world_effects.py on these seeds (README, "Measured on a learned model"):
-# spatial depth IoU gain 0.14, 0.49, 0.49 (mean 0.37; 16 seeds: +0.36); drag moved 1.28, -0.09, 0.97 (mean 0.72;
-# 16 seeds: 0.84); Self-Guidance move_to closed 0.72, 0.90, -0.01 (mean 0.54; 12 seeds: 0.57); prompted colours
-# present in 92% of 24 samples.
+# spatial IoU gain, depth 0.14, 0.49, 0.49 (mean 0.37; 16 seeds: +0.36), edge 0.13, 0.16, 0.60 (mean 0.30; 8 seeds:
+# +0.25); drag moved 1.28, -0.09, 0.97 (mean 0.72; 16 seeds: 0.84), of an inverted scene 1.01 on seed 0; appearance
+# colour similarity gain 1.0 and 0.97 (seed 1 skipped); Self-Guidance move_to closed 0.72, 0.90, -0.01 (mean 0.54;
+# 12 seeds: 0.57); prompted colours present in 92% of 64 samples.
 QUALITY_FLOOR = 0.5
 SPATIAL_IOU_GAIN = 0.2
 DRAG_MOVED = 0.4
+APPEARANCE_GAIN = 0.4
 SELF_GUIDANCE_CLOSED = 0.25
 
 
@@ -194,10 +196,11 @@ def test_world_model_follows_its_prompts():
     assert quality["colours_present"] >= QUALITY_FLOOR
 
 
-def test_depth_guidance_puts_objects_where_the_map_says():
+@pytest.mark.parametrize("kind", ["depth", "edge"])
+def test_spatial_guidance_puts_objects_where_the_map_says(kind):
     from world.experiments import spatial
 
-    records = [spatial(_world(), "depth", seed) for seed in EFFECT_SEEDS]
+    records = [spatial(_world(), kind, seed) for seed in EFFECT_SEEDS]
     gain = np.mean([r["guided"] - r["unguided"] for r in records])
     assert gain >= SPATIAL_IOU_GAIN, records
 
@@ -207,6 +210,20 @@ def test_drag_moves_the_generated_object_along_the_drag():
 
     records = [r for r in (drag_generated(_world(), seed) for seed in EFFECT_SEEDS) if "skipped" not in r]
     assert len(records) >= 2 and np.mean([r["moved"] for r in records]) >= DRAG_MOVED, records
+
+
+def test_drag_moves_an_inverted_scene_object_along_the_drag():
+    from world.experiments import drag_real
+
+    record = drag_real(_world(), 0)
+    assert "skipped" not in record and record["moved"] >= DRAG_MOVED, record
+
+
+def test_appearance_guidance_keeps_the_reference_colours_with_another_seed():
+    from world.experiments import appearance
+
+    records = [r for r in (appearance(_world(), seed) for seed in EFFECT_SEEDS) if "skipped" not in r]
+    assert len(records) >= 2 and np.mean([r["guided"] - r["unguided"] for r in records]) >= APPEARANCE_GAIN, records
 
 
 def test_self_guidance_moves_the_word_object_toward_the_goal():
