@@ -27,13 +27,6 @@ def backbone_for_config(config) -> Backbone:
                            f"{_names()} checkpoint")
 
 
-def backbone_named(family: str) -> Backbone:
-    """The backbone of a family name as head files record it."""
-    if family not in FAMILIES:
-        raise UnsupportedModel(f"model family {family!r} is not one of {', '.join(FAMILIES)}")
-    return FAMILIES[family]
-
-
 def clip_backbone(clip) -> Backbone:
     """The family whose prompts a CLIP encodes; a ValueError names anything else."""
     for backbone in BACKBONES:

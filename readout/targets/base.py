@@ -122,15 +122,6 @@ class HeadTarget(Target):
 
     head: object
 
-    def attention_tokens(self) -> tuple[int, ...]:
-        """Prompt tokens whose cross-attention the target reads; none for targets that read heads."""
-        return ()
-
-    def drag_points(self) -> tuple[tuple, tuple[int, int]] | None:
-        """The drag pairs it moves and the (height, width) of the image their pixels refer to (Draw Drag Points
-        draws them); None for targets that are not drags."""
-        return None
-
     @property
     def heads(self) -> tuple:
         return (self.head,)
