@@ -92,8 +92,10 @@ class Backbone(ABC):
                 store.layers[index] = output
             return hook
 
-        handles = [self.feature_hook_point(layer).register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
+        handles = []
         try:
+            for index, layer in enumerate(layers):
+                handles.append(self.feature_hook_point(layer).register_forward_hook(hook_for(index)))
             yield store
         finally:
             for handle in handles:

@@ -26,7 +26,6 @@ class FrozenUNet:
     def __init__(self, model_patcher, vae, clip) -> None:
         self.model_patcher, self.vae = model_patcher, vae
         self.backbone = backbone_for(model_patcher)
-        self.family = self.backbone.family
         self.dims = self.backbone.feature_dims(model_patcher.model.diffusion_model)
         self.conditioning = encode_empty_prompt(clip)
 
@@ -41,6 +40,10 @@ class FrozenUNet:
         if clip is None or vae is None:
             raise ValueError(f"--checkpoint {path} has no CLIP or VAE: use a full SD1.5/SDXL checkpoint")
         return cls(model, vae, clip)
+
+    @property
+    def family(self) -> str:
+        return self.backbone.family
 
     @property
     def device(self) -> torch.device:
