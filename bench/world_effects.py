@@ -92,11 +92,15 @@ def main() -> None:
         results["quality"] = ex.model_quality(world, range(args.quality))
         print(f"model quality: {json.dumps(results['quality'])}", flush=True)
     print("| experiment | seeds | unguided | guided | improved | notes | s/run |\n|---|---|---|---|---|---|---|")
+    runs: dict[tuple, list[dict]] = {}
     for item in names:
         name, _, count = item.partition("=")
         run, key, baseline, _ = table[name]
         started = time.time()
-        records = [run(world, seed) for seed in range(int(count or args.seeds))]
+        seeds = int(count or args.seeds)
+        if (run, seeds) not in runs:
+            runs[run, seeds] = [run(world, seed) for seed in range(seeds)]
+        records = runs[run, seeds]
         for r in records:
             r.pop("images", None)
         stats = ex.summary(records, key, baseline)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -47,6 +47,8 @@ class World:
     clip: Any
     vae: Any
     heads: dict[str, Any]
+    unguided_images: dict[tuple[int, str], np.ndarray] = field(default_factory=dict, repr=False)
+    """Unguided samples by (seed, prompt): experiments on the same seed and caption share one KSampler run."""
 
     @classmethod
     def load(cls) -> "World":
@@ -74,7 +76,9 @@ class World:
                     latent_image=self.latent(), denoise=1.0)[0]
 
     def unguided(self, seed: int, prompt: str) -> np.ndarray:
-        return self.decode(self.sample(seed, prompt))
+        if (seed, prompt) not in self.unguided_images:
+            self.unguided_images[seed, prompt] = self.decode(self.sample(seed, prompt))
+        return self.unguided_images[seed, prompt]
 
     def guided(self, seed: int, prompt: str, guidance: tuple, rule: str = "fast",
                latent: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
