@@ -9,7 +9,7 @@ import sys
 import textwrap
 from dataclasses import asdict, dataclass, field
 
-from demo_roles import GUIDED_SCORE, GUIDED_VIEW, LOSS_PLOT, REFERENCE_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW
+from demo_roles import GUIDED_SCORE, GUIDED_VIEW, LOSS_PLOT, NO_DRAG_VIEW, REFERENCE_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW
 
 NOISE = ("The pictures themselves are noise: the demo's tiny models have random weights. What guidance did is "
          "visible in the readout space, as the heads read the sampled latents (read as sampled: the tiny random VAE's "
@@ -86,7 +86,7 @@ class Panel:
         return " ".join(p if p.endswith(".") else p + "." for p in parts)
 
 
-PANEL_ORDER = (TARGET_MAP, REFERENCE_VIEW, UNGUIDED_VIEW, GUIDED_VIEW, LOSS_PLOT)
+PANEL_ORDER = (TARGET_MAP, REFERENCE_VIEW, NO_DRAG_VIEW, UNGUIDED_VIEW, GUIDED_VIEW, LOSS_PLOT)
 
 
 def ordered(images: list[tuple[str, str]]) -> list[tuple[str, str]]:

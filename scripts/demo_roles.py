@@ -2,6 +2,7 @@
 TARGET_MAP = "Target map"
 REFERENCE_VIEW = "Reference readout"
 UNGUIDED_VIEW = "Unguided (same seed)"
+NO_DRAG_VIEW = "Same seed, no drag"
 GUIDED_VIEW = "Guided"
 UNGUIDED_SCORE = "Score: unguided"
 GUIDED_SCORE = "Score: guided"

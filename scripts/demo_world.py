@@ -15,7 +15,7 @@ REPO = os.path.dirname(HERE)
 sys.path[:0] = [HERE, os.path.join(REPO, "bench"), REPO]
 
 from demo_page import Panel, panel_png, write_page  # noqa: E402
-from demo_roles import GUIDED_SCORE, GUIDED_VIEW, REFERENCE_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW  # noqa: E402
+from demo_roles import GUIDED_SCORE, GUIDED_VIEW, NO_DRAG_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW  # noqa: E402
 from testbed import comfyui_path, import_comfyui_in_process  # noqa: E402
 
 PANELS = {
@@ -51,7 +51,7 @@ def run(name: str, world, seed: int):
         record = (ex.drag_generated if name.endswith("generated") else ex.drag_real)(world, seed)
         if "skipped" in record:
             return record, [], []
-        return record, [(REFERENCE_VIEW, record["images"][0]), (GUIDED_VIEW, record["images"][1])], [
+        return record, [(NO_DRAG_VIEW, record["images"][0]), (GUIDED_VIEW, record["images"][1])], [
             ("moved (share of the drag)", 0.0, record["moved"]), ("ghost at the source", 0.0, record["ghost"])]
     record = ex.self_guidance(world, seed, "move_to")
     if "skipped" in record:
