@@ -7,29 +7,63 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tiny.models import TINY_CHECKPOINT, TINY_CONTROLNET, TINY_HEAD_KINDS, TINY_LORA, tiny_head_name  # noqa: E402
+from tiny.models import (TINY_CHECKPOINTS, TINY_CONTROLNET, TINY_HEAD_KINDS, TINY_LORA,  # noqa: E402
+                         tiny_head_name)
 
-TINY_BY_INPUT = {"ckpt_name": TINY_CHECKPOINT, "control_net_name": TINY_CONTROLNET, "lora_name": TINY_LORA}
+CHECKPOINT_FAMILIES = {"v1-5-pruned-emaonly.safetensors": "sd15", "sd_xl_base_1.0.safetensors": "sdxl"}
+"""The checkpoints our example workflows name, by the family of their tiny stand-in."""
+HEAD_FILE_FAMILIES = {"sdv15": "sd15", "sdxl": "sdxl"}
+"""The family an official head file names (readout_{sdv15,sdxl}_...)."""
+TINY_BY_INPUT = {"control_net_name": {"sd15": TINY_CONTROLNET}, "lora_name": {"sd15": TINY_LORA}}
 HEAD_STAND_INS = {"identity": "appearance"}
 
 
-def tiny_head_for(name: str) -> str:
-    """The tiny head of the kind an official or user head file name mentions (identity: the appearance head)."""
+class NoStandIn(ValueError):
+    """A workflow names a model that no tiny model can stand in for."""
+
+
+def workflow_family(prompt: dict) -> str:
+    """The model family of a prompt's checkpoints (every one must have a tiny stand-in, and all one family)."""
+    names = {node["inputs"]["ckpt_name"] for node in prompt.values() if isinstance(node["inputs"].get("ckpt_name"), str)}
+    unknown = sorted(n for n in names if n not in CHECKPOINT_FAMILIES and n not in TINY_CHECKPOINTS.values())
+    if unknown:
+        raise NoStandIn(f"checkpoint {unknown[0]!r} has no tiny stand-in: name one of {sorted(CHECKPOINT_FAMILIES)} "
+                        "in the workflow, or add it to scripts/tiny_names.py")
+    by_tiny = {v: k for k, v in TINY_CHECKPOINTS.items()}
+    families = {CHECKPOINT_FAMILIES.get(n) or by_tiny[n] for n in names}
+    if len(families) > 1:
+        raise NoStandIn(f"the workflow mixes model families {sorted(families)}: the tiny stand-ins cannot")
+    return families.pop() if families else "sd15"
+
+
+def tiny_head_for(name: str, family: str = "sd15") -> str:
+    """The family's tiny head of the kind an official or user head file name mentions (identity: the appearance
+    head); a head file that names another family than the workflow's checkpoint has no stand-in."""
+    lowered = name.lower()
+    named = [f for key, f in HEAD_FILE_FAMILIES.items() if f"_{key}_" in lowered]
+    if named and named[0] != family:
+        raise NoStandIn(f"head file {name!r} is for {named[0]} but the workflow's checkpoint is {family}")
     for kind in (*TINY_HEAD_KINDS, *HEAD_STAND_INS):
-        if kind in name.lower():
-            return tiny_head_name(HEAD_STAND_INS.get(kind, kind))
-    raise ValueError(f"head file {name!r} names no head kind ({', '.join(TINY_HEAD_KINDS)}): cannot pick a tiny stand-in")
+        if kind in lowered:
+            return tiny_head_name(HEAD_STAND_INS.get(kind, kind), family=family)
+    raise NoStandIn(f"head file {name!r} names no head kind ({', '.join(TINY_HEAD_KINDS)}): cannot pick a tiny stand-in")
 
 
 def swap_model_names(prompt: dict) -> dict:
-    """The same prompt with every checkpoint, ControlNet, LoRA and readout head name replaced by its tiny stand-in."""
+    """The same prompt with every checkpoint, ControlNet, LoRA and readout head name replaced by the tiny stand-in of
+    the workflow's model family; a model with no stand-in for that family raises NoStandIn (never a silent swap)."""
+    family = workflow_family(prompt)
     for node in prompt.values():
         inputs = node["inputs"]
+        if isinstance(inputs.get("ckpt_name"), str):
+            inputs["ckpt_name"] = TINY_CHECKPOINTS[family]
         for name, tiny in TINY_BY_INPUT.items():
             if isinstance(inputs.get(name), str):
-                inputs[name] = tiny
+                if family not in tiny:
+                    raise NoStandIn(f"{name} {inputs[name]!r}: no tiny {family} stand-in (only {sorted(tiny)})")
+                inputs[name] = tiny[family]
         if isinstance(inputs.get("head_name"), str):
-            inputs["head_name"] = tiny_head_for(inputs["head_name"])
+            inputs["head_name"] = tiny_head_for(inputs["head_name"], family)
     return prompt
 
 

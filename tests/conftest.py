@@ -29,8 +29,15 @@ def comfyui_dir() -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """The tiny SD1.5 checkpoint's (MODEL, CLIP, VAE), loaded by Load Checkpoint once per test module."""
-    from helpers import TINY_CKPT, call_node
+def family(request) -> str:
+    """The model family a test runs on: sd15, or each family for tests marked `@every_family` (helpers)."""
+    return getattr(request, "param", "sd15")
 
-    return call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[:3]
+
+@pytest.fixture(scope="module")
+def tiny(family):
+    """The family's tiny checkpoint's (MODEL, CLIP, VAE), loaded by Load Checkpoint once per test module."""
+    from helpers import call_node
+    from tiny.models import TINY_CHECKPOINTS
+
+    return call_node("CheckpointLoaderSimple", ckpt_name=TINY_CHECKPOINTS[family])[:3]

@@ -18,10 +18,12 @@ import torch
 from comfy_server import ComfyServer, start_server, stop_server
 from testbed import comfyui_path, pack_dir_in
 
-from tiny.models import (TINY_CHECKPOINT as TINY_CKPT, TINY_CONTROLNET, TINY_LORA, TINY_MIDDLE_UNET,  # noqa: F401
-                         TINY_T2I_ADAPTER, tiny_head_name)
+from tiny.models import (TINY_CHECKPOINT as TINY_CKPT, TINY_CHECKPOINTS, TINY_CONTROLNET, TINY_FAMILIES,  # noqa: F401
+                         TINY_LORA, TINY_MIDDLE_UNET, TINY_T2I_ADAPTER, tiny_head_name)
 
 STEPS = 8
+every_family = pytest.mark.parametrize("family", TINY_FAMILIES, indirect=True)
+"""Run a test on each family's tiny model (SD1.5 and the SDXL family); its beds take the `family` fixture."""
 
 
 def node_class(name: str) -> type:
@@ -151,15 +153,19 @@ def text_to_image_prompt(seed: int = 1, steps: int = 4, size: int = 64, prefix: 
 class SpatialBed:
     """The user's graph so far: checkpoint, prompts, an empty latent, a pose head and a reachable target."""
 
-    def __init__(self, steps: int = STEPS) -> None:
-        self.steps = steps
-        self.model, self.clip, self.vae = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[:3]
+    def __init__(self, steps: int = STEPS, family: str = "sd15") -> None:
+        self.steps, self.family = steps, family
+        self.model, self.clip, self.vae = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CHECKPOINTS[family])[:3]
         self.pos = call_node("CLIPTextEncode", text="a dancer on a beach", clip=self.clip)[0]
         self.neg = call_node("CLIPTextEncode", text="", clip=self.clip)[0]
         self.latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
-        self.head = call_node("LoadReadoutHead", head_name=tiny_head_name("pose"))["result"][0]
+        self.head = self.load_head("pose")
         reference = self.ksampler(self.model, seed=7)
         self.target_map = self.readout(reference)
+
+    def load_head(self, kind: str):
+        """The tiny head of a kind for this bed's family, from Load Readout Head."""
+        return call_node("LoadReadoutHead", head_name=tiny_head_name(kind, family=self.family))["result"][0]
 
     def ksampler(self, model, seed: int = 1, sampler: str = "euler", cfg: float = 5.0, latent=None, positive=None,
                  negative=None) -> torch.Tensor:

@@ -14,7 +14,7 @@ from PIL import Image
 from browser import (graph_to_prompt, has_setting, load_workflow, missing_node_types, open_editor, queue,
                      read_execution_error, run_js, screenshot, set_setting, use_prompt_values, wait_js)
 from comfy_server import PromptFailed
-from tiny.models import TINY_SDXL_HEAD, tiny_head_name
+from tiny.models import tiny_head_name
 from testbed import REPO
 from tiny_names import fit_for_cpu
 from workflow_api import ui_to_api
@@ -84,9 +84,9 @@ def with_input(class_type: str, name: str, value):
 
 
 NODE_ERRORS = {  # workflow, the user's mistake, the nodes that may fail first, what the editor must show
-    "wrong_head": ("sdxl_spatial.json", with_input("LoadReadoutHead", "head_name", TINY_SDXL_HEAD),
+    "wrong_head": ("sdxl_spatial.json", with_input("LoadReadoutHead", "head_name", tiny_head_name("pose")),
                    ("KSampler (Readout Guidance)", "Extract Readout"),  # both read the head; executors order them
-                   f"head '{TINY_SDXL_HEAD}' expects SDXL features (9 decoder layers), but the model is SD1.5"),
+                   f"head '{tiny_head_name('pose')}' expects SD1.5 features (4 decoder layers), but the model is SDXL"),
     "bad_points_json": ("drag_generated.json", with_input("ReadoutDragTarget", "points", '[{"source": [10, 10], '),
                         ("Readout Drag Target",),
                         "points: not valid JSON (Expecting property name enclosed in double quotes at character 21)"),

@@ -9,29 +9,33 @@ import torch
 import torch.nn.functional as F
 
 from helpers import (STEPS, TINY_CKPT, TINY_LORA, SpatialBed, assert_lowered, assert_model_untouched,
-                     assert_plot_shows_losses, call_node, model_state, pack_module, with_tiny_controlnet)
+                     assert_plot_shows_losses, call_node, every_family, model_state, pack_module, with_tiny_controlnet)
 from tiny.models import tiny_head_name
 
 SDXL_DIMS = [1280] * 3 + [640] * 3 + [320] * 3
+LOWERED_TO = {"sd15": 0.8, "sdxl": 0.92}
+"""The pose loss guided / unguided each family's tiny model must reach (measured: sd15 0.66, sdxl 0.86 with euler)."""
 
 
 @pytest.fixture(scope="module")
-def bed() -> SpatialBed:
-    return SpatialBed()
+def bed(family) -> SpatialBed:
+    return SpatialBed(family=family)
 
 
+@every_family
 def test_weight_zero_or_no_targets_is_bit_identical_to_ksampler(bed):
     plain = bed.ksampler(bed.model)
     assert torch.equal(bed.guided(bed.target(weight=0.0))[0], plain)
     assert torch.equal(bed.guided(())[0], plain)
 
 
+@every_family
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "ddim", "uni_pc"])
 def test_spatial_target_lowers_the_readout_loss(bed, sampler):
     guidance = bed.target()
     plain = bed.loss(guidance, bed.ksampler(bed.model, sampler=sampler))
     guided = bed.loss(guidance, bed.guided(guidance, sampler=sampler)[0])
-    assert guided < 0.8 * plain, (guided, plain)
+    assert guided < LOWERED_TO[bed.family] * plain, (guided, plain)
 
 
 def test_default_weight_and_window_lower_the_loss(bed):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import TINY_CKPT, call_node, pack_module, sample_image
+from helpers import TINY_CKPT, call_node, every_family, pack_module, sample_image
 from tiny.models import tiny_head_name
 
 SD15_DIMS = [1280] * 6 + [640] * 3 + [320] * 3
@@ -36,8 +36,9 @@ def test_load_readout_head_reports_kind_and_family():
     assert "correspondence head" in relative.describe() and not relative.config.use_emb
 
 
-def test_spatial_readout_is_a_control_image_of_the_input_size(tiny):
-    head, _ = load(tiny_head_name("depth"))
+@every_family
+def test_spatial_readout_is_a_control_image_of_the_input_size(tiny, family):
+    head, _ = load(tiny_head_name("depth", family=family))
     image, readout = extract(tiny, head, sample_image(48, 80))
     assert image.shape == (1, 48, 80, 3)
     assert 0.0 <= image.min() and image.max() <= 1.0 and image.std() > 1e-3
@@ -45,8 +46,9 @@ def test_spatial_readout_is_a_control_image_of_the_input_size(tiny):
     assert readout.timestep == head.config.save_timestep[0] and readout.config.kind == "depth"
 
 
-def test_relative_readout_is_shown_as_pca_colours(tiny):
-    head, _ = load(tiny_head_name("appearance"))
+@every_family
+def test_relative_readout_is_shown_as_pca_colours(tiny, family):
+    head, _ = load(tiny_head_name("appearance", family=family))
     image, readout = extract(tiny, head, sample_image())
     assert readout.tensor.shape == (1, 384, 8, 8)
     assert image.shape == (1, 64, 64, 3)

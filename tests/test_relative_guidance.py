@@ -6,16 +6,20 @@ import json
 import pytest
 import torch
 
-from helpers import TINY_CKPT, assert_plot_shows_losses, call_node, pack_module
+from helpers import TINY_CHECKPOINTS, assert_plot_shows_losses, call_node, every_family, pack_module
 from tiny.models import tiny_head_name
 
 STEPS = 10
+DRAG_LOSS_DROP = {"sd15": 0.01, "sdxl": 0.004}
+"""How far a drag must lower its loss below the same drag at weight 0 (the tiny SDXL-family model's drag loss is
+smaller: measured 0.0180 -> 0.0117)."""
 POINTS = json.dumps([{"source": [16, 16], "target": [40, 40]}, {"source": [48, 20], "target": [30, 20]}])
 
 
 class Bed:
-    def __init__(self) -> None:
-        self.model, self.clip, self.vae = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[:3]
+    def __init__(self, family: str = "sd15") -> None:
+        self.family = family
+        self.model, self.clip, self.vae = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CHECKPOINTS[family])[:3]
         self.pos = call_node("CLIPTextEncode", text="a cat on a sofa", clip=self.clip)[0]
         self.neg = call_node("CLIPTextEncode", text="", clip=self.clip)[0]
         self.latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
@@ -24,9 +28,8 @@ class Bed:
         y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
         self.image = torch.stack([x, y, 1 - x * y], dim=-1)[None]
 
-    @staticmethod
-    def head(kind: str):
-        return call_node("LoadReadoutHead", head_name=tiny_head_name(kind))["result"][0]
+    def head(self, kind: str):
+        return call_node("LoadReadoutHead", head_name=tiny_head_name(kind, family=self.family))["result"][0]
 
     def sample(self, guidance, steps: int = STEPS, sampler: str = "euler", scheduler: str = "normal", cfg: float = 5.0):
         edited, plot, reference = call_node(
@@ -48,8 +51,8 @@ class Bed:
 
 
 @pytest.fixture(scope="module")
-def bed() -> Bed:
-    return Bed()
+def bed(family) -> Bed:
+    return Bed(family)
 
 
 def test_empty_point_list_leaves_the_edit_equal_to_the_reference(bed):
@@ -57,6 +60,7 @@ def test_empty_point_list_leaves_the_edit_equal_to_the_reference(bed):
     assert torch.equal(edited, reference)
 
 
+@every_family
 def test_drag_loss_falls_with_a_generated_reference(bed):
     guidance = bed.drag()
     edited, reference, plot = bed.sample(guidance)
@@ -64,7 +68,8 @@ def test_drag_loss_falls_with_a_generated_reference(bed):
     # the guided run splits the CFG halves into two UNet calls: equal up to batch-size rounding, not bit for bit
     torch.testing.assert_close(reference, same_reference, rtol=1e-4, atol=1e-3,
                                msg="the reference branch must stay unguided")
-    assert bed.relative_loss(guidance[0], edited, reference) < bed.relative_loss(guidance[0], unguided, reference) - 0.01
+    margin = DRAG_LOSS_DROP[bed.family]
+    assert bed.relative_loss(guidance[0], edited, reference) < bed.relative_loss(guidance[0], unguided, reference) - margin
     assert_plot_shows_losses(plot, [t.label for t in guidance])
 
 
@@ -88,6 +93,7 @@ def appearance_losses(bed, make_target, weights) -> list[float]:
     return losses
 
 
+@every_family
 def test_appearance_loss_falls_as_its_weight_rises(bed):
     def target(weight):
         return call_node("ReadoutAppearanceTarget", appearance_head=bed.app, weight=weight, start_percent=0.0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import TINY_CKPT, call_node, pack_module, with_tiny_controlnet, word_reading
+from helpers import TINY_CHECKPOINTS, call_node, every_family, pack_module, with_tiny_controlnet, word_reading
 from tiny.models import tiny_head_name
 
 PROMPT = "a red cat on a blue sofa"
@@ -14,8 +14,8 @@ STEPS = 8
 class Bed:
     """Checkpoint, the prompt encoded, an empty latent and a way to measure a word's attention in a result."""
 
-    def __init__(self) -> None:
-        self.model, self.clip, self.vae = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[:3]
+    def __init__(self, family: str = "sd15") -> None:
+        self.model, self.clip, self.vae = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CHECKPOINTS[family])[:3]
         self.pos = call_node("CLIPTextEncode", text=PROMPT, clip=self.clip)[0]
         self.neg = call_node("CLIPTextEncode", text="", clip=self.clip)[0]
         self.latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
@@ -58,10 +58,11 @@ class Bed:
 
 
 @pytest.fixture(scope="module")
-def bed() -> Bed:
-    return Bed()
+def bed(family) -> Bed:
+    return Bed(family)
 
 
+@every_family
 def test_words_are_found_at_their_token_positions(bed):
     find = pack_module("readout.targets.prompt_tokens").word_token_positions
     assert find(bed.clip, PROMPT, "cat") == (3,), "start token, 'a', 'red', then 'cat'"
@@ -72,6 +73,7 @@ def test_words_are_found_at_their_token_positions(bed):
         bed.target(words="  ")
 
 
+@every_family
 def test_move_by_brings_the_centroid_toward_the_goal(bed):
     guidance = bed.target("move_by", dx=0.25, dy=0.0)
     edited, reference = bed.guided(guidance)

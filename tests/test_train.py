@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from helpers import TINY_CKPT, call_node, pack_module
+from helpers import TINY_CHECKPOINTS, TINY_CKPT, call_node, every_family, pack_module
+from tiny.models import TINY_DECODER_DIMS_BY_FAMILY
 
 files, data, loop = (pack_module(f"readout.{name}") for name in ("heads.files", "train.data", "train.loop"))
 load_head_file, save_head_safetensors = files.load_head_file, files.save_head_safetensors
@@ -66,9 +67,9 @@ def write_shapes(folder: str, count: int, seed: int) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint() -> tuple:
-    """MODEL, CLIP and VAE of the tiny checkpoint, from ComfyUI's loader node."""
-    return call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[:3]
+def checkpoint(family) -> tuple:
+    """MODEL, CLIP and VAE of the family's tiny checkpoint, from ComfyUI's loader node."""
+    return call_node("CheckpointLoaderSimple", ckpt_name=TINY_CHECKPOINTS[family])[:3]
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,8 @@ def depth_run(frozen, tmp_path_factory):
     return folder, result
 
 
-def test_spatial_head_validation_loss_falls(depth_run):
+@every_family
+def test_spatial_head_validation_loss_falls(depth_run, family):
     _, result = depth_run
     (first_step, untrained), (last_step, trained) = result.val_losses[0], result.val_losses[-1]
     print(f"depth validation loss: untrained {untrained:.4f}, after {last_step} steps {trained:.4f}")
@@ -102,8 +104,9 @@ def test_spatial_head_validation_loss_falls(depth_run):
     assert trained < 0.65, "measured about 0.53-0.56 (untrained about 0.86) on 2 CPU cores"
     assert trained < 0.75 * untrained
     config, state = load_head_file(result.output)
-    assert (config.kind, config.family, config.control_range) == ("depth", "sd15", (-1.0, 1.0))
-    assert config.dims == (640, 640, 320, 320) and not config.reverse_timestep and config.use_output_head
+    assert (config.kind, config.family, config.control_range) == ("depth", family, (-1.0, 1.0))
+    assert list(config.dims) == TINY_DECODER_DIMS_BY_FAMILY[family]
+    assert not config.reverse_timestep and config.use_output_head
 
 
 class HeadsFolder:

@@ -40,9 +40,16 @@ TINY_UNET_CONFIG = {
 
 TINY_MIDDLE_UNET_CONFIG = {**TINY_UNET_CONFIG, "transformer_depth_middle": 1}
 TINY_DECODER_DIMS = [640, 640, 320, 320]
+TINY_SDXL_CHECKPOINT = "readout_tiny_sdxl.safetensors"
+"""The tiny SDXL-family checkpoint (tiny/sdxl.py)."""
+TINY_SDXL_DECODER_DIMS = [640] * 6 + [320] * 3
+"""SDXL's 9 decoder ResBlocks, at the tiny SDXL-family UNet's 640 and 320 channels."""
+TINY_FAMILIES = ("sd15", "sdxl")
+TINY_CHECKPOINTS = {"sd15": TINY_CHECKPOINT, "sdxl": TINY_SDXL_CHECKPOINT}
+TINY_DECODER_DIMS_BY_FAMILY = {"sd15": TINY_DECODER_DIMS, "sdxl": TINY_SDXL_DECODER_DIMS}
 SD15_LATENT_SCALE = 0.18215
 """SD1.5's latent scale factor (ComfyUI's process_latent_in)."""
-TINY_VERSION = "2"
+TINY_VERSION = "3"
 """Bumped when generated tiny files change, so that older copies are rewritten."""
 
 
@@ -79,8 +86,13 @@ def build_unet(seed: int = TINY_SEED, config: dict = TINY_UNET_CONFIG) -> torch.
 
 
 def build_taesd(seed: int) -> torch.nn.Module:
+    """A TAESD VAE (2.4M params) for the tiny SD1.5 checkpoint."""
+    return build_taesd_scaled(seed, SD15_LATENT_SCALE)
+
+
+def build_taesd_scaled(seed: int, latent_scale: float) -> torch.nn.Module:
     """A TAESD VAE (2.4M params) that ComfyUI loads from inside a checkpoint, its `vae_scale` calibrated so that
-    latents have unit spread in the UNet's space as SD1.5's do (else the UNet would see noise only)."""
+    latents have unit spread in the UNet's space (the family's latent scale; else the UNet would see noise only)."""
     from comfy.taesd.taesd import TAESD
 
     taesd = TAESD()
@@ -90,7 +102,7 @@ def build_taesd(seed: int) -> torch.nn.Module:
     images = torch.nn.functional.interpolate(tiles, size=(64, 64), mode="bilinear", align_corners=False)
     with torch.no_grad():
         spread = taesd.taesd_encoder(images).std()
-        taesd.vae_scale.fill_(float(spread) * SD15_LATENT_SCALE)
+        taesd.vae_scale.fill_(float(spread) * latent_scale)
     return taesd
 
 
@@ -188,50 +200,34 @@ TINY_OUTPUT_GAIN = 4.0
 TINY_HEAD_KINDS = ("pose", "depth", "edge", "correspondence", "appearance")
 
 
-TINY_SDXL_HEAD = "readout_tiny_sdxl_spatial_pose.safetensors"
-"""A small SDXL-family head (official SDXL decoder dims): the wrong head for the tiny SD1.5 model."""
-SDXL_DECODER_DIMS = (1280, 1280, 1280, 640, 640, 640, 320, 320, 320)
-
-
-def tiny_head_name(kind: str, suffix: str = ".safetensors") -> str:
-    """File name of the tiny head of a kind, following the official naming."""
+def tiny_head_name(kind: str, suffix: str = ".safetensors", family: str = "sd15") -> str:
+    """File name of the tiny head of a kind for a family's tiny model, following the official naming."""
     role = "spatial" if kind in DEFAULT_CONTROL_RANGES else "drag"
-    return f"readout_tiny_sd15_{role}_{kind}{suffix}"
+    return f"readout_tiny_{family}_{role}_{kind}{suffix}"
 
 
-def tiny_head_config(kind: str):
-    """The config of a tiny readout head for the tiny UNet's decoder."""
+def tiny_head_config(kind: str, family: str = "sd15"):
+    """The config of a tiny readout head for a family's tiny UNet decoder."""
     from readout.heads.architecture import HeadConfig
 
     spatial = kind in DEFAULT_CONTROL_RANGES
     return HeadConfig(
-        kind=kind, family="sd15", dims=tuple(TINY_DECODER_DIMS), use_output_head=spatial,
+        kind=kind, family=family, dims=tuple(TINY_DECODER_DIMS_BY_FAMILY[family]), use_output_head=spatial,
         control_range=DEFAULT_CONTROL_RANGES.get(kind, (-1.0, 1.0)), sparse_loss=kind in ("pose", "edge"),
         use_emb=kind != "correspondence",
     )
 
 
-def tiny_head_state_dict(kind: str, seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
+def tiny_head_state_dict(kind: str, seed: int = TINY_SEED, family: str = "sd15") -> dict[str, torch.Tensor]:
     """Deterministic random weights for the tiny head of a kind."""
     from readout.heads.architecture import ReadoutHead
 
-    head = ReadoutHead(tiny_head_config(kind))
-    init_weights(head, seed + 10 + TINY_HEAD_KINDS.index(kind))
+    head = ReadoutHead(tiny_head_config(kind, family))
+    init_weights(head, seed + 10 + TINY_HEAD_KINDS.index(kind) + 20 * TINY_FAMILIES.index(family))
     if head.output_head is not None:
         with torch.no_grad():
             head.output_head[4].weight.mul_(TINY_OUTPUT_GAIN)
     return {k: v.detach().clone() for k, v in head.state_dict().items()}
-
-
-def _sdxl_head_file(path: str) -> None:
-    from readout.heads.files import save_head_safetensors
-    from readout.heads.architecture import HeadConfig, ReadoutHead
-
-    config = HeadConfig(kind="pose", family="sdxl", dims=SDXL_DECODER_DIMS, projection_dim=128, use_output_head=True,
-                        control_range=DEFAULT_CONTROL_RANGES["pose"], sparse_loss=True)
-    head = ReadoutHead(config)
-    init_weights(head, TINY_SEED + 20)
-    save_head_safetensors(path, config, head.state_dict())
 
 
 def official_head_checkpoint(config, state_dict: dict[str, torch.Tensor]) -> dict:
@@ -270,11 +266,11 @@ def _tensors_file(make: Callable[[], dict[str, torch.Tensor]]) -> Callable[[str]
     return write
 
 
-def _head_file(kind: str, official: bool) -> Callable[[str], None]:
+def _head_file(kind: str, official: bool, family: str = "sd15") -> Callable[[str], None]:
     def write(path: str) -> None:
         from readout.heads.files import save_head_safetensors
 
-        config, state_dict = tiny_head_config(kind), tiny_head_state_dict(kind)
+        config, state_dict = tiny_head_config(kind, family), tiny_head_state_dict(kind, family=family)
         if official:
             torch.save(official_head_checkpoint(config, state_dict), path)
         else:
@@ -291,9 +287,12 @@ def tiny_files() -> list[TinyFile]:
         TinyFile("controlnet", TINY_T2I_ADAPTER, _tensors_file(tiny_t2i_adapter_state_dict)),
         TinyFile("diffusion_models", TINY_MIDDLE_UNET, _tensors_file(tiny_middle_unet_state_dict)),
     ]
-    files += [TinyFile("readout_heads", tiny_head_name(k), _head_file(k, False)) for k in TINY_HEAD_KINDS]
+    from tiny.sdxl import tiny_sdxl_checkpoint_state_dict
+
+    files.append(TinyFile("checkpoints", TINY_SDXL_CHECKPOINT, _tensors_file(tiny_sdxl_checkpoint_state_dict)))
+    files += [TinyFile("readout_heads", tiny_head_name(k, family=f), _head_file(k, False, f))
+              for f in TINY_FAMILIES for k in TINY_HEAD_KINDS]
     files.append(TinyFile("readout_heads", tiny_head_name("pose", ".pt"), _head_file("pose", True)))
-    files.append(TinyFile("readout_heads", TINY_SDXL_HEAD, _sdxl_head_file))
     return files
 
 
