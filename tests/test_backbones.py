@@ -6,8 +6,9 @@ import re
 
 import torch
 
-from helpers import call_node, pack_module
+from helpers import call_node, every_family, pack_module
 from testbed import REPO
+from tiny.models import TINY_DECODER_DIMS_BY_FAMILY
 
 MODEL_INTERNALS = re.compile(r"\b(output_blocks|input_blocks|time_embed|out_layers)\b")
 
@@ -26,14 +27,23 @@ def test_no_model_internals_outside_the_backbones():
     assert found == []
 
 
-def test_the_tiny_checkpoint_is_sd15_with_its_decoder_dims(tiny):
+FAMILY_CLASSES = {"sd15": ("SD15", "SD1.5"), "sdxl": ("Segmind_Vega", "SDXL")}
+"""ComfyUI's detected model config class of each family's tiny checkpoint, and the backbone's label."""
+
+
+@every_family
+def test_each_tiny_checkpoint_is_its_family_with_its_decoder_dims(tiny, family):
     backbone = pack_module("readout.backbones.registry").backbone_for(tiny[0])
     unet = tiny[0].model.diffusion_model
-    assert (backbone.family, backbone.label) == ("sd15", "SD1.5")
+    config_class, label = FAMILY_CLASSES[family]
+    assert type(tiny[0].model.model_config).__name__ == config_class
+    assert (backbone.family, backbone.label) == (family, label)
+    assert backbone.feature_dims(unet) == TINY_DECODER_DIMS_BY_FAMILY[family]
     assert backbone.feature_dims(unet) == [block[0].out_channels for block in unet.output_blocks]
     assert len(backbone.cross_attentions(unet)) > 0 and len(backbone.checkpoint_layers(unet)) > len(unet.output_blocks)
 
 
+@every_family
 def test_noising_follows_the_model_sampling(tiny):
     backbone = pack_module("readout.backbones.registry").backbone_for(tiny[0])
     latent, noise = torch.rand(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
@@ -46,7 +56,12 @@ def test_noising_follows_the_model_sampling(tiny):
     assert sigma[1] > sigma[0]
 
 
-def test_hooked_evaluation_captures_what_the_decoder_computed(tiny):
+WORD_MAP_SIZES = {"sd15": (8, 8), "sdxl": (4, 4)}
+"""A word's map comes on the finest cross-attention grid: the SDXL family has none at the latent's own size."""
+
+
+@every_family
+def test_hooked_evaluation_captures_what_the_decoder_computed(tiny, family):
     model, clip, _ = tiny
     evaluation = pack_module("readout.backbones.evaluation")
     latent = torch.rand(1, 4, 8, 8)
@@ -59,7 +74,7 @@ def test_hooked_evaluation_captures_what_the_decoder_computed(tiny):
     dims = pack_module("readout.backbones.registry").backbone_for(model).feature_dims(model.model.diffusion_model)
     assert [f.shape[1] for f in reading.features] == dims and all(f.shape[0] == 1 for f in reading.features)
     maps = reading.attention.word_maps((1, 2), 8, 8)
-    assert maps.shape == (1, 1, 8, 8) and float(maps.min()) >= 0 and float(maps.max()) <= 1
+    assert maps.shape == (1, 1, *WORD_MAP_SIZES[family]) and float(maps.min()) >= 0 and float(maps.max()) <= 1
     assert again.features is None and again.attention is None
     assert reading.timesteps.tolist() == [300.0]
 

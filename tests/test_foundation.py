@@ -96,6 +96,30 @@ def test_ui_workflow_converts_like_the_editor(comfy_server):
     assert prompt["6"]["inputs"] == {"samples": ["5", 0], "vae": ["1", 2]}
 
 
+def test_workflows_get_the_stand_ins_of_their_own_family():
+    from tiny_names import NoStandIn, swap_model_names
+
+    def workflow(ckpt: str, head: str, **extra) -> dict:
+        return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+                "2": {"class_type": "LoadReadoutHead", "inputs": {"head_name": head}},
+                "3": {"class_type": "ControlNetLoader", "inputs": extra}}
+
+    xl = swap_model_names(workflow("sd_xl_base_1.0.safetensors", "readout_sdxl_spatial_pose.pt"))
+    assert (xl["1"]["inputs"]["ckpt_name"], xl["2"]["inputs"]["head_name"]) == (
+        "readout_tiny_sdxl.safetensors", "readout_tiny_sdxl_spatial_pose.safetensors")
+    sd15 = swap_model_names(workflow("v1-5-pruned-emaonly.safetensors", "readout_sdv15_drag_appearance.pt",
+                                     control_net_name="control_v11p_sd15_openpose.pth"))
+    assert (sd15["1"]["inputs"]["ckpt_name"], sd15["2"]["inputs"]["head_name"], sd15["3"]["inputs"]) == (
+        TINY_CKPT, "readout_tiny_sd15_drag_appearance.safetensors", {"control_net_name": TINY_CONTROLNET})
+    for bad, message in ((workflow("my_model.safetensors", "readout_sdv15_spatial_pose.pt"), "has no tiny stand-in"),
+                         (workflow("sd_xl_base_1.0.safetensors", "readout_sdv15_spatial_pose.pt"),
+                          "is for sd15 but the workflow's checkpoint is sdxl"),
+                         (workflow("sd_xl_base_1.0.safetensors", "readout_sdxl_spatial_pose.pt",
+                                   control_net_name="xl_canny.safetensors"), "no tiny sdxl stand-in")):
+        with pytest.raises(NoStandIn, match=message):
+            swap_model_names(bad)
+
+
 def test_setup_refuses_a_comfyui_path_that_is_not_comfyui(tmp_path):
     env = dict(os.environ, COMFYUI_PATH=str(tmp_path))
     proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "setup_testbed.py")],
