@@ -150,22 +150,36 @@ def text_to_image_prompt(seed: int = 1, steps: int = 4, size: int = 64, prefix: 
     }
 
 
-class SpatialBed:
-    """The user's graph so far: checkpoint, prompts, an empty latent, a pose head and a reachable target."""
+class TinyBed:
+    """The user's graph so far on a family's tiny checkpoint (Load Checkpoint): MODEL, CLIP, VAE, the prompt and the
+    empty prompt encoded, an empty 64 px latent; heads from Load Readout Head."""
 
-    def __init__(self, steps: int = STEPS, family: str = "sd15") -> None:
-        self.steps, self.family = steps, family
+    def __init__(self, prompt: str, family: str = "sd15") -> None:
+        self.family = family
         self.model, self.clip, self.vae = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CHECKPOINTS[family])[:3]
-        self.pos = call_node("CLIPTextEncode", text="a dancer on a beach", clip=self.clip)[0]
+        self.pos = call_node("CLIPTextEncode", text=prompt, clip=self.clip)[0]
         self.neg = call_node("CLIPTextEncode", text="", clip=self.clip)[0]
         self.latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
-        self.head = self.load_head("pose")
-        reference = self.ksampler(self.model, seed=7)
-        self.target_map = self.readout(reference)
 
     def load_head(self, kind: str):
         """The tiny head of a kind for this bed's family, from Load Readout Head."""
         return call_node("LoadReadoutHead", head_name=tiny_head_name(kind, family=self.family))["result"][0]
+
+    def readout(self, samples: torch.Tensor, head) -> torch.Tensor:
+        """A head's readout of a final latent, as ExtractReadout reads images (t = 0, empty prompt)."""
+        with torch.inference_mode():
+            return pack_module("readout.heads.extract").latent_readout(self.model, head, samples, self.neg, 0, 0)
+
+
+class SpatialBed(TinyBed):
+    """The user's graph so far: checkpoint, prompts, an empty latent, a pose head and a reachable target."""
+
+    def __init__(self, steps: int = STEPS, family: str = "sd15") -> None:
+        super().__init__("a dancer on a beach", family)
+        self.steps = steps
+        self.head = self.load_head("pose")
+        reference = self.ksampler(self.model, seed=7)
+        self.target_map = self.readout(reference)
 
     def ksampler(self, model, seed: int = 1, sampler: str = "euler", cfg: float = 5.0, latent=None, positive=None,
                  negative=None) -> torch.Tensor:
@@ -188,9 +202,8 @@ class SpatialBed:
                          guidance=guidance, **options)
 
     def readout(self, samples: torch.Tensor, head=None) -> torch.Tensor:
-        """The head's readout of a final latent, as ExtractReadout reads images (t = 0, empty prompt)."""
-        with torch.inference_mode():
-            return pack_module("readout.heads.extract").latent_readout(self.model, head or self.head, samples, self.neg, 0, 0)
+        """The pose head's (or another head's) readout of a final latent."""
+        return super().readout(samples, head or self.head)
 
     def unit_map(self, readout: torch.Tensor) -> torch.Tensor:
         """A readout as a [0, 1] IMAGE (B, H, W, 3), what ReadoutTarget takes as target_image."""

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from helpers import (TINY_CKPT, SpatialBed, call_node, pack_module, prompt_executor, run_prompt,
+from helpers import (SpatialBed, call_node, pack_module, prompt_executor, run_prompt,
                      text_to_image_prompt)
 from tiny.models import tiny_head_name
 

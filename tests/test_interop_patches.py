@@ -10,9 +10,8 @@ from typing import Callable
 import pytest
 import torch
 
-from helpers import (TINY_CHECKPOINTS, TINY_LORA, TINY_MIDDLE_UNET, assert_model_untouched, call_node,
-                     model_state, pack_module, word_reading)
-from tiny.models import tiny_head_name
+from helpers import (TINY_LORA, TINY_MIDDLE_UNET, TinyBed, assert_model_untouched, call_node, model_state,
+                     pack_module, word_reading)
 
 STEPS = 4
 PROMPT = "a red cat on a blue sofa"
@@ -89,26 +88,20 @@ FAMILY_CASES = [("sd15", c) for c in CASES] + [
     ("sdxl", replace(c, sampler={**c.sampler, "steps": SDXL_STEPS[c.name]})) for c in CASES if c.name in SDXL_STEPS]
 
 
-class Bed:
-    """The tiny UNet with a middle block, the tiny checkpoint's CLIP, a prompt, a pose head and a reachable map."""
+class Bed(TinyBed):
+    """A UNet with a middle block (SD1.5: the tiny UNet with one, the tiny checkpoint's has none), the checkpoint's CLIP,
+    a prompt, a pose head and a reachable map."""
 
     def __init__(self, family: str = "sd15") -> None:
-        self.family = family
-        self.model, self.clip = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CHECKPOINTS[family])[:2]
-        if family == "sd15":  # the tiny SD1.5 checkpoint has no middle block (the SDXL-family one has)
+        super().__init__(PROMPT, family)
+        if family == "sd15":
             self.model = call_node("UNETLoader", unet_name=TINY_MIDDLE_UNET, weight_dtype="default")[0]
-        self.pos = call_node("CLIPTextEncode", text=PROMPT, clip=self.clip)[0]
-        self.neg = call_node("CLIPTextEncode", text="", clip=self.clip)[0]
-        self.latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
         ramp = torch.linspace(0.0, 1.0, 64).expand(1, 64, 64).contiguous()
         self.masked_latent = call_node("SetLatentNoiseMask", samples=self.latent, mask=ramp)[0]
         self.head = self.load_head("pose")
         self.target_map = self.readout(self.ksampler(self.model, seed=7), self.head)
         self.attention_calls = AttentionCalls()
         self._plain: dict[tuple, torch.Tensor] = {}
-
-    def load_head(self, kind: str):
-        return call_node("LoadReadoutHead", head_name=tiny_head_name(kind, family=self.family))["result"][0]
 
     def inputs(self, model, case: Case | None = None, **extra) -> dict:
         inputs = dict(model=model, seed=1, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal",
@@ -131,10 +124,6 @@ class Bed:
         latent, _, reference = call_node("ReadoutGuidedKSampler", guidance=guidance, **self.inputs(model, case),
                                          **options)["result"]
         return latent["samples"], reference["samples"]
-
-    def readout(self, samples: torch.Tensor, head) -> torch.Tensor:
-        with torch.inference_mode():
-            return pack_module("readout.heads.extract").latent_readout(self.model, head, samples, self.neg, 0, 0)
 
     def spatial_target(self, weight: float = 1.0):
         unit = pack_module("readout.heads.readouts").spatial_to_unit(self.target_map, self.head.config.control_range)

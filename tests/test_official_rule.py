@@ -8,39 +8,32 @@ import math
 import pytest
 import torch
 
-from helpers import TINY_CKPT, call_node, pack_module
-from tiny.models import tiny_head_name
+from helpers import TinyBed, call_node, pack_module
 
 STEPS = 3
 CFG = 5.0
 SEED = 5
 
 
-class Bed:
+class Bed(TinyBed):
     """The tiny model and heads in float64: the UNet's backward in the pack and in the reference runs its ops in
     another order, and in float32 such last-bit differences flip some of Adam's sign steps; in float64 they stay
     far below float32's resolution of the gradient the latent receives."""
 
     def __init__(self) -> None:
-        self.model, self.clip, _ = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CKPT)[:3]
+        super().__init__("a dancer on a beach")
         unet = self.model.model.diffusion_model
         with torch.inference_mode():
             unet.to(torch.float64)
         unet.dtype = torch.float64
-        self.pos = call_node("CLIPTextEncode", text="a dancer on a beach", clip=self.clip)[0]
-        self.neg = call_node("CLIPTextEncode", text="", clip=self.clip)[0]
-        self.latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
         self.runs: dict[tuple, torch.Tensor] = {}
-        self.pose = self.head("pose")
-        self.depth = self.head("depth")
-        plain = self.ksampler(self.model, seed=11)
-        with torch.inference_mode():
-            readout = pack_module("readout.heads.extract").latent_readout(self.model, self.pose, plain, self.neg, 0, 0)
+        self.pose = self.load_head("pose")
+        self.depth = self.load_head("depth")
+        readout = self.readout(self.ksampler(self.model, seed=11), self.pose)
         self.target_unit = pack_module("readout.heads.readouts").spatial_to_unit(readout, self.pose.config.control_range)
 
-    @staticmethod
-    def head(kind: str):
-        head = call_node("LoadReadoutHead", head_name=tiny_head_name(kind))["result"][0]
+    def load_head(self, kind: str):
+        head = super().load_head(kind)
         with torch.inference_mode(False):
             head.module.double()
         return head

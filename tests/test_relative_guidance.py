@@ -6,8 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import TINY_CHECKPOINTS, assert_plot_shows_losses, call_node, every_family, pack_module
-from tiny.models import tiny_head_name
+from helpers import TinyBed, assert_plot_shows_losses, call_node, every_family
 
 STEPS = 10
 DRAG_LOSS_DROP = {"sd15": 0.01, "sdxl": 0.004}
@@ -16,20 +15,13 @@ smaller: measured 0.0180 -> 0.0117)."""
 POINTS = json.dumps([{"source": [16, 16], "target": [40, 40]}, {"source": [48, 20], "target": [30, 20]}])
 
 
-class Bed:
+class Bed(TinyBed):
     def __init__(self, family: str = "sd15") -> None:
-        self.family = family
-        self.model, self.clip, self.vae = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CHECKPOINTS[family])[:3]
-        self.pos = call_node("CLIPTextEncode", text="a cat on a sofa", clip=self.clip)[0]
-        self.neg = call_node("CLIPTextEncode", text="", clip=self.clip)[0]
-        self.latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
-        self.corr = self.head("correspondence")
-        self.app = self.head("appearance")
+        super().__init__("a cat on a sofa", family)
+        self.corr = self.load_head("correspondence")
+        self.app = self.load_head("appearance")
         y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
         self.image = torch.stack([x, y, 1 - x * y], dim=-1)[None]
-
-    def head(self, kind: str):
-        return call_node("LoadReadoutHead", head_name=tiny_head_name(kind, family=self.family))["result"][0]
 
     def sample(self, guidance, steps: int = STEPS, sampler: str = "euler", scheduler: str = "normal", cfg: float = 5.0):
         edited, plot, reference = call_node(
@@ -41,10 +33,6 @@ class Bed:
     def drag(self, points: str = POINTS, weight: float = 1.0, **extra):
         return call_node("ReadoutDragTarget", correspondence_head=self.corr, points=points, drag_weight=weight,
                          start_percent=0.0, end_percent=1.0, **{"reference_image": self.image, **extra})["result"][0]
-
-    def readout(self, samples: torch.Tensor, head) -> torch.Tensor:
-        with torch.inference_mode():
-            return pack_module("readout.heads.extract").latent_readout(self.model, head, samples, self.neg, 0, 0)
 
     def relative_loss(self, target, edited: torch.Tensor, reference: torch.Tensor) -> float:
         return float(target.loss(self.readout(edited, target.head), self.readout(reference, target.head)).sum())

@@ -4,21 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import TINY_CHECKPOINTS, call_node, every_family, pack_module, with_tiny_controlnet, word_reading
-from tiny.models import tiny_head_name
+from helpers import TinyBed, call_node, every_family, pack_module, with_tiny_controlnet, word_reading
 
 PROMPT = "a red cat on a blue sofa"
 STEPS = 8
 
 
-class Bed:
+class Bed(TinyBed):
     """Checkpoint, the prompt encoded, an empty latent and a way to measure a word's attention in a result."""
 
     def __init__(self, family: str = "sd15") -> None:
-        self.model, self.clip, self.vae = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CHECKPOINTS[family])[:3]
-        self.pos = call_node("CLIPTextEncode", text=PROMPT, clip=self.clip)[0]
-        self.neg = call_node("CLIPTextEncode", text="", clip=self.clip)[0]
-        self.latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
+        super().__init__(PROMPT, family)
 
     def target(self, edit: str = "move_by", words: str = "cat", weight: float = 4.0, prompt: str = PROMPT,
                guidance=None, **values):
@@ -142,7 +138,7 @@ def test_weight_zero_is_bit_identical_to_unguided(bed):
 
 def test_with_a_learned_spatial_target_and_controlnet(bed):
     pos, neg = with_tiny_controlnet(bed.pos, bed.neg, bed.vae)
-    head = call_node("LoadReadoutHead", head_name=tiny_head_name("pose"))["result"][0]
+    head = bed.load_head("pose")
     pose_map = torch.zeros(1, 64, 64, 3)
     pose_map[:, 20:44, 10:54] = 1.0
     spatial = call_node("ReadoutTarget", head=head, weight=1.0, start_percent=0.0, end_percent=1.0,
