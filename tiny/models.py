@@ -297,13 +297,20 @@ def tiny_files() -> list[TinyFile]:
 
 
 def _is_current(path: str) -> bool:
-    """False for a generated .safetensors model written by an older version of this module."""
+    """False for a generated .safetensors model written by an older version of this module, or a tiny head whose
+    stored config is not the one its name now stands for (e.g. an older tiny SDXL head of other decoder dims)."""
     if not path.endswith(".safetensors"):
         return True
     from safetensors import safe_open
 
+    from readout.heads.files import CONFIG_METADATA_KEY
+
     with safe_open(path, framework="pt") as handle:
         metadata = handle.metadata() or {}
+    if CONFIG_METADATA_KEY in metadata:
+        expected = {tiny_head_name(k, family=f): tiny_head_config(k, f) for f in TINY_FAMILIES for k in TINY_HEAD_KINDS}
+        config = expected.get(os.path.basename(path))
+        return config is None or json.loads(metadata[CONFIG_METADATA_KEY]) == config.to_dict()
     return metadata.get("generator") != "tiny.models" or metadata.get("version") == TINY_VERSION
 
 
