@@ -24,7 +24,8 @@ class NoStandIn(ValueError):
 
 def workflow_family(prompt: dict) -> str:
     """The model family of a prompt's checkpoints (every one must have a tiny stand-in, and all one family)."""
-    names = {node["inputs"]["ckpt_name"] for node in prompt.values() if isinstance(node["inputs"].get("ckpt_name"), str)}
+    names = {node["inputs"]["ckpt_name"] for node in prompt.values()
+             if isinstance(node["inputs"].get("ckpt_name"), str)}
     unknown = sorted(n for n in names if n not in CHECKPOINT_FAMILIES and n not in TINY_CHECKPOINTS.values())
     if unknown:
         raise NoStandIn(f"checkpoint {unknown[0]!r} has no tiny stand-in: name one of {sorted(CHECKPOINT_FAMILIES)} "
@@ -46,7 +47,8 @@ def tiny_head_for(name: str, family: str = "sd15") -> str:
     for kind in (*TINY_HEAD_KINDS, *HEAD_STAND_INS):
         if kind in lowered:
             return tiny_head_name(HEAD_STAND_INS.get(kind, kind), family=family)
-    raise NoStandIn(f"head file {name!r} names no head kind ({', '.join(TINY_HEAD_KINDS)}): cannot pick a tiny stand-in")
+    raise NoStandIn(f"head file {name!r} names no head kind ({', '.join(TINY_HEAD_KINDS)}): "
+                    "cannot pick a tiny stand-in")
 
 
 def swap_model_names(prompt: dict) -> dict:

@@ -89,8 +89,8 @@ FAMILY_CASES = [("sd15", c) for c in CASES] + [
 
 
 class Bed(TinyBed):
-    """A UNet with a middle block (SD1.5: the tiny UNet with one, the tiny checkpoint's has none), the checkpoint's CLIP,
-    a prompt, a pose head and a reachable map."""
+    """A UNet with a middle block (SD1.5: the tiny UNet with one, the tiny checkpoint's has none), the checkpoint's
+    CLIP, a prompt, a pose head and a reachable map."""
 
     def __init__(self, family: str = "sd15") -> None:
         super().__init__(PROMPT, family)

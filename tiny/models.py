@@ -106,14 +106,12 @@ def build_taesd_scaled(seed: int, latent_scale: float) -> torch.nn.Module:
     return taesd
 
 
-def build_clip_l(seed: int) -> torch.nn.Module:
-    """A real-architecture SD1 CLIP-L text encoder with random weights."""
+def build_clip_text_model(seed: int, config_file: str) -> torch.nn.Module:
+    """A real-architecture CLIP text encoder from one of ComfyUI's config files (in `comfy/`), random weights."""
     import comfy.clip_model
     import comfy.ops
-    import comfy.sd1_clip
 
-    config_path = os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "sd1_clip_config.json")
-    with open(config_path, encoding="utf-8") as f:
+    with open(os.path.join(os.path.dirname(comfy.clip_model.__file__), config_file), encoding="utf-8") as f:
         config = json.load(f)
     clip = comfy.clip_model.CLIPTextModel(config, torch.float32, "cpu", comfy.ops.disable_weight_init)
     init_weights(clip, seed)
@@ -121,6 +119,11 @@ def build_clip_l(seed: int) -> torch.nn.Module:
         clip.text_model.embeddings.token_embedding.weight.mul_(0.5)
         clip.text_model.embeddings.position_embedding.weight.mul_(0.1)
     return clip
+
+
+def build_clip_l(seed: int) -> torch.nn.Module:
+    """A real-architecture SD1 CLIP-L text encoder with random weights."""
+    return build_clip_text_model(seed, "sd1_clip_config.json")
 
 
 def build_controlnet(seed: int) -> torch.nn.Module:

@@ -1,14 +1,12 @@
 """A deterministic tiny SDXL-family checkpoint for the family-parametrized tests and the demo, built with ComfyUI's own
 modules. ComfyUI detects it as Segmind Vega (an SDXL subclass): detection reads the model channels, the transformer
-depth of each encoder ResBlock, the context and ADM sizes, never the channel multipliers, so every level keeps 320."""
+depth of each encoder ResBlock, the context and ADM sizes, never the channel multipliers, so its levels stay narrow."""
 from __future__ import annotations
-
-import json
-import os
 
 import torch
 
-from tiny.models import TINY_SEED, _half_state_dict, build_clip_l, build_taesd_scaled, init_weights
+from tiny.models import (TINY_SEED, _half_state_dict, build_clip_l, build_clip_text_model, build_taesd_scaled,
+                         init_weights)
 
 SDXL_LATENT_SCALE = 0.13025
 """SDXL's latent scale factor (ComfyUI's latent_formats.SDXL)."""
@@ -55,19 +53,7 @@ def build_sdxl_unet(seed: int) -> torch.nn.Module:
 
 def build_clip_g(seed: int) -> torch.nn.Module:
     """SDXL's CLIP-G text encoder (ComfyUI's config: ComfyUI loads it only with all 32 layers) with random weights."""
-    import comfy.clip_model
-    import comfy.ops
-    import comfy.sdxl_clip
-
-    config_path = os.path.join(os.path.dirname(comfy.sdxl_clip.__file__), "clip_config_bigg.json")
-    with open(config_path, encoding="utf-8") as f:
-        config = json.load(f)
-    clip = comfy.clip_model.CLIPTextModel(config, torch.float32, "cpu", comfy.ops.disable_weight_init)
-    init_weights(clip, seed)
-    with torch.no_grad():
-        clip.text_model.embeddings.token_embedding.weight.mul_(0.5)
-        clip.text_model.embeddings.position_embedding.weight.mul_(0.1)
-    return clip
+    return build_clip_text_model(seed, "clip_config_bigg.json")
 
 
 def tiny_sdxl_checkpoint_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
