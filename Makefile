@@ -3,6 +3,7 @@
 #   learned world model (world/) next to the same seeds unguided.
 # make world: retrain the learned world model and its heads (about an hour on 2 CPU cores).
 # make test-comfyui-033: the suite on ComfyUI 0.33.0 from $(SHARED)/comfyui (its own venv and folder).
+# make test-frontend-new: the browser tests on ComfyUI 0.33.0 serving the newest frontend (FRONTEND_NEW).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,8 +17,11 @@ COMFYUI_033_TARBALL := $(SHARED)/comfyui/ComfyUI-0.33.0.tar.gz
 COMFYUI_033 := .comfyui033/ComfyUI-0.33.0
 VENV_033 := .venv-comfyui033
 PY_033 := $(VENV_033)/bin/python
+FRONTEND_NEW := 1.58.1
+FRONTEND_NEW_DIR := .frontend-$(FRONTEND_NEW)
+BROWSER_TESTS := tests/test_browser_editor.py tests/test_demo_page.py
 
-.PHONY: test demo setup world test-comfyui-033 setup-comfyui-033 clean
+.PHONY: test demo setup world test-comfyui-033 setup-comfyui-033 test-frontend-new clean
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
@@ -40,6 +44,15 @@ test-comfyui-033: setup-comfyui-033
 
 setup-comfyui-033: $(VENV_033)/.torch-ok $(COMFYUI_033)/main.py
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) scripts/setup_testbed.py
+
+test-frontend-new: setup-comfyui-033 $(FRONTEND_NEW_DIR)/.ok
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) COMFYUI_FRONTEND_VERSION=$(FRONTEND_NEW) \
+		COMFYUI_FRONTEND_ROOT=$(CURDIR)/$(FRONTEND_NEW_DIR)/comfyui_frontend_package/static \
+		$(PY_033) -m pytest $(BROWSER_TESTS) $(PYTEST_ARGS)
+
+$(FRONTEND_NEW_DIR)/.ok: $(VENV_033)/.torch-ok
+	$(PY_033) $(PIP_INSTALL) --no-deps --target $(FRONTEND_NEW_DIR) comfyui-frontend-package==$(FRONTEND_NEW)
+	touch $@
 
 $(COMFYUI_033)/main.py:
 	@test -f $(COMFYUI_033_TARBALL) || { echo "$(COMFYUI_033_TARBALL) is missing: ComfyUI 0.33.0's source is" \

@@ -1,9 +1,13 @@
-"""Readout Guidance for ComfyUI: registers the nodes and the `readout_heads` model folder."""
+"""Readout Guidance for ComfyUI: registers the `readout_heads` model folder and the nodes (ComfyUI's V3 schema)."""
 from .readout.heads.model_folder import register_readout_heads_folder
 
 register_readout_heads_folder()
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+from .nodes import ReadoutGuidanceExtension  # noqa: E402
 
 WEB_DIRECTORY = "./web/js"
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]
+
+
+async def comfy_entrypoint() -> ReadoutGuidanceExtension:
+    return ReadoutGuidanceExtension()

@@ -18,13 +18,14 @@ def bootstrap(device: str) -> None:
 
 
 def call_node(name: str, **inputs):
-    """A node call as ComfyUI's executor makes it (under inference mode); dict results give their `result`."""
+    """A node call as ComfyUI's executor makes it (under inference mode); dict and V3 results give their `result`."""
     import nodes
 
     cls = nodes.NODE_CLASS_MAPPINGS[name]
     with torch.inference_mode():
         out = getattr(cls(), cls.FUNCTION)(**inputs)
-    return out["result"] if isinstance(out, dict) else out
+    out = out["result"] if isinstance(out, dict) else out
+    return getattr(out, "result", out)
 
 
 def random_head(model):

@@ -1,6 +1,15 @@
-"""Node classes of the pack, gathered for registration."""
-from . import guidance, heads, relative, report, self_guidance
+"""The pack's V3 nodes, gathered into the extension ComfyUI loads through `comfy_entrypoint`."""
+from __future__ import annotations
 
-_MODULES = (heads, guidance, relative, self_guidance, report)
-NODE_CLASS_MAPPINGS: dict[str, type] = {k: v for m in _MODULES for k, v in m.NODE_CLASS_MAPPINGS.items()}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {k: v for m in _MODULES for k, v in m.NODE_DISPLAY_NAME_MAPPINGS.items()}
+from . import guidance, heads, relative, report, self_guidance
+from .common import ComfyExtension, io
+
+NODES: list[type[io.ComfyNode]] = [*heads.NODES, *guidance.NODES, *relative.NODES, *self_guidance.NODES,
+                                   *report.NODES]
+
+
+class ReadoutGuidanceExtension(ComfyExtension):
+    """Readout Guidance's nodes, for ComfyUI's V3 extension loader."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

@@ -1,46 +1,86 @@
-"""Inputs shared by the nodes that sample with readout guidance, and the input checks all nodes share."""
+"""The pack's V3 node API (one pinned `comfy_api` version), its custom types, and the inputs and checks nodes share."""
 from __future__ import annotations
 
 import math
 
 import torch
+from comfy_api.v0_0_2 import ComfyExtension, io  # noqa: F401  (the pinned API every node module imports from here)
 
 from ..readout.backbones.base import LATENT_SCALE
 from ..readout.guidance.patch import COMPUTE_DTYPES, LOSS_BRANCHES, RULES, GuidanceOptions
+from ..readout.guidance.rule import OFFICIAL_WEIGHT
 
 CATEGORY = "readout_guidance"
 
-
-def guidance_option_inputs() -> dict:
-    """The options of the guided pass; defaults keep a guided step near 2x an unguided one."""
-    return {
-        "loss_branch": (list(LOSS_BRANCHES), {
-            "default": "cond",
-            "tooltip": "Which CFG branch's features feed the readout loss. cond (default): the prompt's half; the "
-                       "other half runs without autograd (SD1.5 512 px: about 1.9x the time of an unguided step). "
-                       "both: the official code's sum over the cond and uncond halves (about 3x, more memory). "
-                       "uncond: the empty/negative prompt's half, as the heads were trained. At cfg 1, where ComfyUI "
-                       "skips the negative half, uncond and both still run it for the loss."}),
-        "gradient_checkpointing": ("BOOLEAN", {
-            "default": True,
-            "tooltip": "Recompute UNet activations during the backward pass instead of storing them: much "
-                       "less memory, somewhat slower."}),
-        "compute_dtype": (list(COMPUTE_DTYPES), {
-            "default": "auto",
-            "tooltip": "Autocast dtype of the guided UNet pass and the heads. auto keeps the model's own dtype."}),
-        "rule": (list(RULES), {
-            "default": "fast",
-            "tooltip": "fast (default): our rule, the gradient of the sampler's own UNet call corrects its "
-                       "prediction (about 2x faster per guided step). official: the official code's step, a fresh "
-                       "Adam step on the latent from the loss over both CFG halves (loss_branch is ignored), then "
-                       "the sampler's step from the moved latent; needs sampler ddim, euler or euler_ancestral. "
-                       "README, Fidelity, lists every difference."}),
-    }
+ReadoutHead = io.Custom("READOUT_HEAD")
+ReadoutGuidance = io.Custom("READOUT_GUIDANCE")
+Readout = io.Custom("READOUT")
+ReadoutReference = io.Custom("READOUT_REFERENCE")
 
 
-def guidance_options(loss_branch: str, gradient_checkpointing: bool, compute_dtype: str,
+def weight_input(name: str = "weight") -> io.Float.Input:
+    """Guidance strength w, defaulting to the official code's strength."""
+    return io.Float.Input(
+        name, default=OFFICIAL_WEIGHT, min=0.0, max=10.0, step=0.01,
+        tooltip="Guidance strength w (latent moved by w per unit of sigma, along the normalized gradient). "
+                f"{OFFICIAL_WEIGHT} matches the official code's strength; 0 turns this target off.")
+
+
+def step_window_inputs() -> list[io.Float.Input]:
+    """start_percent / end_percent: the part of the schedule a target acts in (the paper: the first half)."""
+    return [
+        io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                       tooltip="Fraction of the schedule where guidance starts (0 = first step)."),
+        io.Float.Input("end_percent", default=0.5, min=0.0, max=1.0, step=0.01,
+                       tooltip="Fraction of the schedule where guidance stops; the paper guides the first half."),
+    ]
+
+
+def chain_input(tooltip: str = "Targets to chain this one after.") -> io.Input:
+    """The optional incoming READOUT_GUIDANCE a target node appends to."""
+    return ReadoutGuidance.Input("guidance", optional=True, tooltip=tooltip)
+
+
+def guidance_output(tooltip: str) -> io.Output:
+    return ReadoutGuidance.Output(display_name="guidance", tooltip=tooltip)
+
+
+def chained(previous, *targets) -> tuple:
+    """Append targets to an incoming READOUT_GUIDANCE (None starts a new one)."""
+    return tuple(previous or ()) + targets
+
+
+def guidance_option_inputs() -> list[io.Input]:
+    """The options of the guided pass (optional inputs); defaults keep a guided step near 2x an unguided one."""
+    return [
+        io.Combo.Input("loss_branch", options=list(LOSS_BRANCHES), default="cond", optional=True, tooltip=(
+            "Which CFG branch's features feed the readout loss. cond (default): the prompt's half; the "
+            "other half runs without autograd (SD1.5 512 px: about 1.9x the time of an unguided step). "
+            "both: the official code's sum over the cond and uncond halves (about 3x, more memory). "
+            "uncond: the empty/negative prompt's half, as the heads were trained. At cfg 1, where ComfyUI "
+            "skips the negative half, uncond and both still run it for the loss.")),
+        io.Boolean.Input("gradient_checkpointing", default=True, optional=True, tooltip=(
+            "Recompute UNet activations during the backward pass instead of storing them: much "
+            "less memory, somewhat slower.")),
+        io.Combo.Input("compute_dtype", options=list(COMPUTE_DTYPES), default="auto", optional=True, tooltip=(
+            "Autocast dtype of the guided UNet pass and the heads. auto keeps the model's own dtype.")),
+        io.Combo.Input("rule", options=list(RULES), default="fast", optional=True, tooltip=(
+            "fast (default): our rule, the gradient of the sampler's own UNet call corrects its "
+            "prediction (about 2x faster per guided step). official: the official code's step, a fresh "
+            "Adam step on the latent from the loss over both CFG halves (loss_branch is ignored), then "
+            "the sampler's step from the moved latent; needs sampler ddim, euler or euler_ancestral. "
+            "README, Fidelity, lists every difference.")),
+    ]
+
+
+def guidance_options(loss_branch: str = "cond", gradient_checkpointing: bool = True, compute_dtype: str = "auto",
                      rule: str = "fast") -> GuidanceOptions:
     return GuidanceOptions(loss_branch, gradient_checkpointing, compute_dtype, rule)
+
+
+def seed_input(tooltip: str = "Seed of the noise added at that timestep.", control: bool = False) -> io.Int.Input:
+    return io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=control or None,
+                        tooltip=tooltip)
 
 
 def require_finite(**numbers: float) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from demo_roles import GUIDED_SCORE, GUIDED_VIEW, LOSS_PLOT, REFERENCE_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW
 from testbed import REPO, comfyui_path, import_comfyui_in_process
+from workflow_api import WIDGET_TYPES
 
 SEED_NAMES = {"seed", "noise_seed"}
 SD15 = "v1-5-pruned-emaonly.safetensors"
@@ -73,7 +74,7 @@ class Workflow:
     def _is_widget(value: tuple) -> bool:
         kind = value[0]
         options = value[1] if len(value) > 1 else {}
-        return (isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN")) and not options.get("forceInput")
+        return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
 
     def _widget_values(self, node: Node) -> list:
         if node.type == "Note":
@@ -83,7 +84,8 @@ class Workflow:
             if not self._is_widget(value):
                 continue
             options = value[1] if len(value) > 1 else {}
-            default = options.get("default", value[0][0] if isinstance(value[0], list) else None)
+            choices = value[0] if isinstance(value[0], list) else options.get("options")
+            default = options.get("default", choices[0] if choices else None)
             values.append(node.widgets.get(name, default))
             if value[0] == "INT" and (name in SEED_NAMES or options.get("control_after_generate")):
                 values.append("fixed")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -84,14 +85,18 @@ def start_server(comfy: str, output_dir: str, log_path: str, port: int | None = 
 
     `user_dir` (ComfyUI's --user-directory) holds the editor's saved settings: a fresh one gives the defaults.
     A `temp_dir` of its own keeps its previews from being wiped when another server on the same ComfyUI starts.
+    COMFYUI_FRONTEND_ROOT (a frontend package's `static` folder) serves that frontend instead of the installed one.
     """
     port = port or free_port()
     log = open(log_path, "w")
     user_args = ["--user-directory", user_dir] if user_dir else []
     temp_args = ["--temp-directory", temp_dir] if temp_dir else []
+    frontend = os.environ.get("COMFYUI_FRONTEND_ROOT")
+    frontend_args = ["--front-end-root", frontend] if frontend else []
     proc = subprocess.Popen(
         [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-         "--output-directory", output_dir, "--disable-auto-launch", *user_args, *temp_args],
+         "--output-directory", output_dir, "--disable-auto-launch", *user_args, *temp_args,
+         *frontend_args],
         cwd=comfy, stdout=log, stderr=subprocess.STDOUT,
     )
     server = ComfyServer(f"http://127.0.0.1:{port}", output_dir, proc, log_path)

@@ -115,6 +115,24 @@ def queue(browser: Any, prompt: dict) -> str:
     return response["prompt_id"]
 
 
+def click_run(browser: Any, server: ComfyServer, timeout: float = 60) -> str:
+    """Queue the loaded graph as the Run button does (`app.queuePrompt`, which the newest frontends follow to show
+    a run's errors); returns the new prompt's id."""
+    def known() -> set[str]:
+        queue = server.get("/queue")
+        return set(server.get("/history")) | {item[1] for key in ("queue_running", "queue_pending")
+                                               for item in queue[key]}
+    before = known()
+    run_js(browser, "await app.queuePrompt(0, 1);")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        new = known() - before
+        if new:
+            return new.pop()
+        time.sleep(0.25)
+    raise AssertionError(f"the editor's Run queued nothing in {timeout}s:\n{console_log(browser)}")
+
+
 def screenshot(browser: Any, name: str) -> str:
     """Save a PNG of the page into test-artifacts/ and return its path."""
     os.makedirs(ARTIFACTS, exist_ok=True)

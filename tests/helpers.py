@@ -16,12 +16,22 @@ import pytest
 import torch
 
 from comfy_server import ComfyServer, start_server, stop_server
-from testbed import comfyui_path, pack_dir_in
+from testbed import REPO, comfyui_path, pack_dir_in
 
 from tiny.models import (TINY_CHECKPOINT as TINY_CKPT, TINY_CHECKPOINTS, TINY_CONTROLNET, TINY_FAMILIES,  # noqa: F401
                          TINY_LORA, TINY_MIDDLE_UNET, TINY_T2I_ADAPTER, tiny_head_name)
 
 STEPS = 8
+PREVIOUS_RELEASE = os.path.join(REPO, "tests", "previous_release")
+"""The previous release's node schemas (object_info.json) and workflows/, kept to prove they load and run."""
+PREVIOUS_WORKFLOWS = sorted(f for f in os.listdir(os.path.join(PREVIOUS_RELEASE, "workflows")) if f.endswith(".json"))
+
+
+def previous_schema() -> dict:
+    """Our nodes' /object_info in the previous release (classic nodes), with lists that depend on the install
+    (samplers, schedulers, head files) marked {"options_from": ...}."""
+    with open(os.path.join(PREVIOUS_RELEASE, "object_info.json"), encoding="utf-8") as f:
+        return json.load(f)
 every_family = pytest.mark.parametrize("family", TINY_FAMILIES, indirect=True)
 """Run a test on each family's tiny model (SD1.5 and the SDXL family); its beds take the `family` fixture."""
 
@@ -33,12 +43,27 @@ def node_class(name: str) -> type:
     return nodes.NODE_CLASS_MAPPINGS[name]
 
 
+def schema_inputs(name: str, optional: bool | None = None) -> dict[str, Any]:
+    """A V3 node's schema inputs by id (only the required ones with optional=False, the optional ones with True)."""
+    inputs = node_class(name).GET_SCHEMA().inputs
+    return {i.id: i for i in inputs if optional is None or bool(i.optional) == optional}
+
+
 def call_node(name: str, **inputs: Any) -> tuple:
-    """Run one node the way ComfyUI's executor does: a fresh instance, under inference mode (V3 nodes: their result)."""
+    """Run one node the way ComfyUI's executor does: a fresh instance, under inference mode; its outputs (V3 nodes:
+    their result)."""
     cls = node_class(name)
     with torch.inference_mode():
         out = getattr(cls(), cls.FUNCTION)(**inputs)
     return getattr(out, "result", out)
+
+
+def node_output(name: str, **inputs: Any) -> dict:
+    """Run one node like `call_node`, keeping what it shows in the editor: {"result": outputs, "ui": its ui dict}."""
+    cls = node_class(name)
+    with torch.inference_mode():
+        out = getattr(cls(), cls.FUNCTION)(**inputs)
+    return {"result": out.result, "ui": out.ui or {}}
 
 
 def sample_image(height: int = 64, width: int = 64) -> torch.Tensor:
@@ -163,7 +188,7 @@ class TinyBed:
 
     def load_head(self, kind: str):
         """The tiny head of a kind for this bed's family, from Load Readout Head."""
-        return call_node("LoadReadoutHead", head_name=tiny_head_name(kind, family=self.family))["result"][0]
+        return call_node("LoadReadoutHead", head_name=tiny_head_name(kind, family=self.family))[0]
 
     def readout(self, samples: torch.Tensor, head) -> torch.Tensor:
         """A head's readout of a final latent, as ExtractReadout reads images (t = 0, empty prompt)."""
@@ -196,10 +221,10 @@ class SpatialBed(TinyBed):
     def guided_run(self, guidance, seed: int = 1, sampler: str = "euler", cfg: float = 5.0, model=None, latent=None,
                    positive=None, negative=None, **options) -> dict:
         """ReadoutGuidedKSampler's whole return: its outputs under "result", its report under "ui"."""
-        return call_node("ReadoutGuidedKSampler", model=model or self.model, seed=seed, steps=self.steps, cfg=cfg,
-                         sampler_name=sampler, scheduler="normal", positive=positive or self.pos,
-                         negative=negative or self.neg, latent_image=latent or self.latent, denoise=1.0,
-                         guidance=guidance, **options)
+        return node_output("ReadoutGuidedKSampler", model=model or self.model, seed=seed, steps=self.steps,
+                           cfg=cfg, sampler_name=sampler, scheduler="normal", positive=positive or self.pos,
+                           negative=negative or self.neg, latent_image=latent or self.latent, denoise=1.0,
+                           guidance=guidance, **options)
 
     def readout(self, samples: torch.Tensor, head=None) -> torch.Tensor:
         """The pose head's (or another head's) readout of a final latent."""

@@ -16,7 +16,7 @@ from helpers import (
     TINY_CONTROLNET,
     TINY_LORA,
     call_node,
-    node_class,
+    schema_inputs,
     run_prompt,
     text_to_image_prompt,
 )
@@ -181,6 +181,6 @@ def test_readout_heads_folder_is_registered_and_keeps_extra_paths(tmp_path):
     (tmp_path / "extra_head.safetensors").write_bytes(b"")
     (tmp_path / "extra_head.state.pt").write_bytes(b"")
     (tmp_path / "official_head.pt").write_bytes(b"")
-    listed = node_class("LoadReadoutHead").INPUT_TYPES()["required"]["head_name"][0]
+    listed = schema_inputs("LoadReadoutHead")["head_name"].options
     assert {"extra_head.safetensors", "official_head.pt"} <= set(listed) and "extra_head.state.pt" not in listed
     paths.remove(str(tmp_path))

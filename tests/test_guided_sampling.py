@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from helpers import (STEPS, TINY_CKPT, TINY_LORA, SpatialBed, assert_lowered, assert_model_untouched,
-                     assert_plot_shows_losses, call_node, every_family, model_state, pack_module, with_tiny_controlnet)
+                     assert_plot_shows_losses, call_node, every_family, model_state, pack_module, schema_inputs,
+                     with_tiny_controlnet)
 from tiny.models import tiny_head_name
 
 SDXL_DIMS = [1280] * 3 + [640] * 3 + [320] * 3
@@ -39,8 +40,8 @@ def test_spatial_target_lowers_the_readout_loss(bed, sampler):
 
 
 def test_default_weight_and_window_lower_the_loss(bed):
-    guidance = call_node("ReadoutTarget", head=bed.head, **{k: v[1]["default"] for k, v in
-                         pack_module("nodes.guidance").ReadoutTarget.INPUT_TYPES()["required"].items() if k != "head"},
+    guidance = call_node("ReadoutTarget", head=bed.head, **{k: v.default for k, v in
+                         schema_inputs("ReadoutTarget", optional=False).items() if k != "head"},
                          target_image=bed.target()[0].image.movedim(1, -1))[0]
     assert guidance[0].weight == pytest.approx(0.43) and guidance[0].window.end_percent == 0.5
     assert bed.loss(guidance, bed.guided(guidance)[0]) < 0.95 * bed.loss(guidance, bed.ksampler(bed.model))
@@ -57,7 +58,7 @@ def test_apply_readout_guidance_with_ksampler_advanced_matches_the_guided_sample
 
 
 def test_two_chained_targets_each_with_its_own_head(bed):
-    depth = call_node("LoadReadoutHead", head_name=tiny_head_name("depth"))["result"][0]
+    depth = call_node("LoadReadoutHead", head_name=tiny_head_name("depth"))[0]
     depth_map = bed.readout(bed.ksampler(bed.model, seed=7), head=depth)
     depth_image = pack_module("readout.heads.readouts").spatial_to_unit(depth_map, depth.config.control_range).movedim(1, -1)
     chain = call_node("ReadoutTarget", head=depth, weight=1.0, start_percent=0.0, end_percent=1.0,
@@ -170,7 +171,7 @@ def test_model_is_clean_after_a_successful_run(bed):
 
 
 def failing_head(bed, monkeypatch, effect):
-    head = call_node("LoadReadoutHead", head_name=tiny_head_name("pose"))["result"][0]
+    head = call_node("LoadReadoutHead", head_name=tiny_head_name("pose"))[0]
     original = head.module.forward
 
     def forward(*args, **kwargs):
@@ -215,7 +216,7 @@ def test_target_of_another_size_and_aspect_is_resized(bed):
 
 
 def test_nonfinite_gradient_skips_the_step_with_a_warning_on_the_node(bed, monkeypatch, caplog):
-    head = call_node("LoadReadoutHead", head_name=tiny_head_name("pose"))["result"][0]
+    head = call_node("LoadReadoutHead", head_name=tiny_head_name("pose"))[0]
     original = head.module.forward
     monkeypatch.setattr(head.module, "forward", lambda *a, **k: original(*a, **k) * float("nan"))
     with caplog.at_level(logging.WARNING):
@@ -237,7 +238,7 @@ def test_head_for_another_family_is_refused_at_the_sampler(bed, tmp_path, monkey
         checkpoints.save_head_safetensors(str(tmp_path / "xl_pose.safetensors"), config, heads.ReadoutHead(config).state_dict())
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "readout_heads",
                         ([str(tmp_path)], {".safetensors"}))
-    xl_head = call_node("LoadReadoutHead", head_name="xl_pose.safetensors")["result"][0]
+    xl_head = call_node("LoadReadoutHead", head_name="xl_pose.safetensors")[0]
     guidance = bed.target(head=xl_head)
     with pytest.raises(ValueError, match="expects SDXL features .* but the model is SD1.5"):
         bed.guided(guidance)
@@ -246,7 +247,7 @@ def test_head_for_another_family_is_refused_at_the_sampler(bed, tmp_path, monkey
 
 
 def test_relative_head_is_refused_by_the_spatial_target(bed):
-    head = call_node("LoadReadoutHead", head_name=tiny_head_name("correspondence"))["result"][0]
+    head = call_node("LoadReadoutHead", head_name=tiny_head_name("correspondence"))[0]
     with pytest.raises(ValueError, match="head: ReadoutTarget needs a pose, depth or edge head"):
         bed.target(head=head)
 

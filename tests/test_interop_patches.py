@@ -122,7 +122,7 @@ class Bed(TinyBed):
 
     def guided(self, model, guidance, case: Case | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
         latent, _, reference = call_node("ReadoutGuidedKSampler", guidance=guidance, **self.inputs(model, case),
-                                         **options)["result"]
+                                         **options)
         return latent["samples"], reference["samples"]
 
     def spatial_target(self, weight: float = 1.0):
@@ -141,7 +141,7 @@ class Bed(TinyBed):
         y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
         image = torch.stack([x, y, 1 - x * y], dim=-1)[None]
         return call_node("ReadoutDragTarget", correspondence_head=self.load_head("correspondence"), points=DRAG_POINTS,
-                         drag_weight=weight, start_percent=0.0, end_percent=1.0, reference_image=image)["result"][0]
+                         drag_weight=weight, start_percent=0.0, end_percent=1.0, reference_image=image)[0]
 
     def drag_loss(self, target, edited: torch.Tensor, reference: torch.Tensor) -> float:
         return float(target.loss(self.readout(edited, target.head), self.readout(reference, target.head)).sum())

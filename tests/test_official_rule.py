@@ -56,7 +56,7 @@ class Bed(TinyBed):
     def _guided(self, guidance, rule: str, sampler: str) -> torch.Tensor:
         return call_node("ReadoutGuidedKSampler", model=self.model, seed=SEED, steps=STEPS, cfg=CFG,
                          sampler_name=sampler, scheduler="ddim_uniform", positive=self.pos, negative=self.neg,
-                         latent_image=self.latent, denoise=1.0, guidance=guidance, rule=rule)["result"][0]["samples"]
+                         latent_image=self.latent, denoise=1.0, guidance=guidance, rule=rule)[0]["samples"]
 
 
 @pytest.fixture(scope="module")

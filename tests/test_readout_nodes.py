@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import TINY_CKPT, call_node, every_family, pack_module, sample_image
+from helpers import TINY_CKPT, call_node, every_family, node_output, pack_module, sample_image
 from tiny.models import tiny_head_name
 
 SD15_DIMS = [1280] * 6 + [640] * 3 + [320] * 3
@@ -16,7 +16,7 @@ SDXL_DIMS = [1280] * 3 + [640] * 3 + [320] * 3
 
 
 def load(name: str, **options):
-    out = call_node("LoadReadoutHead", head_name=name, **options)
+    out = node_output("LoadReadoutHead", head_name=name, **options)
     return out["result"][0], out
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import TinyBed, assert_plot_shows_losses, call_node, every_family
+from helpers import TinyBed, assert_plot_shows_losses, call_node, every_family, node_output
 
 STEPS = 10
 DRAG_LOSS_DROP = {"sd15": 0.01, "sdxl": 0.004}
@@ -27,12 +27,12 @@ class Bed(TinyBed):
         edited, plot, reference = call_node(
             "ReadoutGuidedKSampler", model=self.model, seed=3, steps=steps, cfg=cfg, sampler_name=sampler,
             scheduler=scheduler, positive=self.pos, negative=self.neg, latent_image=self.latent, denoise=1.0,
-            guidance=guidance)["result"]
+            guidance=guidance)
         return edited["samples"], reference["samples"], plot
 
     def drag(self, points: str = POINTS, weight: float = 1.0, **extra):
         return call_node("ReadoutDragTarget", correspondence_head=self.corr, points=points, drag_weight=weight,
-                         start_percent=0.0, end_percent=1.0, **{"reference_image": self.image, **extra})["result"][0]
+                         start_percent=0.0, end_percent=1.0, **{"reference_image": self.image, **extra})[0]
 
     def relative_loss(self, target, edited: torch.Tensor, reference: torch.Tensor) -> float:
         return float(target.loss(self.readout(edited, target.head), self.readout(reference, target.head)).sum())
@@ -175,7 +175,7 @@ def test_relative_targets_need_the_guided_sampler(bed):
 
 
 def test_drag_node_shows_the_reference_in_the_editor(bed):
-    out = call_node("ReadoutDragTarget", correspondence_head=bed.corr, points="[]", drag_weight=1.0,
+    out = node_output("ReadoutDragTarget", correspondence_head=bed.corr, points="[]", drag_weight=1.0,
                     start_percent=0.0, end_percent=1.0, reference_image=bed.image)
     preview = out["ui"]["reference_preview"][0]
     assert preview["type"] == "temp" and preview["filename"].endswith(".png")

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from helpers import call_node, pack_module, sample_image
+from helpers import call_node, node_output, pack_module, sample_image
 from tiny.models import tiny_head_name
 
 
 def head(kind: str):
-    return call_node("LoadReadoutHead", head_name=tiny_head_name(kind))["result"][0]
+    return call_node("LoadReadoutHead", head_name=tiny_head_name(kind))[0]
 
 
 def extract(tiny, readout_head, image, **options):
@@ -27,8 +27,8 @@ def test_spatial_score_is_the_target_loss_and_lowest_for_the_readout_itself(tiny
                     target_image=readout_image)[0]
     other = call_node("ReadoutTarget", head=pose, weight=0.43, start_percent=0.0, end_percent=0.5,
                       target_image=1 - readout_image)[0]
-    near = call_node("ReadoutScore", readout=readout, guidance=own)
-    far = call_node("ReadoutScore", readout=readout, guidance=other)
+    near = node_output("ReadoutScore", readout=readout, guidance=own)
+    far = node_output("ReadoutScore", readout=readout, guidance=other)
     assert near["result"][0] < 0.25 * far["result"][0]
     assert near["ui"]["scores"][0]["higher_is_better"] is False
     assert "pose loss" in near["result"][1] and "lower is better" in near["result"][1]
@@ -40,8 +40,8 @@ def test_drag_score_is_similarity_at_each_target_and_points_are_drawn(tiny):
     reference_image, reference = extract(tiny, correspondence, image)
     points = json.dumps([{"source": [10, 10], "target": [10, 10]}, {"source": [5, 5], "target": [60, 60]}])
     drag = call_node("ReadoutDragTarget", correspondence_head=correspondence, points=points, drag_weight=0.43,
-                     start_percent=0.0, end_percent=0.5, reference_image=image)["result"][0]
-    scores = call_node("ReadoutScore", readout=reference, guidance=drag, reference=reference)["ui"]["scores"]
+                     start_percent=0.0, end_percent=0.5, reference_image=image)[0]
+    scores = node_output("ReadoutScore", readout=reference, guidance=drag, reference=reference)["ui"]["scores"]
     assert [s["label"] for s in scores] == ["similarity at target 1", "similarity at target 2"]
     assert scores[0]["value"] == pytest.approx(1.0, abs=1e-5) and scores[1]["value"] < 0.999
     assert all(s["higher_is_better"] for s in scores)
@@ -146,8 +146,8 @@ def test_word_attention_map_shows_self_guidance_moving_the_word(tiny):
     latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
     guided, _, unguided = call_node("ReadoutGuidedKSampler", model=model, seed=1, steps=8, cfg=5.0,
                                     sampler_name="euler", scheduler="normal", positive=positive, negative=negative,
-                                    latent_image=latent, denoise=1.0, guidance=move)["result"]
-    read = lambda samples: call_node("WordAttentionMap", model=model, positive=positive, samples=samples,  # noqa: E731
+                                    latent_image=latent, denoise=1.0, guidance=move)
+    read = lambda samples: node_output("WordAttentionMap", model=model, positive=positive, samples=samples,  # noqa: E731
                                      guidance=move, timestep=500, seed=0, unguided_samples=unguided)
     before, after = read(unguided), read(guided)
     assert after["result"][1] < 0.95 * before["result"][1]

@@ -30,7 +30,7 @@ class Bed(TinyBed):
 
     def guided(self, guidance, **options):
         latent, _, reference = call_node("ReadoutGuidedKSampler", guidance=guidance,
-                                         **{**self.sampler_inputs(), **options})["result"]
+                                         **{**self.sampler_inputs(), **options})
         return latent["samples"], reference["samples"]
 
     def plain(self, **options) -> torch.Tensor:
@@ -144,7 +144,7 @@ def test_with_a_learned_spatial_target_and_controlnet(bed):
     spatial = call_node("ReadoutTarget", head=head, weight=1.0, start_percent=0.0, end_percent=1.0,
                         target_image=pose_map)[0]
     guidance = bed.target("move_by", dx=0.25, guidance=spatial)
-    latent, _, _ = call_node("ReadoutGuidedKSampler", guidance=guidance, **bed.sampler_inputs(pos, neg))["result"]
+    latent, _, _ = call_node("ReadoutGuidedKSampler", guidance=guidance, **bed.sampler_inputs(pos, neg))
     edited = latent["samples"]
     plain = bed.plain(positive=pos, negative=neg)
     assert torch.isfinite(edited).all()

@@ -140,12 +140,12 @@ def test_guiding_with_the_trained_head_beats_an_untrained_one(checkpoint, depth_
     sampler = dict(model=model, seed=3, steps=8, cfg=5.0, sampler_name="euler", scheduler="normal",
                    positive=positive, negative=negative, latent_image=latent, denoise=1.0)
     with HeadsFolder(folder):
-        trained = call_node("LoadReadoutHead", head_name=os.path.basename(result.output))["result"][0]
-        untrained = call_node("LoadReadoutHead", head_name=os.path.basename(untrained_path))["result"][0]
+        trained = call_node("LoadReadoutHead", head_name=os.path.basename(result.output))[0]
+        untrained = call_node("LoadReadoutHead", head_name=os.path.basename(untrained_path))[0]
         targets = {name: call_node("ReadoutTarget", head=head, weight=1.0, start_percent=0.0, end_percent=1.0,
                                    target_image=target_map)[0] for name, head in (("trained", trained),
                                                                                 ("untrained", untrained))}
-        samples = {name: call_node("ReadoutGuidedKSampler", guidance=guidance, **sampler)["result"][0]["samples"]
+        samples = {name: call_node("ReadoutGuidedKSampler", guidance=guidance, **sampler)[0]["samples"]
                    for name, guidance in targets.items()}
     samples["plain"] = call_node("KSampler", **sampler)[0]["samples"]
     extract = pack_module("readout.heads.extract")

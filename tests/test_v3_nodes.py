@@ -1,0 +1,122 @@
+"""The nodes on ComfyUI's V3 schema: loaded through `comfy_entrypoint` on the pinned API, with the previous release's
+node ids, inputs, outputs and defaults, so its workflows load and run unchanged."""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+from helpers import (PREVIOUS_RELEASE, PREVIOUS_WORKFLOWS, call_node, node_class, pack_module, previous_schema,
+                     schema_inputs)
+from testbed import REPO, comfyui_path, pack_dir_in
+from tiny.models import tiny_head_name
+from tiny_names import fit_for_cpu
+from workflow_api import ui_to_api
+
+WIDGET_OPTIONS = ("default", "min", "max", "step", "round", "forceInput", "control_after_generate")
+
+
+def options_of(spec: list) -> list | None:
+    """A combo's choices in either /object_info form: [[choices], {...}] (classic) or ["COMBO", {"options"}] (V3)."""
+    if isinstance(spec[0], list):
+        return spec[0]
+    return spec[1].get("options") if spec[0] == "COMBO" else None
+
+
+def input_contract(spec: list) -> dict:
+    """What a saved workflow relies on in one input: its type, widget options and choices."""
+    kind = "COMBO" if isinstance(spec[0], (list, dict)) or spec[0] == "COMBO" else spec[0]
+    options = spec[1] if len(spec) > 1 else {}
+    return {"type": kind, "multiline": bool(options.get("multiline")), **{k: options.get(k) for k in WIDGET_OPTIONS}}
+
+
+def node_contract(info: dict) -> dict:
+    return {
+        "inputs": {section: [(name, input_contract(info["input"][section][name]))
+                             for name in info["input_order"].get(section, [])] for section in ("required", "optional")},
+        "outputs": list(zip(info["output"], info["output_name"], info["output_is_list"])),
+        **{key: info[key] for key in ("category", "display_name", "output_node", "description")},
+    }
+
+
+def test_every_node_is_a_v3_node_of_the_pinned_api_loaded_through_comfy_entrypoint():
+    from comfy_api.v0_0_2 import io
+
+    for name in previous_schema():
+        assert issubclass(node_class(name), io.ComfyNode), name
+    package = sys.modules[pack_dir_in(comfyui_path()).replace(".", "_x_")]
+    assert callable(package.comfy_entrypoint)
+    assert not hasattr(package, "NODE_CLASS_MAPPINGS"), "ComfyUI ignores comfy_entrypoint next to NODE_CLASS_MAPPINGS"
+    sources = [os.path.join(root, f) for root, _, files in os.walk(os.path.join(REPO, "nodes")) for f in files
+               if f.endswith(".py")]
+    assert sources and not [path for path in sources if "INPUT_TYPES" in open(path, encoding="utf-8").read()]
+
+
+def test_node_schemas_keep_the_previous_release_and_every_input_has_a_tooltip(comfy_server):
+    info = comfy_server.get("/object_info")
+    samplers = info["KSampler"]["input"]["required"]
+    live = {"KSampler.sampler_name": options_of(samplers["sampler_name"]),
+            "KSampler.scheduler": options_of(samplers["scheduler"])}
+    for name, before in previous_schema().items():
+        now = info[name]
+        assert node_contract(now) == node_contract(before), name
+        for section in ("required", "optional"):
+            for input_name, spec in now["input"].get(section, {}).items():
+                assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+                source = (before["input"][section][input_name][0] if isinstance(before["input"][section][input_name][0],
+                                                                                dict) else {}).get("options_from")
+                if source in live:
+                    assert options_of(spec) == live[source], f"{name}.{input_name}"
+                elif source is None and options_of(spec) is not None:
+                    assert options_of(spec) == options_of(before["input"][section][input_name]), f"{name}.{input_name}"
+        assert all(now["output_tooltips"]), f"{name} has an output without a tooltip"
+    assert tiny_head_name("pose") in options_of(info["LoadReadoutHead"]["input"]["required"]["head_name"])
+
+
+def test_a_head_rewritten_under_the_same_name_is_loaded_again(tmp_path):
+    import folder_paths
+
+    source = folder_paths.get_full_path("readout_heads", tiny_head_name("pose"))
+    folder_paths.add_model_folder_path("readout_heads", str(tmp_path))
+    try:
+        shutil.copy(source, tmp_path / "retrained_pose.safetensors")
+        fingerprint = node_class("LoadReadoutHead").fingerprint_inputs
+        first = fingerprint(head_name="retrained_pose.safetensors", kind="auto")
+        assert fingerprint(head_name="retrained_pose.safetensors", kind="auto") == first
+        os.utime(tmp_path / "retrained_pose.safetensors", ns=(1, 10**18))
+        assert fingerprint(head_name="retrained_pose.safetensors", kind="auto") != first
+        head, info = call_node("LoadReadoutHead", head_name="retrained_pose.safetensors")
+        assert head.config.kind == "pose" and "pose head" in info
+    finally:
+        folder_paths.get_folder_paths("readout_heads").remove(str(tmp_path))
+
+
+def test_optional_inputs_left_out_take_the_schema_defaults():
+    """A workflow of an older release may lack an optional widget; the executor then leaves it out, and the node
+    must run with the default the editor shows."""
+    options_signature = inspect.signature(pack_module("nodes.common").guidance_options).parameters
+    checked = 0
+    for name in previous_schema():
+        parameters = inspect.signature(node_class(name).execute).parameters
+        for input_id, spec in schema_inputs(name, optional=True).items():
+            if getattr(spec, "default", None) is None:
+                continue
+            parameter = parameters.get(input_id) or options_signature[input_id]
+            assert parameter.default == spec.default, f"{name}.{input_id}"
+            checked += 1
+    assert checked >= 10
+
+
+@pytest.mark.parametrize("name", PREVIOUS_WORKFLOWS)
+def test_previous_release_workflow_runs_unchanged(comfy_server, name):
+    with open(os.path.join(PREVIOUS_RELEASE, "workflows", name), encoding="utf-8") as f:
+        workflow = json.load(f)
+    prompt = fit_for_cpu(ui_to_api(workflow, comfy_server.get("/object_info")), 64, 4)
+    entry = comfy_server.run(prompt)
+    saved = [image for out in entry["outputs"].values() for image in out.get("images", []) if image["type"] == "output"]
+    assert saved, f"{name} saved no image: {entry['outputs']}"
+    assert os.path.exists(os.path.join(comfy_server.output_dir, saved[0]["subfolder"], saved[0]["filename"]))
