@@ -9,6 +9,7 @@ from comfy_api.v0_0_2 import ComfyExtension, io  # noqa: F401  (the pinned API e
 from ..readout.backbones.base import LATENT_SCALE
 from ..readout.guidance.patch import COMPUTE_DTYPES, LOSS_BRANCHES, RULES, GuidanceOptions
 from ..readout.guidance.rule import OFFICIAL_WEIGHT
+from ..readout.targets.base import StepWindow
 
 CATEGORY = "readout_guidance"
 
@@ -34,6 +35,22 @@ def step_window_inputs() -> list[io.Float.Input]:
         io.Float.Input("end_percent", default=0.5, min=0.0, max=1.0, step=0.01,
                        tooltip="Fraction of the schedule where guidance stops; the paper guides the first half."),
     ]
+
+
+class TargetNode(io.ComfyNode):
+    """A node that builds targets acting in a step window (start_percent / end_percent)."""
+
+    @classmethod
+    def validate_inputs(cls, start_percent: float | None = None, end_percent: float | None = None) -> bool | str:
+        """Refuse a window outside 0..1 or ending before it starts when the prompt is queued, before anything runs
+        (a linked value is None here and is checked when the node runs)."""
+        if start_percent is None or end_percent is None:
+            return True
+        try:
+            StepWindow(start_percent, end_percent)
+        except ValueError as error:
+            return f"{error}; set start_percent at most end_percent"
+        return True
 
 
 def chain_input(tooltip: str = "Targets to chain this one after.") -> io.Input:

@@ -92,7 +92,8 @@ class ExtractReadout(io.ComfyNode):
                 io.Conditioning.Input("positive", optional=True, tooltip=(
                     "Prompt for the UNet pass. Leave empty to use the empty prompt (as the heads "
                     "were trained); then connect clip.")),
-                io.Clip.Input("clip", optional=True, tooltip="Encodes the empty prompt when positive is not connected."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="Encodes the empty prompt when positive is not connected."),
                 Readout.Input("colors_from", optional=True, tooltip=(
                     "Relative heads: colour with this readout's principal components (same head), so "
                     "two images' readouts show the same feature in the same colour.")),
@@ -116,7 +117,8 @@ class ExtractReadout(io.ComfyNode):
             backbone_for(model).check_latent(latent["samples"], "latent")
         if positive is None:
             if clip is None:
-                raise ValueError("positive / clip: connect a positive conditioning, or a CLIP to encode the empty prompt")
+                raise ValueError("positive / clip: connect a positive conditioning, or a CLIP to encode the empty "
+                                 "prompt")
             positive = encode_empty_prompt(clip)
         if timestep < 0:
             timestep = head.config.save_timestep[0]

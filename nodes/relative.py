@@ -9,7 +9,7 @@ from ..readout.targets.inversion import invert_image
 from ..readout.targets.points import check_inside, parse_drag_pairs
 from ..readout.targets.relative import AppearanceTarget, CorrespondenceTarget
 from ..readout.targets.spatial import StepWindow
-from .common import (CATEGORY, ReadoutHead, ReadoutReference, chain_input, chained, guidance_output, io,
+from .common import (CATEGORY, ReadoutHead, ReadoutReference, TargetNode, chain_input, chained, guidance_output, io,
                      require_finite, require_finite_map, require_vae_size, step_window_inputs, weight_input)
 
 APPEARANCE_KINDS = ("appearance", "identity")
@@ -47,7 +47,7 @@ def save_reference_preview(image) -> list[dict]:
     return comfy_nodes.PreviewImage().save_images(image[:1], filename_prefix="readout_drag_reference")["ui"]["images"]
 
 
-class ReadoutDragTarget(io.ComfyNode):
+class ReadoutDragTarget(TargetNode):
     """Drag: move image content from source points to target points, keeping the rest of the appearance."""
 
     @classmethod
@@ -106,7 +106,7 @@ class ReadoutDragTarget(io.ComfyNode):
                              ui={"reference_preview": save_reference_preview(size_image)})
 
 
-class ReadoutAppearanceTarget(io.ComfyNode):
+class ReadoutAppearanceTarget(TargetNode):
     """Appearance variation: a new image that keeps the reference's colours, textures or whole object."""
 
     @classmethod
@@ -119,7 +119,8 @@ class ReadoutAppearanceTarget(io.ComfyNode):
                 ReadoutHead.Input("appearance_head", tooltip="An appearance head (drag_appearance)."),
                 weight_input(),
                 *step_window_inputs(),
-                io.Mask.Input("mask", optional=True, tooltip="Where appearance is compared (white). Default: everywhere."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Where appearance is compared (white). Default: everywhere."),
                 reference_input(),
                 chain_input("Targets to chain this after."),
             ],
@@ -136,7 +137,7 @@ class ReadoutAppearanceTarget(io.ComfyNode):
         return io.NodeOutput(chained(guidance, target))
 
 
-class ReadoutIdentityTarget(io.ComfyNode):
+class ReadoutIdentityTarget(TargetNode):
     """Identity: the face region reads like the reference's face; optionally the rest keeps its appearance."""
 
     @classmethod

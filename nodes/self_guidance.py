@@ -4,15 +4,15 @@ from __future__ import annotations
 from ..readout.targets.prompt_tokens import clip_family, word_token_positions
 from ..readout.targets.self_guidance import SELF_GUIDANCE_EDITS, SelfGuidanceTarget as Target
 from ..readout.targets.spatial import StepWindow
-from .common import (CATEGORY, ReadoutReference, chain_input, chained, guidance_output, io, require_finite,
-                     step_window_inputs, weight_input)
+from .common import (CATEGORY, ReadoutReference, TargetNode, chain_input, chained, guidance_output, io,
+                     require_finite, step_window_inputs, weight_input)
 
 
 def _fraction(name: str, default: float, low: float, tooltip: str) -> io.Float.Input:
     return io.Float.Input(name, default=default, min=low, max=1.0, step=0.01, tooltip=tooltip)
 
 
-class SelfGuidanceTarget(io.ComfyNode):
+class SelfGuidanceTarget(TargetNode):
     """Move, resize or hold the shape of what a prompt word draws, read from the UNet's cross-attention."""
 
     @classmethod

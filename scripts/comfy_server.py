@@ -38,7 +38,8 @@ class ComfyServer:
         )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
-                return json.loads(r.read())
+                body = r.read()
+                return json.loads(body) if body else None
         except urllib.error.HTTPError as err:
             raise PromptFailed(f"POST {path} -> {err.code}: {err.read().decode()[:4000]}") from err
 

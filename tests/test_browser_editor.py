@@ -6,6 +6,7 @@ import importlib.metadata
 import io
 import json
 import os
+import time
 
 import pytest
 import requests
@@ -17,7 +18,7 @@ from browser import (click_run, graph_to_prompt, has_setting, load_workflow, mis
 from comfy_server import PromptFailed
 from tiny.models import tiny_head_name
 from helpers import PREVIOUS_RELEASE, PREVIOUS_WORKFLOWS, previous_schema
-from testbed import REPO
+from testbed import REPO, comfyui_path
 from tiny_names import fit_for_cpu
 from workflow_api import ui_to_api
 
@@ -216,6 +217,52 @@ def nodes_2(request, browser, comfy_server):
     if has_setting(browser, "Comfy.RightSidePanel.IsOpen"):
         set_setting(browser, "Comfy.RightSidePanel.IsOpen", False)
     set_setting(browser, "Comfy.VueNodes.Enabled", False)
+
+
+def report_in_view(browser, node_id, widget: str, timeout: float = 60) -> str:
+    """The text of a node's report box, read once the node is in view at zoom 1 and the box is drawn there."""
+    deadline = time.time() + timeout
+    while True:
+        text = run_js(browser, """
+            const node = app.graph.getNodeById(args[0]);
+            app.canvas.ds.scale = 1;
+            app.canvas.ds.offset = [100 - node.pos[0], 100 - node.pos[1]];
+            app.graph.setDirtyCanvas(true, true);
+            await new Promise((r) => setTimeout(r, 300));
+            const box = node.widgets?.find((w) => w.name === args[1])?.element;
+            return box?.isConnected && box.getClientRects().length > 0 && box.value ? box.value : null;
+        """, node_id, widget)
+        if text:
+            return text
+        assert time.time() < deadline, f"node {node_id} shows no {widget} box after the run"
+
+
+REPORT_WIDGETS = {"LoadReadoutHead": "head_info", "ReadoutGuidedKSampler": "guidance_report"}  # web/js/head_info.js
+
+
+def test_head_info_and_guidance_report_show_on_their_nodes_after_a_run(browser, comfy_server, nodes_2):
+    load_workflow(browser, read_workflow("spatial_depth.json"))
+    prompt = for_tiny_models(graph_to_prompt(browser))
+    for node in prompt.values():  # nothing cached from an earlier run: the sampler and the head loader run again
+        if node["class_type"] == "ReadoutGuidedKSampler":
+            node["inputs"]["seed"] = 1000 + int(nodes_2)
+        if node["class_type"] == "LoadReadoutHead":
+            os.utime(os.path.join(comfyui_path(), "models", "readout_heads", node["inputs"]["head_name"]))
+    use_prompt_values(browser, prompt)
+    before = {n["id"]: n.get("widgets_values") for n in run_js(browser, "return app.graph.serialize().nodes;")
+              if n["type"] in REPORT_WIDGETS}
+    comfy_server.wait(click_run(browser, comfy_server))
+    ids = run_js(browser, "return app.graph._nodes.filter((n) => n.type in args[0]).map((n) => [n.id, n.type]);",
+                 REPORT_WIDGETS)
+    shown = [(kind, report_in_view(browser, node_id, REPORT_WIDGETS[kind])) for node_id, kind in ids]
+    heads = [text for kind, text in shown if kind == "LoadReadoutHead"]
+    reports = [text for kind, text in shown if kind == "ReadoutGuidedKSampler"]
+    assert heads and all("depth head for SD1.5" in text for text in heads), shown
+    assert reports and all("depth" in text for text in reports), shown
+    saved = {n["id"]: n.get("widgets_values") for n in run_js(browser, "return app.graph.serialize().nodes;")
+             if n["type"] in REPORT_WIDGETS}
+    assert saved == before, "a report box was saved into the workflow"
+    screenshot(browser, f"report_widgets_{'nodes_2' if nodes_2 else 'classic'}")
 
 
 def test_points_editor_adds_moves_and_deletes_pairs(browser, nodes_2):

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from comfy_server import PromptFailed
 from helpers import (PREVIOUS_RELEASE, PREVIOUS_WORKFLOWS, call_node, node_class, pack_module, previous_schema,
                      schema_inputs)
 from testbed import REPO, comfyui_path, pack_dir_in
@@ -120,3 +121,20 @@ def test_previous_release_workflow_runs_unchanged(comfy_server, name):
     saved = [image for out in entry["outputs"].values() for image in out.get("images", []) if image["type"] == "output"]
     assert saved, f"{name} saved no image: {entry['outputs']}"
     assert os.path.exists(os.path.join(comfy_server.output_dir, saved[0]["subfolder"], saved[0]["filename"]))
+
+
+def test_a_reversed_step_window_is_refused_when_the_prompt_is_queued(comfy_server):
+    """The schema-level check (V3 validate_inputs): the target node is refused before anything runs, with a message
+    that names the inputs and the fix (ComfyUI still runs the branches that do not depend on it)."""
+    with open(os.path.join(PREVIOUS_RELEASE, "workflows", "spatial_depth.json"), encoding="utf-8") as f:
+        prompt = fit_for_cpu(ui_to_api(json.load(f), comfy_server.get("/object_info")), 64, 4)
+    target_id = next(key for key, node in prompt.items() if node["class_type"] == "ReadoutTarget")
+    prompt[target_id]["inputs"].update(start_percent=0.8, end_percent=0.2)
+    try:
+        errors = comfy_server.post("/prompt", {"prompt": prompt})["node_errors"]
+    except PromptFailed as refused:
+        errors = json.loads(str(refused).split(": ", 1)[1])["node_errors"]
+    assert target_id in errors, errors
+    details = [error["details"] for error in errors[target_id]["errors"]]
+    assert any("start_percent / end_percent: need 0 <= start <= end <= 1, got 0.8 and 0.2; set start_percent at most "
+               "end_percent" in text for text in details), details
