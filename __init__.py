@@ -1,7 +1,8 @@
-"""Readout Guidance for ComfyUI: registers the `readout_heads` model folder and the nodes (ComfyUI's V3 schema)."""
-from .readout.heads.model_folder import register_readout_heads_folder
+"""Readout Guidance for ComfyUI: registers the `readout_heads` and `readout_datasets` model folders and the nodes
+(ComfyUI's V3 schema)."""
+from .readout.heads.model_folder import register_model_folders
 
-register_readout_heads_folder()
+register_model_folders()
 
 from .nodes import ReadoutGuidanceExtension  # noqa: E402
 

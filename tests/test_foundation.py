@@ -175,7 +175,7 @@ def test_readout_heads_folder_is_registered_and_keeps_extra_paths(tmp_path):
     paths = folder_paths.get_folder_paths("readout_heads")
     assert paths[0] == os.path.join(folder_paths.models_dir, "readout_heads")
     folder_paths.add_model_folder_path("readout_heads", str(tmp_path))
-    pack_module("readout.heads.model_folder").register_readout_heads_folder()
+    pack_module("readout.heads.model_folder").register_model_folders()
     paths, extensions = folder_paths.folder_names_and_paths["readout_heads"]
     assert str(tmp_path) in paths and {".pt", ".safetensors"} <= extensions
     (tmp_path / "extra_head.safetensors").write_bytes(b"")

@@ -13,6 +13,7 @@ import torch
 
 from ..heads.architecture import HEAD_KINDS, SPATIAL_KINDS
 from .data import DataError, PairDataset, SpatialDataset, TripletDataset
+from .dataset_folder import DatasetFolder
 from .distributed import close_workers, init_workers
 from .frozen_unet import FrozenUNet
 from .loop import TrainOptions, Trainer
@@ -34,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--targets", help="spatial kinds: folder of target maps, same file names as --images")
     parser.add_argument("--pairs", help="correspondence: JSON manifest of frame pairs with matched points")
     parser.add_argument("--triplets", help="appearance/identity: JSON manifest of anchor/positive/negative")
+    parser.add_argument("--dataset", help="any kind: a dataset folder built in the graph (models/readout_datasets/NAME)"
+                                          ", instead of the options above")
     parser.add_argument("--resolution", type=int, default=512, help="train at this square size (multiple of 8)")
     parser.add_argument("--steps", type=int, default=2000, help="total optimizer steps (including resumed ones)")
     parser.add_argument("--batch-size", type=int, default=4, help="examples per step and per process")
@@ -53,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.output.lower().endswith(".safetensors"):
         parser.error("--output must end in .safetensors")
+    if args.dataset:
+        return args
     if args.kind in SPATIAL_KINDS and not (args.images and args.targets):
         parser.error(f"a {args.kind} head needs --images DIR and --targets DIR")
     if args.kind in RELATIVE_DATA and not getattr(args, RELATIVE_DATA[args.kind][2:]):
@@ -76,6 +81,10 @@ def use_comfyui(path: str | None) -> None:
 
 def build_dataset(args: argparse.Namespace):
     """The dataset the kind trains on."""
+    if args.dataset:
+        folder = os.path.abspath(args.dataset)
+        return DatasetFolder.open(os.path.dirname(folder), os.path.basename(folder), args.kind).training_set(
+            args.resolution)
     if args.kind in SPATIAL_KINDS:
         return SpatialDataset(args.images, args.targets, args.resolution)
     if args.kind == "correspondence":

@@ -6,7 +6,7 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, ContextManager
+from typing import Any, Callable, ContextManager
 
 import torch
 from torch import nn
@@ -23,6 +23,10 @@ from ..targets.spatial import spatial_map_loss
 from .losses import APPEARANCE_MARGIN, CORRESPONDENCE_TEMPERATURE, correspondence_loss, triplet_loss
 
 VALIDATION_SEED_OFFSET = 1_000_003
+
+
+class StateMismatchError(DataError):
+    """A training state to resume from was made for another kind of head or another model."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class TrainOptions:
     num_workers: int = 0
     progress: bool = True
     max_timestep: int = 1000
+    on_step: Callable[[int, int, float], None] | None = field(default=None, compare=False)
+    """Called after every step with (step, steps, loss); an exception it raises (a cancel) stops training after
+    the state is saved, so a later run with `resume` continues from that step."""
 
     @property
     def state_path(self) -> str:
@@ -82,13 +89,13 @@ def new_head(config: HeadConfig, seed: int) -> ReadoutHead:
 def split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Subset, Subset | None]:
     """A seeded train/validation split; at least one example on each side when val_fraction > 0."""
     if not 0 <= val_fraction < 1:
-        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        raise DataError(f"--val-fraction / validation_fraction must be in [0, 1), got {val_fraction}")
     count = len(dataset)
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     num_val = max(1, round(count * val_fraction)) if val_fraction > 0 else 0
     if count - num_val < 1:
-        raise DataError(f"{count} example(s) cannot be split into training and validation (--val-fraction "
-                        f"{val_fraction}): add examples or use --val-fraction 0")
+        raise DataError(f"{count} example(s) cannot be split into training and validation (--val-fraction / "
+                        f"validation_fraction {val_fraction}): add examples or set it to 0")
     val = Subset(dataset, sorted(order[:num_val])) if num_val else None
     return Subset(dataset, sorted(order[num_val:])), val
 
@@ -178,10 +185,10 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=True)
         saved = HeadConfig.from_dict(state["config"])
         if saved != self.config:
-            raise ValueError(f"--resume {path} is a {saved.kind} head for {saved.family} decoder channels "
-                             f"{list(saved.dims)} (projection {saved.projection_dim}); this run trains a "
-                             f"{self.config.kind} head for {self.config.family} {list(self.config.dims)} "
-                             f"(projection {self.config.projection_dim})")
+            raise StateMismatchError(
+                f"training state {path} is a {saved.kind} head for {saved.family} decoder channels "
+                f"{list(saved.dims)} (projection {saved.projection_dim}); this run trains a {self.config.kind} head "
+                f"for {self.config.family} {list(self.config.dims)} (projection {self.config.projection_dim})")
         self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -201,6 +208,35 @@ class Trainer:
         index = self.step * self.workers.world_size + self.workers.rank
         return torch.Generator().manual_seed(self.options.seed * VALIDATION_SEED_OFFSET + 7919 * index + 1)
 
+    def _train_steps(self, loader: DataLoader, sampler: DistributedSampler, val_set: Subset | None, bar: tqdm) -> None:
+        """Optimizer steps until `options.steps`, reporting each to `options.on_step`."""
+        options = self.options
+        while self.step < options.steps:
+            epoch, skip = divmod(self.step, len(loader))
+            sampler.set_epoch(epoch)
+            for batch in islice(loader, skip, None):
+                loss = self.batch_loss(self.model, batch, self._step_generator())
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"the loss became {value} at step {self.step}: lower the learning rate "
+                                             "(--lr / learning_rate)")
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.step += 1
+                self.result.train_losses.append((self.step, value))
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}")
+                if options.val_every and self.step % options.val_every == 0 and self.step < options.steps:
+                    self._validate_and_log(val_set, bar)
+                if options.checkpoint_every and self.step % options.checkpoint_every == 0:
+                    self.save()
+                if options.on_step is not None:
+                    options.on_step(self.step, options.steps, value)
+                if self.step >= options.steps:
+                    break
+
     def train(self, dataset: Dataset) -> TrainResult:
         """Train to `options.steps` (from the resumed step), validating every `val_every` steps and saving every
         `checkpoint_every` steps and at the end."""
@@ -217,28 +253,13 @@ class Trainer:
         if self.step == 0:
             self._validate_and_log(val_set, bar)
         self.head.train()
-        while self.step < options.steps:
-            epoch, skip = divmod(self.step, len(loader))
-            sampler.set_epoch(epoch)
-            for batch in islice(loader, skip, None):
-                loss = self.batch_loss(self.model, batch, self._step_generator())
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"the loss became {value} at step {self.step}: lower --lr")
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.step += 1
-                self.result.train_losses.append((self.step, value))
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}")
-                if options.val_every and self.step % options.val_every == 0 and self.step < options.steps:
-                    self._validate_and_log(val_set, bar)
-                if options.checkpoint_every and self.step % options.checkpoint_every == 0:
-                    self.save()
-                if self.step >= options.steps:
-                    break
+        try:
+            self._train_steps(loader, sampler, val_set, bar)
+        except BaseException:
+            if self.step > 0:
+                self.save()
+            bar.close()
+            raise
         self._validate_and_log(val_set, bar)
         self.save()
         self.workers.barrier()
