@@ -1,11 +1,11 @@
 """The pack's V3 nodes, gathered into the extension ComfyUI loads through `comfy_entrypoint`."""
 from __future__ import annotations
 
-from . import guidance, heads, relative, report, self_guidance
+from . import guidance, heads, relative, report, self_guidance, training
 from .common import ComfyExtension, io
 
 NODES: list[type[io.ComfyNode]] = [*heads.NODES, *guidance.NODES, *relative.NODES, *self_guidance.NODES,
-                                   *report.NODES]
+                                   *report.NODES, *training.NODES]
 
 
 class ReadoutGuidanceExtension(ComfyExtension):

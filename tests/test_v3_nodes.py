@@ -44,10 +44,16 @@ def node_contract(info: dict) -> dict:
     }
 
 
+def pack_node_ids() -> list[str]:
+    """Every node of the pack, the previous release's and the ones added since."""
+    return [node.GET_SCHEMA().node_id for node in pack_module("nodes").NODES]
+
+
 def test_every_node_is_a_v3_node_of_the_pinned_api_loaded_through_comfy_entrypoint():
     from comfy_api.v0_0_2 import io
 
-    for name in previous_schema():
+    assert set(previous_schema()) <= set(pack_node_ids())
+    for name in pack_node_ids():
         assert issubclass(node_class(name), io.ComfyNode), name
     package = sys.modules[pack_dir_in(comfyui_path()).replace(".", "_x_")]
     assert callable(package.comfy_entrypoint)
@@ -67,14 +73,18 @@ def test_node_schemas_keep_the_previous_release_and_every_input_has_a_tooltip(co
         assert node_contract(now) == node_contract(before), name
         for section in ("required", "optional"):
             for input_name, spec in now["input"].get(section, {}).items():
-                assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
                 source = (before["input"][section][input_name][0] if isinstance(before["input"][section][input_name][0],
                                                                                 dict) else {}).get("options_from")
                 if source in live:
                     assert options_of(spec) == live[source], f"{name}.{input_name}"
                 elif source is None and options_of(spec) is not None:
                     assert options_of(spec) == options_of(before["input"][section][input_name]), f"{name}.{input_name}"
-        assert all(now["output_tooltips"]), f"{name} has an output without a tooltip"
+    for name in pack_node_ids():
+        for section in ("required", "optional"):
+            for input_name, spec in info[name]["input"].get(section, {}).items():
+                assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+        assert all(info[name]["output_tooltips"]), f"{name} has an output without a tooltip"
+        assert info[name]["category"] == "readout_guidance", name
     assert tiny_head_name("pose") in options_of(info["LoadReadoutHead"]["input"]["required"]["head_name"])
 
 
@@ -101,7 +111,7 @@ def test_optional_inputs_left_out_take_the_schema_defaults():
     must run with the default the editor shows."""
     options_signature = inspect.signature(pack_module("nodes.common").guidance_options).parameters
     checked = 0
-    for name in previous_schema():
+    for name in pack_node_ids():
         parameters = inspect.signature(node_class(name).execute).parameters
         for input_id, spec in schema_inputs(name, optional=True).items():
             if getattr(spec, "default", None) is None:

@@ -1,5 +1,5 @@
 // Shows a node's text report after a run: a loaded head's kind, model family and layers; a score node's numbers;
-// what the guided sampler's guidance did, with its warnings.
+// what the guided sampler's guidance did, with its warnings; a dataset's example count; what a training run did.
 import { app } from "../../scripts/app.js";
 
 const REPORT_WIDGETS = {
@@ -7,6 +7,11 @@ const REPORT_WIDGETS = {
   ReadoutScore: "report",
   WordAttentionMap: "report",
   ReadoutGuidedKSampler: "guidance_report",
+  ReadoutSpatialDataset: "dataset_info",
+  ReadoutCorrespondenceDataset: "dataset_info",
+  ReadoutTripletDataset: "dataset_info",
+  LoadReadoutDataset: "dataset_info",
+  TrainReadoutHead: "training_report",
 };
 
 // A read-only text box (a DOM widget: public on both frontends): not sent to the backend, not saved in the
