@@ -390,6 +390,51 @@ def self_guidance_move_object(classes) -> dict:
                 "unguided centroid moved by dx, dy). Each node reports the Self-Guidance loss (lower is better).")
     return wf.to_ui()
 
+TRAINING_Y = 800  # train_edge_head.json: the dataset and training row, under the guided graph
+
+
+def train_edge_head(classes) -> dict:
+    """Generate images -> Canny -> dataset -> Train Readout Head -> guide with the new head."""
+    wf = Workflow(classes)
+    loader, positive, negative, latent = base_graph(wf, SD15, "a castle on a hill, detailed illustration")
+    images_latent = wf.add("EmptyLatentImage", (480, TRAINING_Y), {"width": 512, "height": 512, "batch_size": 16},
+                           title="Training images: 16 per run")
+    samples = wf.add("KSampler", (840, TRAINING_Y), SAMPLER, title="Training images (change the seed to add others)",
+                     model=(loader, "MODEL"), positive=(positive, "CONDITIONING"), negative=(negative, "CONDITIONING"),
+                     latent_image=(images_latent, "LATENT"))
+    decoded = wf.add("VAEDecode", (1200, TRAINING_Y), samples=(samples, "LATENT"), vae=(loader, "VAE"))
+    edges = wf.add("Canny", (1200, TRAINING_Y + 160), {"low_threshold": 0.4, "high_threshold": 0.8},
+                   image=(decoded, "IMAGE"))
+    dataset = wf.add("ReadoutSpatialDataset", (1560, TRAINING_Y), {"dataset_name": "my_edge_data", "kind": "edge"},
+                     images=(decoded, "IMAGE"), labels=(edges, "IMAGE"))
+    trained = wf.add("TrainReadoutHead", (1920, TRAINING_Y), {
+        "kind": "edge", "head_name": "my_edge_head", "steps": 2000, "learning_rate": 1e-4, "batch_size": 4,
+        "resolution": 512, "seed": 0, "existing": "resume", "validation_fraction": 0.1, "projection_dim": 384},
+        model=(loader, "MODEL"), vae=(loader, "VAE"), clip=(loader, "CLIP"), dataset=(dataset, "dataset"))
+    loss = wf.add("PreviewImage", (2280, TRAINING_Y), title="Training loss", images=(trained, "loss_plot"))
+    image = wf.add("LoadImage", (0, 250), {"image": "readout_example_edge.png"}, title=TARGET_MAP)
+    target = wf.add("ReadoutTarget", (780, 250), {"weight": 0.43, "start_percent": 0.0, "end_percent": 0.5},
+                    head=(trained, "head"), target_image=(image, "IMAGE"))
+    sampler = guided_sampler(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, target)
+    finish(wf, loader, sampler, "readout_trained_edge")
+    wf.note((0, TRAINING_Y), "Train an edge head on your own model, then guide with it.\n1. The bottom row makes 16 "
+            "images with your checkpoint, labels them with ComfyUI's Canny node and appends them to the dataset "
+            "models/readout_datasets/my_edge_data (its node shows the count). Queue a few times with other seeds or "
+            "prompts: the paper's heads need about a hundred examples.\n2. Train Readout Head trains on that dataset "
+            "(models/readout_heads/my_edge_head.safetensors); Cancel keeps its state and queueing again resumes. "
+            "Raise steps and queue again to train on.\n3. The top row guides a new image with the trained head "
+            "towards the edge map in LoadImage (draw it as a Canny map). Any preprocessor node (depth, pose, line "
+            "art) can label the images instead of Canny: set kind in both Readout nodes.")
+    training = [images_latent, samples, decoded, edges, dataset, trained, loss, wf.nodes[-1]]
+    wf.group("1-2. Build a dataset from your model's images and train the head", training, color="#5e4f3f")
+    wf.group("3. Guide with the trained head", [n for n in wf.nodes if n.pos[1] < TRAINING_Y])
+    unguided = unguided_twin(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent)
+    rows = [((unguided, "LATENT"), UNGUIDED_VIEW, UNGUIDED_SCORE), ((sampler, "LATENT"), GUIDED_VIEW, GUIDED_SCORE)]
+    check_group(wf, [unguided, *readout_rows(wf, loader, trained, target, rows)],
+                "the trained edge head's readout of the image without and with guidance, and its loss against the "
+                "target map (lower is better).")
+    return wf.to_ui()
+
 
 WORKFLOWS = {
     "spatial_pose.json": lambda c: spatial(c, "pose"),
@@ -402,6 +447,7 @@ WORKFLOWS = {
     "appearance_variation.json": appearance_variation,
     "identity.json": identity,
     "self_guidance_move_object.json": self_guidance_move_object,
+    "train_edge_head.json": train_edge_head,
 }
 
 

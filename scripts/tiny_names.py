@@ -16,6 +16,8 @@ HEAD_FILE_FAMILIES = {"sdv15": "sd15", "sdxl": "sdxl"}
 """The family an official head file names (readout_{sdv15,sdxl}_...)."""
 TINY_BY_INPUT = {"control_net_name": {"sd15": TINY_CONTROLNET}, "lora_name": {"sd15": TINY_LORA}}
 HEAD_STAND_INS = {"identity": "appearance"}
+WRITERS = {"TrainReadoutHead"}
+"""Nodes whose head_name is a file they write (the user's own name), not a head to stand in for."""
 
 
 class NoStandIn(ValueError):
@@ -64,19 +66,19 @@ def swap_model_names(prompt: dict) -> dict:
                 if family not in tiny:
                     raise NoStandIn(f"{name} {inputs[name]!r}: no tiny {family} stand-in (only {sorted(tiny)})")
                 inputs[name] = tiny[family]
-        if isinstance(inputs.get("head_name"), str):
+        if isinstance(inputs.get("head_name"), str) and node["class_type"] not in WRITERS:
             inputs["head_name"] = tiny_head_for(inputs["head_name"], family)
     return prompt
 
 
 def shrink_canvas(prompt: dict, size: int) -> dict:
-    """Cap every integer width/height input at size pixels and scale drag points with the canvas
-    (the tiny SD1.5 UNet costs seconds per step at 512 px on a CPU)."""
+    """Cap every integer width/height (and training resolution) input at size pixels and scale drag points with the
+    canvas (the tiny SD1.5 UNet costs seconds per step at 512 px on a CPU)."""
     sides = [v for node in prompt.values() for k, v in node["inputs"].items() if k in ("width", "height") and isinstance(v, int)]
     factor = min(1.0, size / max(sides)) if sides else 1.0
     for node in prompt.values():
         inputs = node["inputs"]
-        for name in ("width", "height"):
+        for name in ("width", "height", "resolution"):
             if isinstance(inputs.get(name), int) and inputs[name] > size:
                 inputs[name] = size
         if isinstance(inputs.get("points"), str) and factor < 1.0:
