@@ -26,8 +26,11 @@ def dataset_name_input(default: str) -> io.String.Input:
         "images to grow it); a new name starts a new dataset."))
 
 
-def dataset_output() -> io.Output:
-    return ReadoutDataset.Output(display_name="dataset", tooltip=DATASET_OUTPUT_TIP)
+def dataset_schema(node_id: str, display_name: str, description: str, inputs: list[io.Input]) -> io.Schema:
+    """A dataset node: it writes to disk (an output node) and outputs the dataset."""
+    return io.Schema(node_id=node_id, display_name=display_name, category=CATEGORY, is_output_node=True,
+                     description=description, inputs=inputs,
+                     outputs=[ReadoutDataset.Output(display_name="dataset", tooltip=DATASET_OUTPUT_TIP)])
 
 
 def dataset_result(folder: DatasetFolder) -> io.NodeOutput:
@@ -54,12 +57,11 @@ class ReadoutSpatialDataset(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ReadoutSpatialDataset", display_name="Readout Dataset (Spatial)", category=CATEGORY,
-            is_output_node=True,
-            description="Appends images and their label maps (e.g. from Canny or a depth preprocessor) to a dataset "
-                        "for a pose, depth or edge head.",
-            inputs=[
+        return dataset_schema(
+            "ReadoutSpatialDataset", "Readout Dataset (Spatial)",
+            "Appends images and their label maps (e.g. from Canny or a depth preprocessor) to a dataset for a pose, "
+            "depth or edge head.",
+            [
                 io.Image.Input("images", tooltip="The images the head will read (any loader or sampler)."),
                 io.Image.Input("labels", tooltip=(
                     "Their control maps, one per image and of the same size: e.g. Canny of the images for an edge "
@@ -70,7 +72,6 @@ class ReadoutSpatialDataset(io.ComfyNode):
                     "depth is a dense map. A new control (line art, segmentation) trains as edge if sparse, "
                     "as depth if dense.")),
             ],
-            outputs=[dataset_output()],
         )
 
     @classmethod
@@ -86,12 +87,11 @@ class ReadoutCorrespondenceDataset(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ReadoutCorrespondenceDataset", display_name="Readout Dataset (Correspondence)",
-            category=CATEGORY, is_output_node=True,
-            description="Appends image pairs with matched points to a dataset for a correspondence (drag) head: "
-                        "each image and a random warp of it (exact matches), or two frames and their points.",
-            inputs=[
+        return dataset_schema(
+            "ReadoutCorrespondenceDataset", "Readout Dataset (Correspondence)",
+            "Appends image pairs with matched points to a dataset for a correspondence (drag) head: each image and "
+            "a random warp of it (exact matches), or two frames and their points.",
+            [
                 io.Image.Input("images", tooltip="The images (first frames)."),
                 dataset_name_input("my_pairs"),
                 io.Combo.Input("warp", options=list(WARP_MODES), default="affine", tooltip=(
@@ -109,7 +109,6 @@ class ReadoutCorrespondenceDataset(io.ComfyNode):
                     'With second_images: the matches as [{"source": [x, y], "target": [x, y]}, ...], source in '
                     "the first frame, target in the second (pixels; the points editor's format).")),
             ],
-            outputs=[dataset_output()],
         )
 
     @classmethod
@@ -156,12 +155,11 @@ class ReadoutTripletDataset(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ReadoutTripletDataset", display_name="Readout Dataset (Appearance / Identity)",
-            category=CATEGORY, is_output_node=True,
-            description="Appends triplets to a dataset for an appearance or identity head: the positive looks like "
-                        "the anchor, the negative does not.",
-            inputs=[
+        return dataset_schema(
+            "ReadoutTripletDataset", "Readout Dataset (Appearance / Identity)",
+            "Appends triplets to a dataset for an appearance or identity head: the positive looks like the anchor, "
+            "the negative does not.",
+            [
                 io.Image.Input("anchors", tooltip="The anchor images."),
                 io.Image.Input("positives", tooltip=(
                     "One per anchor, with the anchor's appearance: e.g. the anchor re-sampled at low denoise "
@@ -173,7 +171,6 @@ class ReadoutTripletDataset(io.ComfyNode):
                     "One per anchor, of another appearance. Not connected: each anchor's negative is the next "
                     "anchor of the batch (needs at least 2 anchors).")),
             ],
-            outputs=[dataset_output()],
         )
 
     @classmethod
@@ -201,7 +198,7 @@ class LoadReadoutDataset(io.ComfyNode):
             description="Loads a dataset folder from models/readout_datasets.",
             inputs=[io.Combo.Input("dataset_name", options=dataset_names(datasets_root()),
                                    tooltip="A dataset built by a Readout Dataset node.")],
-            outputs=[dataset_output()],
+            outputs=[ReadoutDataset.Output(display_name="dataset", tooltip=DATASET_OUTPUT_TIP)],
         )
 
     @classmethod
