@@ -10,6 +10,7 @@ from ..readout.backbones.base import LATENT_SCALE
 from ..readout.guidance.patch import COMPUTE_DTYPES, LOSS_BRANCHES, RULES, GuidanceOptions
 from ..readout.guidance.rule import OFFICIAL_WEIGHT
 from ..readout.targets.base import StepWindow
+from ..readout.train.progress import show_text
 
 CATEGORY = "readout_guidance"
 
@@ -133,10 +134,5 @@ def report_text(report: tuple[list[str], list[str]]) -> str:
 def show_on_running_node(report: tuple[list[str], list[str]]) -> None:
     """Show a run's guidance warnings on the node being executed (the sampler of a patched MODEL), where the
     server can show text on a node; they are logged in any case."""
-    import server
-    from comfy_execution.utils import get_executing_context
-
-    instance = getattr(server.PromptServer, "instance", None)
-    context = get_executing_context()
-    if report[1] and context is not None and hasattr(instance, "send_progress_text"):
-        instance.send_progress_text(report_text(report), context.node_id)
+    if report[1]:
+        show_text(report_text(report))
