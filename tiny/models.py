@@ -45,8 +45,14 @@ TINY_SDXL_CHECKPOINT = "readout_tiny_sdxl.safetensors"
 TINY_SDXL_DECODER_DIMS = [640] * 6 + [320] * 3
 """SDXL's 9 decoder ResBlocks, at the tiny SDXL-family UNet's 640 and 320 channels."""
 TINY_FAMILIES = ("sd15", "sdxl")
+"""The UNet families: every family-parametrized test runs on each."""
+TINY_DIT_FAMILIES = ("flux", "sd3")
+"""The DiT families (tiny/dit.py): their own tests, through UNETLoader, CLIPLoader and VAELoader."""
+TINY_DIT_DIMS = {"flux": [3072, 3072], "sd3": [256] * 3}
+"""The channels of the readout blocks the DiT backbones pick on the tiny DiT models."""
+TINY_EMB_DIMS = {"sd15": 1280, "sdxl": 1280, "flux": 3072, "sd3": 256}
 TINY_CHECKPOINTS = {"sd15": TINY_CHECKPOINT, "sdxl": TINY_SDXL_CHECKPOINT}
-TINY_DECODER_DIMS_BY_FAMILY = {"sd15": TINY_DECODER_DIMS, "sdxl": TINY_SDXL_DECODER_DIMS}
+TINY_DECODER_DIMS_BY_FAMILY = {"sd15": TINY_DECODER_DIMS, "sdxl": TINY_SDXL_DECODER_DIMS, **TINY_DIT_DIMS}
 SD15_LATENT_SCALE = 0.18215
 """SD1.5's latent scale factor (ComfyUI's process_latent_in)."""
 TINY_VERSION = "3"
@@ -90,12 +96,12 @@ def build_taesd(seed: int) -> torch.nn.Module:
     return build_taesd_scaled(seed, SD15_LATENT_SCALE)
 
 
-def build_taesd_scaled(seed: int, latent_scale: float) -> torch.nn.Module:
+def build_taesd_scaled(seed: int, latent_scale: float, latent_channels: int = 4) -> torch.nn.Module:
     """A TAESD VAE (2.4M params) that ComfyUI loads from inside a checkpoint, its `vae_scale` calibrated so that
     latents have unit spread in the UNet's space (the family's latent scale; else the UNet would see noise only)."""
     from comfy.taesd.taesd import TAESD
 
-    taesd = TAESD()
+    taesd = TAESD(latent_channels=latent_channels)
     init_weights(taesd, seed)
     gen = _generator(seed)
     tiles = torch.rand(8, 3, 8, 8, generator=gen)
@@ -215,7 +221,8 @@ def tiny_head_config(kind: str, family: str = "sd15"):
 
     spatial = kind in DEFAULT_CONTROL_RANGES
     return HeadConfig(
-        kind=kind, family=family, dims=tuple(TINY_DECODER_DIMS_BY_FAMILY[family]), use_output_head=spatial,
+        kind=kind, family=family, dims=tuple(TINY_DECODER_DIMS_BY_FAMILY[family]), emb_dim=TINY_EMB_DIMS[family],
+        use_output_head=spatial,
         control_range=DEFAULT_CONTROL_RANGES.get(kind, (-1.0, 1.0)), sparse_loss=kind in ("pose", "edge"),
         use_emb=kind != "correspondence",
     )
@@ -226,7 +233,7 @@ def tiny_head_state_dict(kind: str, seed: int = TINY_SEED, family: str = "sd15")
     from readout.heads.architecture import ReadoutHead
 
     head = ReadoutHead(tiny_head_config(kind, family))
-    init_weights(head, seed + 10 + TINY_HEAD_KINDS.index(kind) + 20 * TINY_FAMILIES.index(family))
+    init_weights(head, seed + 10 + TINY_HEAD_KINDS.index(kind) + 20 * (TINY_FAMILIES + TINY_DIT_FAMILIES).index(family))
     if head.output_head is not None:
         with torch.no_grad():
             head.output_head[4].weight.mul_(TINY_OUTPUT_GAIN)
@@ -293,8 +300,14 @@ def tiny_files() -> list[TinyFile]:
     from tiny.sdxl import tiny_sdxl_checkpoint_state_dict
 
     files.append(TinyFile("checkpoints", TINY_SDXL_CHECKPOINT, _tensors_file(tiny_sdxl_checkpoint_state_dict)))
+    from tiny import dit
+
+    files += [TinyFile("diffusion_models", dit.TINY_FLUX, _tensors_file(dit.tiny_flux_state_dict)),
+              TinyFile("diffusion_models", dit.TINY_SD3, _tensors_file(dit.tiny_sd3_state_dict)),
+              TinyFile("vae", dit.TINY_DIT_VAE, _tensors_file(dit.tiny_dit_vae_state_dict)),
+              TinyFile("text_encoders", dit.TINY_DIT_CLIP_L, _tensors_file(dit.tiny_clip_l_state_dict))]
     files += [TinyFile("readout_heads", tiny_head_name(k, family=f), _head_file(k, False, f))
-              for f in TINY_FAMILIES for k in TINY_HEAD_KINDS]
+              for f in TINY_FAMILIES + TINY_DIT_FAMILIES for k in TINY_HEAD_KINDS]
     files.append(TinyFile("readout_heads", tiny_head_name("pose", ".pt"), _head_file("pose", True)))
     return files
 
@@ -311,7 +324,8 @@ def _is_current(path: str) -> bool:
     with safe_open(path, framework="pt") as handle:
         metadata = handle.metadata() or {}
     if CONFIG_METADATA_KEY in metadata:
-        expected = {tiny_head_name(k, family=f): tiny_head_config(k, f) for f in TINY_FAMILIES for k in TINY_HEAD_KINDS}
+        expected = {tiny_head_name(k, family=f): tiny_head_config(k, f)
+                    for f in TINY_FAMILIES + TINY_DIT_FAMILIES for k in TINY_HEAD_KINDS}
         config = expected.get(os.path.basename(path))
         return config is None or json.loads(metadata[CONFIG_METADATA_KEY]) == config.to_dict()
     return metadata.get("generator") != "tiny.models" or metadata.get("version") == TINY_VERSION

@@ -1,6 +1,7 @@
 """What a model family must provide for readout guidance: the Backbone interface and its shared parts."""
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,6 +70,30 @@ class Backbone(ABC):
     def timestep_embedding(self, diffusion_model: nn.Module, timesteps: torch.Tensor) -> torch.Tensor:
         """The model's own timestep embedding E(t) that heads are fed."""
 
+    def embedding_dim(self, diffusion_model: nn.Module) -> int:
+        """Width of the timestep embedding heads are fed."""
+        return int(diffusion_model.time_embed[-1].out_features)
+
+    def head_timesteps(self, model_sampling, sigma: torch.Tensor) -> torch.Tensor:
+        """The heads' 0..999 timesteps of the sampler's sigmas."""
+        return model_sampling.timestep(sigma).float()
+
+    def sampling_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The model sampling's own timesteps for the heads' 0..999 ones."""
+        return timesteps
+
+    def vp_scale(self, sigma: float) -> float:
+        """x / vp_scale is the variance-preserving latent x_t the official step acts on: sqrt(1 + sigma^2) for
+        ComfyUI's EPS models (x = x0 + sigma eps); 1 for flow matching, whose x is already x_t."""
+        return math.sqrt(1 + sigma * sigma)
+
+    self_guidance_refusal: str = ""
+    """Why Self-Guidance cannot read this family's attention ("" when it can)."""
+
+    weight_scale: float = 1.0
+    """Multiplies a target's weight in the fast rule, so that one weight means one strength in every family (the
+    calibration of the default weight, rule.py, in this family's parameterization)."""
+
     @abstractmethod
     def cross_attentions(self, diffusion_model: nn.Module) -> list[nn.Module]:
         """The cross-attention modules whose image-query x text-key maps Self-Guidance reads."""
@@ -114,7 +139,7 @@ class Backbone(ABC):
         base = model_patcher.model
         sampling = base.model_sampling
         device = next((buffer.device for buffer in sampling.buffers()), latent.device)
-        sigma = sampling.sigma(timesteps.float().to(device)).float()
+        sigma = sampling.sigma(self.sampling_timesteps(timesteps.float().to(device))).float()
         x = sampling.noise_scaling(sigma, noise.float().to(device), base.process_latent_in(latent.float().to(device)))
         return x, sigma
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from .base import Backbone, UnsupportedModel
+from .dit import FluxBackbone, SD3Backbone
 from .unet import SD15Backbone, SDXLBackbone
 
-BACKBONES: tuple[Backbone, ...] = (SD15Backbone(), SDXLBackbone())
+BACKBONES: tuple[Backbone, ...] = (SD15Backbone(), SDXLBackbone(), FluxBackbone(), SD3Backbone())
 """Tried in order by backbone_for and clip_backbone; a family whose configs subclass another's goes first."""
 FAMILIES = {backbone.family: backbone for backbone in BACKBONES}
 

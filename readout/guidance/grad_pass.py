@@ -84,14 +84,16 @@ def _snapshot(value: Any) -> Any:
 
 def _checkpointed(forward):
     """The layer's forward under checkpointing; the recomputation sees transformer_options as the forward saw them
-    (block, indices: what attention replace patches such as PAG's or IPAdapter's look up)."""
+    (block, indices: what attention replace patches such as PAG's or IPAdapter's look up) and inputs as they came
+    (each call gets copies: Flux's blocks add into their inputs in place)."""
     def run(*args, **kwargs):
         recompute = (tuple(_snapshot(a) for a in args), {k: _snapshot(v) for k, v in kwargs.items()})
         calls = iter([(args, kwargs)])
 
         def body():
             call_args, call_kwargs = next(calls, recompute)
-            return forward(*call_args, **call_kwargs)
+            return forward(*(_clone_tensors(a) for a in call_args),
+                           **{k: _clone_tensors(v) for k, v in call_kwargs.items()})
         return checkpoint(body, use_reentrant=False, preserve_rng_state=False)
     return run
 

@@ -69,12 +69,15 @@ def _official_step_loss(width: torch.Tensor):
 
 
 class OfficialRule(GuidanceRule):
-    """Guidance that moves the latent before the sampler's step, as the official code does (module docstring).
+    """Guidance that moves the latent before the sampler's step, as the official code does (module docstring; on flow-matching
+    models x is already x_t).
     Per run state: the targets of the step being guided and the gradient its model evaluation left."""
 
     def __init__(self) -> None:
         self.step_targets: list[int] = []
         self.joint_grad: torch.Tensor | None = None
+        self.vp_scale = lambda sigma: math.sqrt(1 + sigma * sigma)
+        """The model family's x -> x_t scale (Backbone.vp_scale), taken from the evaluation's readings."""
 
     def options_for(self, options):
         """The official loss sums both CFG halves."""
@@ -92,7 +95,8 @@ class OfficialRule(GuidanceRule):
     def backprop(self, patch, active: list[int], readings: Readings, x_grad: torch.Tensor, chunks: list[slice]) -> None:
         """One backward of the weighted sum of the official losses over the active targets and all CFG chunks."""
         sigma = patch.evaluation.sigma
-        x_t = x_grad.detach() / math.sqrt(1 + sigma * sigma)
+        self.vp_scale = readings.backbone.vp_scale
+        x_t = x_grad.detach() / self.vp_scale(sigma)
         loss = _official_step_loss(x_t.max() - x_t.min())
         top = max(patch.targets[index].weight for index in active)
         total = x_grad.new_zeros(())
@@ -155,7 +159,7 @@ class OfficialRule(GuidanceRule):
         finite = torch.isfinite(grad).all()
         for index in active:
             patch.run.targets[index].finite.append(finite)
-        scale = math.sqrt(1 + float(sigma) ** 2)
+        scale = self.vp_scale(float(sigma))
         lr = learning_rate([patch.targets[index].weight for index in active])
         updated = fresh_adam_step(x / scale, grad.to(x) * scale, lr) * scale
         return torch.where(finite, updated, x)

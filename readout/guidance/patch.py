@@ -216,7 +216,7 @@ class ReadoutGuidancePatch:
                 out = executor(x_grad, t_copy, c_concat, c_crossattn, control,
                                grad_pass_options(transformer_options), **kwargs)
             readings = Readings(store.complete(), attention, tuple(x.shape[-2:]),
-                                base.model_sampling.timestep(t_copy).float(), backbone, diffusion_model, autocast)
+                                backbone.head_timesteps(base.model_sampling, t_copy), backbone, diffusion_model, autocast)
             self.rule.backprop(self, active, readings, x_grad, chunks)
             store.clear()
         return out.detach()
@@ -239,7 +239,8 @@ class ReadoutGuidancePatch:
         return torch.stack([chunk_loss(readout[chunk]) for chunk in chunks])
 
     def post_cfg_function(self, args: dict) -> torch.Tensor:
-        """denoised' = denoised - sigma * sum_k w_k n_k from this evaluation's gradients."""
+        """denoised' = denoised - sigma * s * sum_k w_k n_k from this evaluation's gradients (s: the family's
+        weight_scale)."""
         denoised = args["denoised"]
         evaluation, self.evaluation = self.evaluation, _Evaluation()
         for index in evaluation.wanted - evaluation.guided:
@@ -248,9 +249,10 @@ class ReadoutGuidancePatch:
             if evaluation.skipped_crop:
                 raise ValueError(AREA_ONLY_ERROR.format(branch=self.options.loss_branch))
             return denoised
+        scale = backbone_for_config(args["model"].model_config).weight_scale
         for index, grad in evaluation.grads.items():
             self.run.record_loss(index, evaluation.sigma, evaluation.losses[index])
-            self.run.add_direction(index, self.targets[index].weight, grad)
+            self.run.add_direction(index, self.targets[index].weight * scale, grad)
         correction = self.run.take_correction(args["sigma"], denoised)
         if correction is None:
             return denoised

@@ -42,6 +42,10 @@ class FrozenUNet:
         return cls(model, vae, clip)
 
     @property
+    def embedding_dim(self) -> int:
+        return self.backbone.embedding_dim(self.model_patcher.model.diffusion_model)
+
+    @property
     def family(self) -> str:
         return self.backbone.family
 

@@ -75,6 +75,7 @@ def head_config(kind: str, frozen: FrozenUNet, projection_dim: int = 384) -> Hea
     """The config of a new head of this kind for this model (family and decoder channels read from it)."""
     spatial = kind in SPATIAL_KINDS
     return HeadConfig(kind=kind, family=frozen.family, dims=tuple(frozen.dims), projection_dim=projection_dim,
+                      emb_dim=frozen.embedding_dim,
                       use_output_head=spatial, control_range=DEFAULT_CONTROL_RANGES.get(kind, (-1.0, 1.0)),
                       sparse_loss=kind in ("pose", "edge"))
 

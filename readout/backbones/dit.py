@@ -1,0 +1,206 @@
+"""The transformer (DiT) families: Flux (double- and single-stream blocks) and SD3/SD3.5 (MMDiT joint blocks).
+
+Heads read the image tokens a block outputs, laid out on the latent's patch grid (B, C, h, w) and LayerNormed per
+token without affine weights (DiT streams carry a few channels of very large activations that would swamp a head's
+GroupNorm); they read three blocks, at a quarter, half and three quarters of the block stack (DiTF found the middle
+of Flux's 57 blocks best for correspondence; MMDiff finds fusing depths helps). The embedding heads are fed is the
+model's own timestep embedding. Flow-matching models noise with ComfyUI's CONST model sampling; heads count
+timesteps 0..999 like the UNet families (sigma * 1000).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..guidance.rule import OFFICIAL_WEIGHT
+from .base import Backbone, LayerFeatures, UnsupportedModel
+
+HEAD_TIMESTEPS = 1000
+"""Heads count flow-matching time sigma in [0, 1] as sigma * HEAD_TIMESTEPS, like the UNets' 1000 steps."""
+FLOW_WEIGHT = 4.0
+"""The fast rule's weight that moves a flow-matching latent as far as the official code's guidance moves an SD one:
+the official 2e-2 steps on x_t over the first half of 100 steps total 1.0; a flow latent is x_t itself, and the
+first half of SD3's schedule (shift 3) descends sigma from 1 to 0.75, Flux's (shift 1.15) to 0.76, so
+w * 0.25 = 1.0 (bench/flow_weight.py prints both)."""
+
+
+class TokenLayout:
+    """Where the image tokens sit in one model call: the patch grid (h, w) and the text tokens before them."""
+
+    def __init__(self) -> None:
+        self.grid: tuple[int, int] | None = None
+        self.text_tokens = 0
+
+    def image_grid(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """(B, C, h, w): the image tokens from `start` laid out row by row on the patch grid, LayerNormed per token."""
+        if self.grid is None:
+            raise RuntimeError("a transformer block ran before the model call recorded its latent size")
+        rows, cols = self.grid
+        image = tokens[:, start:start + rows * cols]
+        image = F.layer_norm(image.float(), (image.shape[-1],))
+        return image.transpose(1, 2).reshape(image.shape[0], image.shape[-1], rows, cols)
+
+
+class DiTBackbone(Backbone):
+    """What the DiT families share: features from a block's image tokens, read at three depths of the block stack."""
+
+    latent_channels = 16
+    tokenizer_key = "t5xxl"
+    timestep_scale = 1.0
+    """Multiplies model_sampling.timestep(sigma) into the heads' 0..999 timesteps."""
+
+    def blocks(self, diffusion_model: nn.Module) -> list[nn.Module]:
+        """Every transformer block, in the order the model runs them."""
+        raise NotImplementedError
+
+    def image_tokens(self, layer: nn.Module, output, layout: TokenLayout) -> torch.Tensor:
+        """(B, C, h, w) image features from a block's output."""
+        raise NotImplementedError
+
+    def record_layout(self, diffusion_model: nn.Module, layout: TokenLayout) -> list:
+        """Hooks that fill the layout at the start of each model call; returns their handles."""
+        patch = self.patch_size(diffusion_model)
+
+        def grid(_module: nn.Module, args: tuple) -> None:
+            height, width = args[0].shape[-2:]
+            layout.grid = (math.ceil(height / patch), math.ceil(width / patch))
+        return [diffusion_model.register_forward_pre_hook(grid)]
+
+    def patch_size(self, diffusion_model: nn.Module) -> int:
+        return int(diffusion_model.patch_size)
+
+    def readout_indices(self, count: int) -> list[int]:
+        """Blocks at a quarter, half and three quarters of the stack (fewer on stacks shallower than three)."""
+        return sorted({min(count - 1, count * k // 4) for k in (1, 2, 3)})
+
+    def feature_layers(self, diffusion_model: nn.Module) -> list[nn.Module]:
+        blocks = self.blocks(diffusion_model)
+        if not blocks:
+            raise UnsupportedModel(f"the model has no transformer blocks: {self.label} readout heads need a "
+                                   f"{self.label} model")
+        return [blocks[i] for i in self.readout_indices(len(blocks))]
+
+    def feature_hook_point(self, layer: nn.Module) -> nn.Module:
+        return layer
+
+    def feature_dims(self, diffusion_model: nn.Module) -> list[int]:
+        return [self.hidden_size(diffusion_model)] * len(self.feature_layers(diffusion_model))
+
+    def hidden_size(self, diffusion_model: nn.Module) -> int:
+        return int(diffusion_model.hidden_size)
+
+    def embedding_dim(self, diffusion_model: nn.Module) -> int:
+        return self.hidden_size(diffusion_model)
+
+    @property
+    def self_guidance_refusal(self) -> str:
+        return (f"model: self-guidance reads cross-attention maps, and {self.label} mixes text and image in joint "
+                "attention, which the pack does not read yet: guide this model with readout heads, or use "
+                "Self-Guidance on SD1.5/SDXL")
+
+    def cross_attentions(self, diffusion_model: nn.Module) -> list[nn.Module]:
+        raise UnsupportedModel(self.self_guidance_refusal)
+
+    def checkpoint_layers(self, diffusion_model: nn.Module) -> list[nn.Module]:
+        return self.blocks(diffusion_model)
+
+    weight_scale = FLOW_WEIGHT / OFFICIAL_WEIGHT
+
+    def vp_scale(self, sigma: float) -> float:
+        return 1.0
+
+    def head_timesteps(self, model_sampling, sigma: torch.Tensor) -> torch.Tensor:
+        return model_sampling.timestep(sigma).float() * self.timestep_scale
+
+    def sampling_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        return timesteps / self.timestep_scale
+
+    @contextmanager
+    def capture_features(self, diffusion_model: nn.Module) -> Iterator[LayerFeatures]:
+        layers = self.feature_layers(diffusion_model)
+        store, layout = LayerFeatures([None] * len(layers)), TokenLayout()
+
+        def hook_for(index: int):
+            def hook(layer: nn.Module, _inputs: tuple, output) -> None:
+                store.layers[index] = self.image_tokens(layer, output, layout)
+            return hook
+
+        handles = []
+        try:
+            handles += self.record_layout(diffusion_model, layout)
+            for index, layer in enumerate(layers):
+                handles.append(layer.register_forward_hook(hook_for(index)))
+            yield store
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+class FluxBackbone(DiTBackbone):
+    """Flux.1 (dev, schnell, Kontext and fine-tunes ComfyUI detects as Flux): features from the image half of the
+    double-stream blocks and the image span of the single-stream blocks (text tokens come first there)."""
+
+    family, label = "flux", "Flux"
+    timestep_scale = float(HEAD_TIMESTEPS)
+
+    def matches(self, model_config) -> bool:
+        import comfy.supported_models as sm
+
+        flux2 = getattr(sm, "Flux2", None)
+        return isinstance(model_config, sm.Flux) and not (flux2 is not None and isinstance(model_config, flux2))
+
+    def matches_clip(self, clip) -> bool:
+        tokenizer = getattr(clip, "tokenizer", None)
+        return hasattr(tokenizer, "t5xxl") and hasattr(tokenizer, "clip_l") and not hasattr(tokenizer, "clip_g")
+
+    def blocks(self, diffusion_model: nn.Module) -> list[nn.Module]:
+        return [*getattr(diffusion_model, "double_blocks", []), *getattr(diffusion_model, "single_blocks", [])]
+
+    def record_layout(self, diffusion_model: nn.Module, layout: TokenLayout) -> list:
+        def text(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
+            layout.text_tokens = output.shape[1]
+        return [*super().record_layout(diffusion_model, layout), diffusion_model.txt_in.register_forward_hook(text)]
+
+    def image_tokens(self, layer: nn.Module, output, layout: TokenLayout) -> torch.Tensor:
+        if isinstance(output, tuple):
+            return layout.image_grid(output[0])
+        return layout.image_grid(output, start=layout.text_tokens)
+
+    def timestep_embedding(self, diffusion_model: nn.Module, timesteps: torch.Tensor) -> torch.Tensor:
+        from comfy.ldm.flux.layers import timestep_embedding as sinusoid
+
+        weight = diffusion_model.time_in.in_layer.weight
+        dtype = weight.dtype if weight.dtype.is_floating_point and weight.dtype.itemsize >= 2 else torch.float32
+        return diffusion_model.time_in(sinusoid(timesteps / self.timestep_scale, 256).to(dtype))
+
+
+class SD3Backbone(DiTBackbone):
+    """SD3 and SD3.5 (Large, Medium's MMDiT-X): features from the image stream of the MMDiT joint blocks."""
+
+    family, label = "sd3", "SD3"
+
+    def matches(self, model_config) -> bool:
+        import comfy.supported_models as sm
+
+        return isinstance(model_config, sm.SD3)
+
+    def matches_clip(self, clip) -> bool:
+        from comfy.text_encoders.sd3_clip import SD3Tokenizer
+
+        return isinstance(getattr(clip, "tokenizer", None), SD3Tokenizer)
+
+    def blocks(self, diffusion_model: nn.Module) -> list[nn.Module]:
+        return list(getattr(diffusion_model, "joint_blocks", []))
+
+    def image_tokens(self, layer: nn.Module, output, layout: TokenLayout) -> torch.Tensor:
+        return layout.image_grid(output[1])
+
+    def timestep_embedding(self, diffusion_model: nn.Module, timesteps: torch.Tensor) -> torch.Tensor:
+        weight = diffusion_model.t_embedder.mlp[0].weight
+        dtype = weight.dtype if weight.dtype.is_floating_point and weight.dtype.itemsize >= 2 else torch.float32
+        return diffusion_model.t_embedder(timesteps, dtype=dtype)

@@ -1,0 +1,173 @@
+"""The DiT families (Flux, SD3/SD3.5) on their tiny models, loaded as users load them (UNETLoader, CLIPLoader,
+VAELoader): detection, token-grid features, heads, guidance at cfg 1 (Flux) and with CFG (SD3), drag, training."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from helpers import call_node, node_output, pack_module, tiny_head_name
+from tiny.dit import TINY_DIT_CLIP_L, TINY_DIT_VAE, TINY_FLUX, TINY_SD3
+from tiny.models import TINY_DIT_DIMS, TINY_EMB_DIMS
+
+registry = pack_module("readout.backbones.registry")
+evaluation = pack_module("readout.backbones.evaluation")
+HeadModelMismatch = pack_module("readout.heads.files").HeadModelMismatch
+
+LOADERS = {"flux": (TINY_FLUX, "stable_diffusion"), "sd3": (TINY_SD3, "sd3")}
+"""The tiny Flux reads CLIP-L (768-d text tokens); the tiny SD3 reads CLIP-L loaded as type sd3."""
+CFG = {"flux": 1.0, "sd3": 4.0}
+STEPS = {"flux": 8, "sd3": 8}
+SIZE = 64
+dit_family = pytest.mark.parametrize("dit", ["flux", "sd3"], indirect=True)
+
+
+class DiTBed:
+    """The user's DiT graph: Load Diffusion Model, Load CLIP, Load VAE, the prompt (FluxGuidance on Flux), an empty
+    SD3/Flux latent."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        unet, clip_type = LOADERS[family]
+        self.model = call_node("UNETLoader", unet_name=unet, weight_dtype="default")[0]
+        self.clip = call_node("CLIPLoader", clip_name=TINY_DIT_CLIP_L, type=clip_type)[0]
+        self.vae = call_node("VAELoader", vae_name=TINY_DIT_VAE)[0]
+        self.pos = call_node("CLIPTextEncode", text="a red cube on a table", clip=self.clip)[0]
+        self.neg = call_node("CLIPTextEncode", text="", clip=self.clip)[0]
+        if family == "flux":
+            self.pos = call_node("FluxGuidance", conditioning=self.pos, guidance=3.5)[0]
+        self.latent = call_node("EmptySD3LatentImage", width=SIZE, height=SIZE, batch_size=1)[0]
+
+    def head(self, kind: str):
+        return call_node("LoadReadoutHead", head_name=tiny_head_name(kind, family=self.family))[0]
+
+    def sample(self, model=None, seed: int = 1, guidance=None) -> torch.Tensor:
+        inputs = dict(seed=seed, steps=STEPS[self.family], cfg=CFG[self.family], sampler_name="euler",
+                      scheduler="simple", positive=self.pos, negative=self.neg, latent_image=self.latent, denoise=1.0)
+        if guidance is None:
+            return call_node("KSampler", model=model or self.model, **inputs)[0]["samples"]
+        return call_node("ReadoutGuidedKSampler", model=model or self.model, guidance=guidance, **inputs)
+
+    def readout(self, samples: torch.Tensor, head) -> torch.Tensor:
+        with torch.inference_mode():
+            return pack_module("readout.heads.extract").latent_readout(self.model, head, samples, self.neg, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def dit(request) -> DiTBed:
+    return DiTBed(request.param)
+
+
+@dit_family
+def test_loaders_give_a_model_of_the_family_with_its_block_widths(dit):
+    backbone = registry.backbone_for(dit.model)
+    diffusion_model = dit.model.model.diffusion_model
+    assert backbone.family == dit.family
+    assert backbone.feature_dims(diffusion_model) == TINY_DIT_DIMS[dit.family]
+    assert backbone.embedding_dim(diffusion_model) == TINY_EMB_DIMS[dit.family]
+    with torch.inference_mode():
+        emb = backbone.timestep_embedding(diffusion_model, torch.tensor([0.0, 500.0]))
+    assert emb.shape == (2, TINY_EMB_DIMS[dit.family]) and not torch.allclose(emb[0], emb[1])
+
+
+@dit_family
+def test_features_are_the_image_tokens_on_the_patch_grid(dit):
+    """A change in one corner of the latent changes the features most at that corner's patch, in every readout
+    block: the image tokens (after Flux's text tokens in single-stream blocks) laid out row by row."""
+    latent = torch.randn(1, 16, 8, 12, generator=torch.Generator().manual_seed(0))
+    poked = latent.clone()
+    poked[:, :, 6:, 10:] += 3.0
+    noise = torch.zeros_like(latent)
+
+    def features(x):
+        return evaluation.hooked_evaluation(dit.model, x, torch.tensor([0.0]), noise, dit.neg).features
+
+    for before, after in zip(features(latent), features(poked)):
+        assert before.shape == (1, TINY_DIT_DIMS[dit.family][0], 4, 6)
+        change = (after - before).norm(dim=1)[0]
+        assert int(change.argmax()) == 4 * 6 - 1, change
+
+
+@dit_family
+def test_heads_of_other_families_are_refused_by_name(dit):
+    other = "sd15" if dit.family == "flux" else "flux"
+    head = call_node("LoadReadoutHead", head_name=tiny_head_name("depth", family=other))[0]
+    with pytest.raises(HeadModelMismatch, match=f"{registry.FAMILIES[dit.family].label}"):
+        call_node("ReadoutTarget", head=head, weight=1.0, start_percent=0.0, end_percent=1.0,
+                  target_image=torch.zeros(1, SIZE, SIZE, 3))[0][0].check_model(dit.model, "cond")
+
+
+@dit_family
+def test_spatial_guidance_lowers_the_head_loss(dit):
+    head = dit.head("depth")
+    target_map = dit.readout(dit.sample(seed=7), head)
+    unit = pack_module("readout.heads.readouts").spatial_to_unit(target_map, head.config.control_range).movedim(1, -1)
+    guidance = call_node("ReadoutTarget", head=head, weight=1.0, start_percent=0.0, end_percent=1.0,
+                         target_image=unit)[0]
+    plain = dit.sample(seed=1)
+    guided = dit.sample(seed=1, guidance=guidance)[0]["samples"]
+    loss = guidance[0].loss
+    assert torch.isfinite(guided).all()
+    assert float(loss(dit.readout(guided, head)).sum()) < 0.9 * float(loss(dit.readout(plain, head)).sum())
+
+
+def test_flux_weight_is_scaled_to_the_flow_parameterization():
+    """One weight, one strength: the flow families multiply it by FLOW_WEIGHT / OFFICIAL_WEIGHT, the UNets by 1."""
+    dit = pack_module("readout.backbones.dit")
+    rule = pack_module("readout.guidance.rule")
+    assert registry.FAMILIES["flux"].weight_scale == registry.FAMILIES["sd3"].weight_scale
+    assert registry.FAMILIES["flux"].weight_scale * rule.OFFICIAL_WEIGHT == pytest.approx(dit.FLOW_WEIGHT)
+    assert registry.FAMILIES["sd15"].weight_scale == 1.0
+    assert registry.FAMILIES["sd3"].vp_scale(0.5) == 1.0 and registry.FAMILIES["sd15"].vp_scale(1.0) > 1.4
+
+
+@dit_family
+def test_drag_lowers_the_drag_loss(dit):
+    corr = dit.head("correspondence")
+    y, x = torch.meshgrid(torch.linspace(0, 1, SIZE), torch.linspace(0, 1, SIZE), indexing="ij")
+    image = torch.stack([x, y, 1 - x * y], dim=-1)[None]
+    points = json.dumps([{"source": [16, 16], "target": [44, 40]}])
+
+    def drag(weight: float):
+        return call_node("ReadoutDragTarget", correspondence_head=corr, points=points, drag_weight=weight,
+                         start_percent=0.0, end_percent=1.0, reference_image=image)[0]
+
+    guidance = drag(1.0)
+    edited, _, reference = dit.sample(seed=3, guidance=guidance)
+    unguided = dit.sample(seed=3, guidance=drag(0.0))[0]
+
+    def drag_loss(samples):
+        return float(guidance[0].loss(dit.readout(samples["samples"], corr),
+                                      dit.readout(reference["samples"], corr)).sum())
+    assert drag_loss(edited) < drag_loss(unguided)
+
+
+@dit_family
+def test_self_guidance_on_a_dit_is_refused_with_the_reason(dit):
+    target = call_node("SelfGuidanceTarget", clip=dit.clip, prompt="a red cube on a table", words="cube",
+                       edit="move_to", dx=0.0, dy=0.0, x=0.2, y=0.2, size_factor=1.0, weight=1.0,
+                       start_percent=0.0, end_percent=1.0)[0]
+    with pytest.raises(ValueError, match="^model: self-guidance .* joint attention"):
+        dit.sample(seed=1, guidance=target)
+
+
+@dit_family
+def test_train_node_trains_a_head_of_the_family_from_the_dit_loaders(dit, tmp_path, monkeypatch):
+    import folder_paths
+
+    for name in ("readout_heads", "readout_datasets"):
+        paths, extensions = folder_paths.folder_names_and_paths[name]
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, name, ([str(tmp_path / name), *paths], extensions))
+    images = torch.rand(4, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0))
+    labels = (images > 0.5).float()
+    dataset = call_node("ReadoutSpatialDataset", images=images, labels=labels, dataset_name=f"{dit.family}_edges",
+                        kind="edge")[0]
+    out = node_output("TrainReadoutHead", model=dit.model, vae=dit.vae, clip=dit.clip, dataset=dataset,
+                      head_name=f"{dit.family}_edge", steps=2, kind="edge", learning_rate=1e-3, batch_size=2,
+                      resolution=SIZE, seed=0, projection_dim=128, validation_fraction=0.0)
+    head = out["result"][0]
+    assert head.config.family == dit.family and list(head.config.dims) == TINY_DIT_DIMS[dit.family]
+    assert head.config.emb_dim == TINY_EMB_DIMS[dit.family]
+    readout = dit.readout(dit.latent["samples"], head)
+    assert readout.shape[1] == 3 and bool(torch.isfinite(readout).all())
