@@ -126,11 +126,24 @@ class Workflow:
                 "groups": self.groups, "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
 
 
+@dataclass
+class Loaders:
+    """Where a graph's MODEL, CLIP and VAE come from: one checkpoint loader, or a DiT's three loaders."""
+
+    model: tuple
+    clip: tuple
+    vae: tuple
+
+    @classmethod
+    def checkpoint(cls, node: Node) -> Loaders:
+        return cls((node, "MODEL"), (node, "CLIP"), (node, "VAE"))
+
+
 def base_graph(wf: Workflow, ckpt: str, prompt: str, size: int = 512):
     """Checkpoint, prompts and an empty latent: what every example starts from."""
-    loader = wf.add("CheckpointLoaderSimple", (0, 0), {"ckpt_name": ckpt})
-    positive = wf.add("CLIPTextEncode", (360, 0), {"text": prompt}, clip=(loader, "CLIP"))
-    negative = wf.add("CLIPTextEncode", (360, 200), {"text": NEGATIVE}, clip=(loader, "CLIP"))
+    loader = Loaders.checkpoint(wf.add("CheckpointLoaderSimple", (0, 0), {"ckpt_name": ckpt}))
+    positive = wf.add("CLIPTextEncode", (360, 0), {"text": prompt}, clip=loader.clip)
+    negative = wf.add("CLIPTextEncode", (360, 200), {"text": NEGATIVE}, clip=loader.clip)
     latent = wf.add("EmptyLatentImage", (360, 400), {"width": size, "height": size, "batch_size": 1})
     return loader, positive, negative, latent
 
@@ -142,24 +155,24 @@ ROW = 330
 
 def finish(wf: Workflow, loader, sampler, prefix: str, reference: bool = False) -> None:
     """Decode and save the result, show the loss plot (and save the reference branch)."""
-    decoded = wf.add("VAEDecode", (1700, 0), samples=(sampler, "LATENT"), vae=(loader, "VAE"))
+    decoded = wf.add("VAEDecode", (1700, 0), samples=(sampler, "LATENT"), vae=loader.vae)
     wf.add("SaveImage", (1950, 0), {"filename_prefix": prefix}, images=(decoded, "IMAGE"))
     wf.add("PreviewImage", (1700, 420), title=LOSS_PLOT, images=(sampler, "loss_plot"))
     if reference:
-        ref = wf.add("VAEDecode", (1700, 250), samples=(sampler, "reference"), vae=(loader, "VAE"))
+        ref = wf.add("VAEDecode", (1700, 250), samples=(sampler, "reference"), vae=loader.vae)
         wf.add("SaveImage", (1950, 420), {"filename_prefix": f"{prefix}_reference"}, images=(ref, "IMAGE"))
 
 
 def guided_sampler(wf: Workflow, loader, positive, negative, latent, guidance, **widgets):
     """KSampler (Readout Guidance); positive / negative are (node, output) pairs."""
-    return wf.add("ReadoutGuidedKSampler", (1350, 0), {**SAMPLER, **widgets}, model=(loader, "MODEL"), positive=positive,
+    return wf.add("ReadoutGuidedKSampler", (1350, 0), {**SAMPLER, **widgets}, model=loader.model, positive=positive,
                   negative=negative, latent_image=(latent, "LATENT"), guidance=(guidance, "guidance"))
 
 
 def unguided_twin(wf: Workflow, loader, positive, negative, latent, **widgets) -> Node:
     """The same sampling without guidance (same seed and settings): what guidance is compared with."""
     return wf.add("KSampler", (0, CHECK_Y), {**SAMPLER, **widgets}, title="Same seed, no guidance",
-                  model=(loader, "MODEL"), positive=positive, negative=negative, latent_image=(latent, "LATENT"))
+                  model=loader.model, positive=positive, negative=negative, latent_image=(latent, "LATENT"))
 
 
 def readout_rows(wf: Workflow, loader, head, guidance, rows: list[tuple], reference_row: bool = False,
@@ -174,8 +187,8 @@ def readout_rows(wf: Workflow, loader, head, guidance, rows: list[tuple], refere
         y = CHECK_Y + ROW * index
         colors = {} if reference is None else {"colors_from": (reference, "readout")}
         read_input = {"image": source} if source[1] == "IMAGE" else {"latent": source}
-        read = wf.add("ExtractReadout", (720, y), {"timestep": -1, "seed": 0}, model=(loader, "MODEL"),
-                      vae=(loader, "VAE"), head=(head, "head"), clip=(loader, "CLIP"), **read_input, **colors)
+        read = wf.add("ExtractReadout", (720, y), {"timestep": -1, "seed": 0}, model=loader.model,
+                      vae=loader.vae, head=(head, "head"), clip=loader.clip, **read_input, **colors)
         shown = read, "readout_image"
         added.append(read)
         if draw_points:
@@ -217,7 +230,7 @@ def spatial(classes, kind: str, ckpt: str = SD15, family: str = "sdv15", control
         net = wf.add("ControlNetLoader", (360, 600), {"control_net_name": "control_v11p_sd15_openpose.pth"})
         applied = wf.add("ControlNetApplyAdvanced", (780, 0), {"strength": 0.8, "start_percent": 0.0, "end_percent": 1.0},
                          positive=conditioning[0], negative=conditioning[1],
-                         control_net=(net, "CONTROL_NET"), image=(image, "IMAGE"), vae=(loader, "VAE"))
+                         control_net=(net, "CONTROL_NET"), image=(image, "IMAGE"), vae=loader.vae)
         conditioning = (applied, "positive"), (applied, "negative")
     sampler = guided_sampler(wf, loader, *conditioning, latent, target)
     finish(wf, loader, sampler, f"readout_{kind}")
@@ -237,13 +250,71 @@ def spatial(classes, kind: str, ckpt: str = SD15, family: str = "sdv15", control
     return wf.to_ui()
 
 
+DIT_MODELS = {
+    "flux": {"label": "Flux.1 dev", "unet": "flux1-dev.safetensors", "vae": "ae.safetensors",
+             "clip": ("DualCLIPLoader", {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors",
+                                         "type": "flux"}),
+             "sampler": {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"}},
+    "sd3": {"label": "SD3.5 Large", "unet": "sd3.5_large.safetensors", "vae": "sd3.5_vae.safetensors",
+            "clip": ("TripleCLIPLoader", {"clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors",
+                                          "clip_name3": "t5xxl_fp16.safetensors"}),
+            "sampler": {"seed": 42, "steps": 28, "cfg": 4.5, "sampler_name": "euler", "scheduler": "sgm_uniform"}},
+}
+"""The DiT examples: loaded as their model cards say (diffusion model, text encoders, VAE: three loaders)."""
+
+
+def dit_base_graph(wf: Workflow, family: str, prompt: str, size: int = 1024):
+    """Load Diffusion Model, the family's CLIP loader and Load VAE, prompts (FluxGuidance on Flux), an empty latent."""
+    spec = DIT_MODELS[family]
+    unet = wf.add("UNETLoader", (0, 0), {"unet_name": spec["unet"], "weight_dtype": "default"})
+    clip_type, clip_widgets = spec["clip"]
+    clip = wf.add(clip_type, (0, 130), clip_widgets)
+    vae = wf.add("VAELoader", (0, 330), {"vae_name": spec["vae"]})
+    loader = Loaders((unet, "MODEL"), (clip, "CLIP"), (vae, "VAE"))
+    positive = wf.add("CLIPTextEncode", (360, 0), {"text": prompt}, clip=loader.clip)
+    negative = wf.add("CLIPTextEncode", (360, 200), {"text": "" if family == "flux" else NEGATIVE}, clip=loader.clip)
+    conditioning = (positive, "CONDITIONING")
+    if family == "flux":
+        conditioning = (wf.add("FluxGuidance", (360, 400), {"guidance": 3.5}, conditioning=conditioning),
+                        "CONDITIONING")
+    latent = wf.add("EmptySD3LatentImage", (360, 560), {"width": size, "height": size, "batch_size": 1})
+    return loader, conditioning, (negative, "CONDITIONING"), latent
+
+
+def dit_spatial(classes, family: str, kind: str = "depth") -> dict:
+    """Spatial control of a DiT with a head the user trained on it (Train Readout Head)."""
+    wf = Workflow(classes)
+    spec = DIT_MODELS[family]
+    loader, positive, negative, latent = dit_base_graph(wf, family, "a cozy living room, photo")
+    head_file = f"my_{family}_{kind}.safetensors"
+    head = wf.add("LoadReadoutHead", (0, 460), {"head_name": head_file})
+    image = wf.add("LoadImage", (0, 630), {"image": f"readout_example_{kind}.png"}, title=TARGET_MAP)
+    target = wf.add("ReadoutTarget", (780, 250), {"weight": 0.43, "start_percent": 0.0, "end_percent": 0.5},
+                    head=(head, "head"), target_image=(image, "IMAGE"))
+    sampler = guided_sampler(wf, loader, positive, negative, latent, target, **spec["sampler"])
+    finish(wf, loader, sampler, f"readout_{family}_{kind}")
+    wf.note((0, 900), f"Spatial control of {spec['label']} with a {kind} readout head.\n"
+            f"No official heads exist for {spec['label']}: train one on your model with Train Readout Head "
+            f"(workflows/train_edge_head.json, with these three loaders) and pick it in Load Readout Head "
+            f"({head_file} here).\nweight 0.43 is the official strength in every family (the pack rescales it to "
+            "the flow-matching parameterization). The loss plot shows the readout loss falling.")
+    main_group(wf)
+    unguided = wf.add("KSampler", (0, CHECK_Y), spec["sampler"], title="Same seed, no guidance",
+                      model=loader.model, positive=positive, negative=negative, latent_image=(latent, "LATENT"))
+    rows = [((unguided, "LATENT"), UNGUIDED_VIEW, UNGUIDED_SCORE), ((sampler, "LATENT"), GUIDED_VIEW, GUIDED_SCORE)]
+    check_group(wf, [unguided, *readout_rows(wf, loader, head, target, rows)],
+                f"the {kind} head's readout of the image without and with guidance, and its loss against the "
+                "target map (lower is better).")
+    return wf.to_ui()
+
+
 def drag_generated(classes) -> dict:
     wf = Workflow(classes)
     loader, positive, negative, latent = base_graph(wf, SD15, "a photo of a bear dancing in a forest")
     plain = wf.add("KSampler", (780, 960), SAMPLER, title="Reference (same seed, no guidance)",
-                   model=(loader, "MODEL"), positive=(positive, "CONDITIONING"), negative=(negative, "CONDITIONING"),
+                   model=loader.model, positive=(positive, "CONDITIONING"), negative=(negative, "CONDITIONING"),
                    latent_image=(latent, "LATENT"))
-    reference = wf.add("VAEDecode", (1350, 960), samples=(plain, "LATENT"), vae=(loader, "VAE"))
+    reference = wf.add("VAEDecode", (1350, 960), samples=(plain, "LATENT"), vae=loader.vae)
     corr = wf.add("LoadReadoutHead", (0, 250), {"head_name": "readout_sdv15_drag_correspondence.pt"})
     app = wf.add("LoadReadoutHead", (0, 420), {"head_name": "readout_sdv15_drag_appearance.pt"})
     drag = wf.add("ReadoutDragTarget", (780, 150), {
@@ -279,7 +350,7 @@ def real_image_branch(wf: Workflow, loader, positive, image_name: str, pos=(0, 4
     scaled = wf.add("ImageScale", (360, 600), {"upscale_method": "bilinear", "width": 512, "height": 512,
                                                "crop": "center"}, image=(image, "IMAGE"))
     inverted = wf.add("ReadoutInvertImage", (780, 960), {"steps": 30, "scheduler": "ddim_uniform", "refinements": 5},
-                      model=(loader, "MODEL"), vae=(loader, "VAE"), image=(scaled, "IMAGE"),
+                      model=loader.model, vae=loader.vae, image=(scaled, "IMAGE"),
                       positive=(positive, "CONDITIONING"))
     return scaled, inverted
 
@@ -301,7 +372,7 @@ def drag_real_image(classes) -> dict:
                      title="Same drag at weight 0", correspondence_head=(corr, "head"), reference=(inverted, "reference"),
                      reference_image=(scaled, "IMAGE"))
     twin = wf.add("ReadoutGuidedKSampler", (0, CHECK_Y + 820), {**SAMPLER, "cfg": 3.5},
-                  title="Same seed, no drag (reconstruction)", model=(loader, "MODEL"),
+                  title="Same seed, no drag (reconstruction)", model=loader.model,
                   positive=(positive, "CONDITIONING"), negative=(negative, "CONDITIONING"),
                   latent_image=(latent, "LATENT"), guidance=(no_drag, "guidance"))
     wf.note((0, 1000), "Drag a real photo: it is inverted (DDIM) along the sampler's schedule, so with no points "
@@ -367,7 +438,7 @@ def self_guidance_move_object(classes) -> dict:
     loader, positive, negative, latent = base_graph(wf, SD15, prompt)
     move = wf.add("SelfGuidanceTarget", (780, 150), {
         "prompt": prompt, "words": "cat", "edit": "move_by", "dx": 0.25, "dy": 0.0, "x": 0.5, "y": 0.5,
-        "size_factor": 1.5, "weight": 1.0, "start_percent": 0.0, "end_percent": 0.5}, clip=(loader, "CLIP"))
+        "size_factor": 1.5, "weight": 1.0, "start_percent": 0.0, "end_percent": 0.5}, clip=loader.clip)
     sampler = guided_sampler(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, move)
     finish(wf, loader, sampler, "self_guidance_move", reference=True)
     wf.note((0, 650), "Self-Guidance: move the cat a quarter of the width to the right, read from its "
@@ -382,7 +453,7 @@ def self_guidance_move_object(classes) -> dict:
     for index, (output, title, score_title) in enumerate(rows):
         y = CHECK_Y + ROW * index
         read = wf.add("WordAttentionMap", (720, y), {"timestep": 500, "seed": 0}, title=score_title,
-                      model=(loader, "MODEL"), positive=(positive, "CONDITIONING"), samples=(sampler, output),
+                      model=loader.model, positive=(positive, "CONDITIONING"), samples=(sampler, output),
                       guidance=(move, "guidance"), unguided_samples=(sampler, "reference"))
         added += [read, wf.add("PreviewImage", (1080, y), title=title, images=(read, "attention_map"))]
     check_group(wf, added, "the word's cross-attention map (yellow = most, blue = least) in the unguided latent (the "
@@ -400,9 +471,9 @@ def train_edge_head(classes) -> dict:
     images_latent = wf.add("EmptyLatentImage", (480, TRAINING_Y), {"width": 512, "height": 512, "batch_size": 16},
                            title="Training images: 16 per run")
     samples = wf.add("KSampler", (840, TRAINING_Y), SAMPLER, title="Training images (change the seed to add others)",
-                     model=(loader, "MODEL"), positive=(positive, "CONDITIONING"), negative=(negative, "CONDITIONING"),
+                     model=loader.model, positive=(positive, "CONDITIONING"), negative=(negative, "CONDITIONING"),
                      latent_image=(images_latent, "LATENT"))
-    decoded = wf.add("VAEDecode", (1200, TRAINING_Y), samples=(samples, "LATENT"), vae=(loader, "VAE"))
+    decoded = wf.add("VAEDecode", (1200, TRAINING_Y), samples=(samples, "LATENT"), vae=loader.vae)
     edges = wf.add("Canny", (1200, TRAINING_Y + 160), {"low_threshold": 0.4, "high_threshold": 0.8},
                    image=(decoded, "IMAGE"))
     dataset = wf.add("ReadoutSpatialDataset", (1560, TRAINING_Y), {"dataset_name": "my_edge_data", "kind": "edge"},
@@ -410,7 +481,7 @@ def train_edge_head(classes) -> dict:
     trained = wf.add("TrainReadoutHead", (1920, TRAINING_Y), {
         "kind": "edge", "head_name": "my_edge_head", "steps": 2000, "learning_rate": 1e-4, "batch_size": 4,
         "resolution": 512, "seed": 0, "existing": "resume", "validation_fraction": 0.1, "projection_dim": 384},
-        model=(loader, "MODEL"), vae=(loader, "VAE"), clip=(loader, "CLIP"), dataset=(dataset, "dataset"))
+        model=loader.model, vae=loader.vae, clip=loader.clip, dataset=(dataset, "dataset"))
     loss = wf.add("PreviewImage", (2280, TRAINING_Y), title="Training loss", images=(trained, "loss_plot"))
     image = wf.add("LoadImage", (0, 250), {"image": "readout_example_edge.png"}, title=TARGET_MAP)
     target = wf.add("ReadoutTarget", (780, 250), {"weight": 0.43, "start_percent": 0.0, "end_percent": 0.5},
@@ -448,6 +519,8 @@ WORKFLOWS = {
     "identity.json": identity,
     "self_guidance_move_object.json": self_guidance_move_object,
     "train_edge_head.json": train_edge_head,
+    "flux_spatial.json": lambda c: dit_spatial(c, "flux"),
+    "sd35_spatial.json": lambda c: dit_spatial(c, "sd3"),
 }
 
 

@@ -7,11 +7,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tiny.dit import TINY_DIT_CLIP_L, TINY_DIT_VAE, TINY_FLUX, TINY_SD3  # noqa: E402
 from tiny.models import (TINY_CHECKPOINTS, TINY_CONTROLNET, TINY_HEAD_KINDS, TINY_LORA,  # noqa: E402
                          tiny_head_name)
 
 CHECKPOINT_FAMILIES = {"v1-5-pruned-emaonly.safetensors": "sd15", "sd_xl_base_1.0.safetensors": "sdxl"}
 """The checkpoints our example workflows name, by the family of their tiny stand-in."""
+DIFFUSION_MODEL_FAMILIES = {"flux1-dev.safetensors": "flux", "sd3.5_large.safetensors": "sd3"}
+"""The diffusion models (UNETLoader) our DiT example workflows name, by the family of their tiny stand-in."""
+TINY_DIFFUSION_MODELS = {"flux": TINY_FLUX, "sd3": TINY_SD3}
+TINY_CLIP_TYPES = {"flux": "stable_diffusion", "sd3": "sd3"}
+"""How the tiny DiTs' one text encoder (CLIP-L) loads in place of a DualCLIPLoader / TripleCLIPLoader."""
 HEAD_FILE_FAMILIES = {"sdv15": "sd15", "sdxl": "sdxl"}
 """The family an official head file names (readout_{sdv15,sdxl}_...)."""
 TINY_BY_INPUT = {"control_net_name": {"sd15": TINY_CONTROLNET}, "lora_name": {"sd15": TINY_LORA}}
@@ -28,6 +34,18 @@ def workflow_family(prompt: dict) -> str:
     """The model family of a prompt's checkpoints (every one must have a tiny stand-in, and all one family)."""
     names = {node["inputs"]["ckpt_name"] for node in prompt.values()
              if isinstance(node["inputs"].get("ckpt_name"), str)}
+    dits = {node["inputs"]["unet_name"] for node in prompt.values()
+            if isinstance(node["inputs"].get("unet_name"), str)}
+    if dits:
+        unknown = sorted(n for n in dits if n not in DIFFUSION_MODEL_FAMILIES and n not in TINY_DIFFUSION_MODELS.values())
+        if unknown or names:
+            raise NoStandIn(f"diffusion model {(unknown or sorted(dits))[0]!r} has no tiny stand-in here: name one of "
+                            f"{sorted(DIFFUSION_MODEL_FAMILIES)} (and no checkpoint) in the workflow")
+        by_tiny = {v: k for k, v in TINY_DIFFUSION_MODELS.items()}
+        families = {DIFFUSION_MODEL_FAMILIES.get(n) or by_tiny[n] for n in dits}
+        if len(families) > 1:
+            raise NoStandIn(f"the workflow mixes model families {sorted(families)}: the tiny stand-ins cannot")
+        return families.pop()
     unknown = sorted(n for n in names if n not in CHECKPOINT_FAMILIES and n not in TINY_CHECKPOINTS.values())
     if unknown:
         raise NoStandIn(f"checkpoint {unknown[0]!r} has no tiny stand-in: name one of {sorted(CHECKPOINT_FAMILIES)} "
@@ -58,6 +76,8 @@ def swap_model_names(prompt: dict) -> dict:
     the workflow's model family; a model with no stand-in for that family raises NoStandIn (never a silent swap)."""
     family = workflow_family(prompt)
     for node in prompt.values():
+        if family in TINY_DIFFUSION_MODELS:
+            swap_dit_loaders(node, family)
         inputs = node["inputs"]
         if isinstance(inputs.get("ckpt_name"), str):
             inputs["ckpt_name"] = TINY_CHECKPOINTS[family]
@@ -69,6 +89,19 @@ def swap_model_names(prompt: dict) -> dict:
         if isinstance(inputs.get("head_name"), str) and node["class_type"] not in WRITERS:
             inputs["head_name"] = tiny_head_for(inputs["head_name"], family)
     return prompt
+
+
+def swap_dit_loaders(node: dict, family: str) -> None:
+    """A DiT graph's loaders on the tiny DiT: its diffusion model, the 16-channel VAE, and its one CLIP-L in place of
+    the family's dual or triple text encoders."""
+    inputs = node["inputs"]
+    if isinstance(inputs.get("unet_name"), str):
+        inputs["unet_name"] = TINY_DIFFUSION_MODELS[family]
+    if isinstance(inputs.get("vae_name"), str):
+        inputs["vae_name"] = TINY_DIT_VAE
+    if node["class_type"] in ("DualCLIPLoader", "TripleCLIPLoader"):
+        node["class_type"] = "CLIPLoader"
+        node["inputs"] = {"clip_name": TINY_DIT_CLIP_L, "type": TINY_CLIP_TYPES[family]}
 
 
 def shrink_canvas(prompt: dict, size: int) -> dict:
