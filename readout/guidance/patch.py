@@ -24,7 +24,8 @@ from ..backbones.cross_attention import capture_cross_attention
 from ..backbones.registry import backbone_for_config
 from ..targets.base import Readings
 from .fast import FastRule
-from .grad_pass import autograd_safe_weights, gradient_checkpointing, normal_copies, grad_pass_options
+from .grad_pass import (autograd_safe_weights, differentiable_kernels, gradient_checkpointing, grad_pass_options,
+                        normal_copies)
 from .official import OfficialRule
 from .rule import GuidanceRun
 from .strategy import GuidanceRule
@@ -205,6 +206,7 @@ class ReadoutGuidancePatch:
             x_grad = x.clone().requires_grad_(True)
             t_copy, c_concat, c_crossattn, control, kwargs = normal_copies((t, c_concat, c_crossattn, control, kwargs))
             stack.enter_context(autograd_safe_weights(diffusion_model))
+            stack.enter_context(differentiable_kernels())
             if self.options.gradient_checkpointing:
                 stack.enter_context(gradient_checkpointing(backbone.checkpoint_layers(diffusion_model)))
             store = stack.enter_context(backbone.capture_features(diffusion_model))
