@@ -3,6 +3,8 @@
     .venv/bin/python bench/guidance_cost.py                       # tiny SD1.5 model on the CPU, 64 px
     .venv/bin/python bench/guidance_cost.py --model sd15 --size 512 --device cuda
     .venv/bin/python bench/guidance_cost.py --model sdxl --size 1024 --device cuda
+    .venv/bin/python bench/guidance_cost.py --model tiny_flux       # tiny Flux (3072 wide, 2 blocks), cfg 1
+    .venv/bin/python bench/guidance_cost.py --model tiny_sd3        # tiny SD3.5-style MMDiT, cfg 4.5
 
 Each configuration runs in a fresh process so its peak memory is its own (CUDA: max allocated;
 CPU: peak resident set). sd15/sdxl are UNets of ComfyUI's real configs with random weights
@@ -55,6 +57,13 @@ OFFICIAL_VS_FAST = {"per guided step": ("official_all_steps", "all_steps", 1.7),
 """(official config, fast config, target: fast at least this many times faster, or None) printed side by side."""
 
 
+DIT_LOADERS = {"tiny_flux": ("readout_tiny_flux.safetensors", "stable_diffusion"),
+               "tiny_sd3": ("readout_tiny_sd3.safetensors", "sd3")}
+"""The tiny DiTs (tiny/dit.py) by UNETLoader file and CLIPLoader type; they sample a 16-channel latent at their
+own CFG (Flux dev: 1, so only the conditional half runs; SD3.5: 4.5)."""
+DIT_CFG = {"tiny_flux": 1.0, "tiny_sd3": 4.5}
+
+
 def build(model_name: str, device: str):
     """(ModelPatcher, positive, negative, decoder dims) for the benchmark model."""
     import torch
@@ -63,8 +72,15 @@ def build(model_name: str, device: str):
     import comfy.model_patcher
     import comfy.supported_models as sm
     from helpers_bench import call_node
+    from tiny.dit import TINY_DIT_CLIP_L
     from tiny.models import TINY_CHECKPOINT, init_weights
 
+    if model_name in DIT_LOADERS:
+        unet, clip_type = DIT_LOADERS[model_name]
+        model = call_node("UNETLoader", unet_name=unet, weight_dtype="default")[0]
+        clip = call_node("CLIPLoader", clip_name=TINY_DIT_CLIP_L, type=clip_type)[0]
+        return model, call_node("CLIPTextEncode", text="a photo", clip=clip)[0], call_node(
+            "CLIPTextEncode", text="", clip=clip)[0]
     if model_name == "tiny":
         model, clip = call_node("CheckpointLoaderSimple", ckpt_name=TINY_CHECKPOINT)[:2]
         pos = call_node("CLIPTextEncode", text="a photo", clip=clip)[0]
@@ -99,9 +115,11 @@ def run_one(args, name: str) -> dict:
     import comfy.model_management as mm
 
     model, pos, neg = build(args.model, args.device)
-    latent = call_node("EmptyLatentImage", width=args.size, height=args.size, batch_size=1)[0]
+    empty = "EmptySD3LatentImage" if args.model in DIT_LOADERS else "EmptyLatentImage"
+    latent = call_node(empty, width=args.size, height=args.size, batch_size=1)[0]
     config = CONFIGS[name]
-    sample = dict(model=model, seed=1, steps=args.steps, cfg=7.5, sampler_name="ddim", scheduler="ddim_uniform",
+    sample = dict(model=model, seed=1, steps=args.steps, cfg=DIT_CFG.get(args.model, 7.5), sampler_name="ddim",
+                  scheduler="ddim_uniform",
                   positive=pos, negative=neg, latent_image=latent, denoise=1.0)
     warm = dict(sample, steps=1)
     if config is None:
@@ -142,7 +160,7 @@ def supported(name: str, device: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("tiny", "sd15", "sdxl"), default="tiny")
+    parser.add_argument("--model", choices=("tiny", "sd15", "sdxl", *DIT_LOADERS), default="tiny")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--steps", type=int, default=10)
@@ -170,7 +188,7 @@ def main() -> None:
 
 def report(args, results: dict) -> None:
     base = results["unguided"]
-    print(f"\nmodel {args.model}, {args.size}x{args.size} px, {args.steps} ddim steps, cfg 7.5, device {args.device}")
+    print(f"\nmodel {args.model}, {args.size}x{args.size} px, {args.steps} ddim steps, cfg {DIT_CFG.get(args.model, 7.5)}, device {args.device}")
     print(f"{'configuration':32} {'s/step':>9} {'x time':>8} {'peak MiB':>10} {'x memory':>9}")
     for name, r in results.items():
         print(f"{name:32} {r['seconds_per_step']:9.3f} {r['seconds_per_step'] / base['seconds_per_step']:8.2f} "

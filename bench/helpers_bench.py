@@ -40,7 +40,8 @@ def random_head(model):
     head_model = importlib.import_module(f"{base}.readout.heads.head_model")
     checkpoints = importlib.import_module(f"{base}.readout.heads.files")
     config = heads.HeadConfig(kind="depth", family=backbone.family,
-                              dims=tuple(backbone.feature_dims(model.model.diffusion_model)), use_output_head=True)
+                              dims=tuple(backbone.feature_dims(model.model.diffusion_model)), use_output_head=True,
+                              emb_dim=backbone.embedding_dim(model.model.diffusion_model))
     with torch.inference_mode(False):
         state = heads.ReadoutHead(config).state_dict()
     import comfy.model_management as mm

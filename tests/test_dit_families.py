@@ -112,6 +112,24 @@ def test_spatial_guidance_lowers_the_head_loss(dit):
     assert float(loss(dit.readout(guided, head)).sum()) < 0.9 * float(loss(dit.readout(plain, head)).sum())
 
 
+@pytest.mark.parametrize("dit", ["flux"], indirect=True)
+def test_flux_guides_alike_with_and_without_gradient_checkpointing(dit):
+    """Flux's blocks add into their inputs in place: without checkpointing the grad pass keeps copies of what they save
+    for the backward, and the guided image is the one checkpointing gives."""
+    head = dit.head("depth")
+    guidance = call_node("ReadoutTarget", head=head, weight=1.0, start_percent=0.0, end_percent=1.0,
+                         target_image=torch.full((1, SIZE, SIZE, 3), 0.8))[0]
+    inputs = dict(seed=2, steps=2, cfg=1.0, sampler_name="euler", scheduler="simple", positive=dit.pos,
+                  negative=dit.neg, latent_image=dit.latent, denoise=1.0, guidance=guidance)
+    runs = [call_node("ReadoutGuidedKSampler", model=dit.model, gradient_checkpointing=flag, **inputs)[0]["samples"]
+            for flag in (True, False)]
+    plain = call_node("KSampler", model=dit.model, **{k: v for k, v in inputs.items() if k != "guidance"})[0]
+    moved = (runs[0] - plain["samples"]).abs().mean()
+    assert float(moved) > 1e-3
+    # the first guided step is the gradient's sign: where it is ~0 rounding may flip it, so compare in the mean
+    assert float((runs[1] - runs[0]).abs().mean()) < 0.05 * float(moved)
+
+
 def test_flux_weight_is_scaled_to_the_flow_parameterization():
     """One weight, one strength: the flow families multiply it by FLOW_WEIGHT / OFFICIAL_WEIGHT, the UNets by 1."""
     dit = pack_module("readout.backbones.dit")
@@ -153,7 +171,8 @@ def test_self_guidance_on_a_dit_is_refused_with_the_reason(dit):
 
 
 @dit_family
-def test_train_node_trains_a_head_of_the_family_from_the_dit_loaders(dit, tmp_path, monkeypatch):
+def test_node_and_command_line_train_a_head_of_the_family_from_the_dit_loaders(dit, tmp_path, monkeypatch,
+                                                                             comfyui_dir):
     import folder_paths
 
     for name in ("readout_heads", "readout_datasets"):
@@ -171,3 +190,20 @@ def test_train_node_trains_a_head_of_the_family_from_the_dit_loaders(dit, tmp_pa
     assert head.config.emb_dim == TINY_EMB_DIMS[dit.family]
     readout = dit.readout(dit.latent["samples"], head)
     assert readout.shape[1] == 3 and bool(torch.isfinite(readout).all())
+
+    output = tmp_path / "from_cli.safetensors"
+    unet, clip_type = LOADERS[dit.family]
+    files = ["--diffusion-model", folder_paths.get_full_path("diffusion_models", unet),
+             "--text-encoder", folder_paths.get_full_path("text_encoders", TINY_DIT_CLIP_L), "--clip-type", clip_type,
+             "--vae", folder_paths.get_full_path("vae", TINY_DIT_VAE)]
+    main = pack_module("readout.train.__main__").main
+    assert main(["--comfyui", comfyui_dir, *files, "--kind", "edge", "--dataset", dataset.path, "--output",
+                 str(output), "--steps", "2", "--batch-size", "2", "--lr", "1e-3", "--resolution", str(SIZE),
+                 "--projection-dim", "128", "--val-fraction", "0", "--checkpoint-every", "0"]) == 0
+    config, cli_weights = pack_module("readout.heads.files").load_head_file(str(output))
+    assert config == head.config, "the command line, given the three files, trains the node's head"
+    for name, tensor in head.patcher.model.state_dict().items():
+        torch.testing.assert_close(cli_weights[name], tensor, rtol=1e-4, atol=1e-5)
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "x.safetensors", *files, "--kind", "edge", "--dataset", dataset.path, "--output",
+              str(output)])

@@ -87,6 +87,9 @@ class Backbone(ABC):
         ComfyUI's EPS models (x = x0 + sigma eps); 1 for flow matching, whose x is already x_t."""
         return math.sqrt(1 + sigma * sigma)
 
+    blocks_add_in_place: bool = False
+    """Whether the model's blocks add into tensors they saved for the backward (the grad pass then keeps copies)."""
+
     self_guidance_refusal: str = ""
     """Why Self-Guidance cannot read this family's attention ("" when it can)."""
 

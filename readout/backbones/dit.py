@@ -147,6 +147,7 @@ class FluxBackbone(DiTBackbone):
 
     family, label = "flux", "Flux"
     timestep_scale = float(HEAD_TIMESTEPS)
+    blocks_add_in_place = True
 
     def matches(self, model_config) -> bool:
         import comfy.supported_models as sm

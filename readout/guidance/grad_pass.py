@@ -99,6 +99,30 @@ def _checkpointed(forward):
 
 
 @contextmanager
+def saved_tensor_copies(layers: list[nn.Module]) -> Iterator[None]:
+    """Each of these layers keeps copies of what it saves for the backward: blocks that add into tensors they saved
+    (Flux's add their output into their input in place) stay differentiable without gradient checkpointing."""
+    patched = []
+    try:
+        for layer in layers:
+            if "forward" in layer.__dict__:
+                continue
+            layer.forward = _saving_copies(layer.forward)
+            patched.append(layer)
+        yield
+    finally:
+        for layer in patched:
+            del layer.forward
+
+
+def _saving_copies(forward):
+    def run(*args, **kwargs):
+        with torch.autograd.graph.saved_tensors_hooks(torch.Tensor.clone, _identity):
+            return forward(*args, **kwargs)
+    return run
+
+
+@contextmanager
 def differentiable_kernels() -> Iterator[None]:
     """ComfyUI's own switch to its autograd-capable kernels (model_management.in_training, ComfyUI 0.33+: e.g. Flux's
     rotary embedding, whose fused kernel has no backward), on for the grad pass only."""

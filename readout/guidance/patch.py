@@ -24,8 +24,8 @@ from ..backbones.cross_attention import capture_cross_attention
 from ..backbones.registry import backbone_for_config
 from ..targets.base import Readings
 from .fast import FastRule
-from .grad_pass import (autograd_safe_weights, differentiable_kernels, gradient_checkpointing, grad_pass_options,
-                        normal_copies)
+from .grad_pass import (autograd_safe_weights, saved_tensor_copies, differentiable_kernels, gradient_checkpointing,
+                        grad_pass_options, normal_copies)
 from .official import OfficialRule
 from .rule import GuidanceRun
 from .strategy import GuidanceRule
@@ -209,6 +209,8 @@ class ReadoutGuidancePatch:
             stack.enter_context(differentiable_kernels())
             if self.options.gradient_checkpointing:
                 stack.enter_context(gradient_checkpointing(backbone.checkpoint_layers(diffusion_model)))
+            elif backbone.blocks_add_in_place:
+                stack.enter_context(saved_tensor_copies(backbone.checkpoint_layers(diffusion_model)))
             store = stack.enter_context(backbone.capture_features(diffusion_model))
             attention = None
             if tokens:

@@ -1,5 +1,8 @@
 """Command line: `python -m readout.train --checkpoint FILE --kind KIND <data> --output HEAD.safetensors`.
 
+A model kept in separate files (Flux, SD3.5) takes `--diffusion-model FILE --text-encoder FILE [--text-encoder
+FILE ...] --clip-type TYPE --vae FILE` instead of --checkpoint, loaded as UNETLoader, the CLIP loaders and VAELoader
+load them.
 Run from the pack folder with ComfyUI's Python; ComfyUI is found through --comfyui or COMFYUI_PATH.
 Under `torchrun --nproc_per_node N -m readout.train ...` each process trains on its share of the data.
 """
@@ -28,7 +31,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"),
                         help="ComfyUI folder (holds main.py); default: the COMFYUI_PATH environment variable")
-    parser.add_argument("--checkpoint", required=True, help="full path of an SD1.5 or SDXL checkpoint file")
+    parser.add_argument("--checkpoint", help="full path of an SD1.5 or SDXL checkpoint file (model, CLIP and VAE)")
+    parser.add_argument("--diffusion-model", help="instead of --checkpoint: a diffusion model file (Flux, SD3.5, "
+                                                  "any model UNETLoader loads from models/diffusion_models)")
+    parser.add_argument("--text-encoder", action="append", default=[],
+                        help="with --diffusion-model: a text encoder file; repeat for each (Flux: clip_l and t5xxl; "
+                             "SD3.5: clip_l, clip_g and t5xxl)")
+    parser.add_argument("--clip-type", help="with --diffusion-model: the text encoders' type as the CLIP loaders "
+                                            "name it (flux, sd3, stable_diffusion, ...)")
+    parser.add_argument("--vae", help="with --diffusion-model: the VAE file")
     parser.add_argument("--kind", required=True, choices=HEAD_KINDS, help="what the head reads out")
     parser.add_argument("--output", required=True, help="the head file to write (.safetensors)")
     parser.add_argument("--images", help="spatial kinds: folder of training images")
@@ -56,6 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.output.lower().endswith(".safetensors"):
         parser.error("--output must end in .safetensors")
+    separate = (args.diffusion_model, args.text_encoder, args.clip_type, args.vae)
+    if args.checkpoint and any(separate):
+        parser.error("give either --checkpoint or --diffusion-model with --text-encoder, --clip-type and --vae")
+    if not args.checkpoint and not all(separate):
+        parser.error("give --checkpoint FILE, or --diffusion-model FILE --text-encoder FILE --clip-type TYPE --vae FILE")
     if args.dataset:
         return args
     if args.kind in SPATIAL_KINDS and not (args.images and args.targets):
@@ -103,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     workers = init_workers()
     try:
         use_comfyui(args.comfyui)
-        frozen = FrozenUNet.from_checkpoint(args.checkpoint)
+        frozen = (FrozenUNet.from_checkpoint(args.checkpoint) if args.checkpoint else
+                  FrozenUNet.from_files(args.diffusion_model, args.text_encoder, args.clip_type, args.vae))
         options = TrainOptions(
             kind=args.kind, output=args.output, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
             projection_dim=args.projection_dim, val_fraction=args.val_fraction, val_every=args.val_every,

@@ -41,6 +41,25 @@ class FrozenUNet:
             raise ValueError(f"--checkpoint {path} has no CLIP or VAE: use a full SD1.5/SDXL checkpoint")
         return cls(model, vae, clip)
 
+    @classmethod
+    def from_files(cls, diffusion_model: str, text_encoders: list[str], clip_type: str, vae: str) -> FrozenUNet:
+        """Load a model kept in separate files (Flux, SD3.5) with ComfyUI's own loaders, as UNETLoader,
+        CLIPLoader / DualCLIPLoader / TripleCLIPLoader and VAELoader do."""
+        import comfy.sd
+        import comfy.utils
+
+        named = [("--diffusion-model", diffusion_model), *[("--text-encoder", p) for p in text_encoders], ("--vae", vae)]
+        for flag, path in named:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{flag} {path} does not exist: give the full path of the file")
+        types = {member.name.lower(): member for member in comfy.sd.CLIPType}
+        if clip_type.lower() not in types:
+            raise ValueError(f"--clip-type {clip_type!r} is not one of ComfyUI's text encoder types: "
+                             f"{', '.join(sorted(types))}")
+        model = comfy.sd.load_diffusion_model(diffusion_model)
+        clip = comfy.sd.load_clip(ckpt_paths=list(text_encoders), clip_type=types[clip_type.lower()])
+        return cls(model, comfy.sd.VAE(sd=comfy.utils.load_torch_file(vae)), clip)
+
     @property
     def embedding_dim(self) -> int:
         return self.backbone.embedding_dim(self.model_patcher.model.diffusion_model)
