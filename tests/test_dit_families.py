@@ -162,12 +162,34 @@ def test_drag_lowers_the_drag_loss(dit):
 
 
 @dit_family
-def test_self_guidance_on_a_dit_is_refused_with_the_reason(dit):
-    target = call_node("SelfGuidanceTarget", clip=dit.clip, prompt="a red cube on a table", words="cube",
-                       edit="move_to", dx=0.0, dy=0.0, x=0.2, y=0.2, size_factor=1.0, weight=1.0,
-                       start_percent=0.0, end_percent=1.0)[0]
-    with pytest.raises(ValueError, match="^model: self-guidance .* joint attention"):
-        dit.sample(seed=1, guidance=target)
+def test_self_guidance_moves_a_word_by_its_joint_attention(dit):
+    """move_to brings the word's image-query x text-key attention centroid toward the goal. SD3 through the node
+    (its CLIP's tokens); the tiny Flux reads CLIP-L tokens, not T5's, so its target is built with those positions."""
+    self_guidance = pack_module("readout.targets.self_guidance")
+    prompt = "a red cube on a table"
+    tokens = pack_module("readout.targets.prompt_tokens").word_token_positions(dit.clip, prompt, "cube")
+    if dit.family == "sd3":
+        target = call_node("SelfGuidanceTarget", clip=dit.clip, prompt=prompt, words="cube", edit="move_to",
+                           dx=0.0, dy=0.0, x=0.2, y=0.8, size_factor=1.0, weight=4.0, start_percent=0.0,
+                           end_percent=1.0)[0]
+    else:
+        window = pack_module("readout.targets.base").StepWindow(0.0, 1.0)
+        target = (self_guidance.SelfGuidanceTarget("cube", tokens, "flux", "move_to", 4.0, window, point=(0.2, 0.8)),)
+    guided = dit.sample(seed=5, guidance=target)[0]["samples"]
+    plain = dit.sample(seed=5)
+
+    def centroid(samples):
+        with torch.inference_mode():
+            reading = evaluation.hooked_evaluation(dit.model, samples, torch.zeros(1),
+                                                   evaluation.seeded_noise(samples, 0), dit.pos, tokens=tokens)
+            maps = reading.attention.word_maps(tokens, *samples.shape[-2:]).float()
+        assert maps.shape == (1, 1, SIZE // 16, SIZE // 16)
+        return self_guidance.centroid(maps)[0]
+
+    goal = torch.tensor([0.2, 0.8])
+    start, moved = centroid(plain), centroid(guided)
+    print(f"{dit.family}: centroid unguided {start.tolist()}, guided {moved.tolist()}, goal {goal.tolist()}")
+    assert (moved - goal).abs().sum() < 0.9 * (start - goal).abs().sum(), (start, moved)
 
 
 @dit_family

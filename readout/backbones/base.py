@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ReadoutError
+from .cross_attention import AttentionStore, capture_cross_attention
 
 
 LATENT_SCALE = 8
@@ -90,12 +91,15 @@ class Backbone(ABC):
     blocks_add_in_place: bool = False
     """Whether the model's blocks add into tensors they saved for the backward (the grad pass then keeps copies)."""
 
-    self_guidance_refusal: str = ""
-    """Why Self-Guidance cannot read this family's attention ("" when it can)."""
-
     weight_scale: float = 1.0
     """Multiplies a target's weight in the fast rule, so that one weight means one strength in every family (the
     calibration of the default weight, rule.py, in this family's parameterization)."""
+
+    @contextmanager
+    def capture_attention(self, diffusion_model: nn.Module, token_indices: list[int]) -> Iterator[AttentionStore]:
+        """The chosen tokens' attention maps of every model call made inside the block (Self-Guidance)."""
+        with capture_cross_attention(self.cross_attentions(diffusion_model), token_indices) as store:
+            yield store
 
     @abstractmethod
     def cross_attentions(self, diffusion_model: nn.Module) -> list[nn.Module]:

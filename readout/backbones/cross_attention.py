@@ -32,15 +32,19 @@ class AttentionStore:
         if query is None:
             return
         batch, tokens = output.shape[0], output.shape[1]
-        if max(self.token_indices) >= tokens:
-            raise ValueError(f"self-guidance: token {max(self.token_indices)} is past the {tokens} tokens of the "
-                             "conditioning: encode the prompt with the CLIP whose tokens you picked")
         heads = attention.heads
         q = query.reshape(query.shape[0], query.shape[1], heads, -1).transpose(1, 2)
-        k = output.reshape(batch, tokens, heads, -1).transpose(1, 2)
-        if q.shape[0] != batch:
-            k = k.expand(q.shape[0], -1, -1, -1)
-        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        self.add(q, output.reshape(batch, tokens, heads, -1).transpose(1, 2))
+
+    def add(self, queries: torch.Tensor, keys: torch.Tensor) -> None:
+        """One layer's maps from its image queries (B, heads, N, d) and text keys (B or 1, heads, tokens, d): each
+        position's softmax over the text tokens, the chosen tokens' columns, the mean over heads."""
+        if max(self.token_indices) >= keys.shape[2]:
+            raise ValueError(f"self-guidance: token {max(self.token_indices)} is past the {keys.shape[2]} tokens of "
+                             "the conditioning: encode the prompt with the CLIP whose tokens you picked")
+        if keys.shape[0] != queries.shape[0]:
+            keys = keys.expand(queries.shape[0], -1, -1, -1)
+        scores = (queries.float() @ keys.float().transpose(-1, -2)) / math.sqrt(queries.shape[-1])
         probs = scores.softmax(dim=-1)[..., self.token_indices]
         self.maps.append(probs.mean(dim=1))
 

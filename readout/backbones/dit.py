@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,8 @@ from torch import nn
 
 from ..guidance.rule import OFFICIAL_WEIGHT
 from .base import Backbone, LayerFeatures, UnsupportedModel
+from .cross_attention import AttentionStore
+from .joint_attention import AttentionTap, capture_joint_attention, rotated
 
 HEAD_TIMESTEPS = 1000
 """Heads count flow-matching time sigma in [0, 1] as sigma * HEAD_TIMESTEPS, like the UNets' 1000 steps."""
@@ -35,6 +37,12 @@ class TokenLayout:
     def __init__(self) -> None:
         self.grid: tuple[int, int] | None = None
         self.text_tokens = 0
+
+    @property
+    def image_tokens(self) -> int:
+        if self.grid is None:
+            raise RuntimeError("a transformer block ran before the model call recorded its latent size")
+        return self.grid[0] * self.grid[1]
 
     def image_grid(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
         """(B, C, h, w): the image tokens from `start` laid out row by row on the patch grid, LayerNormed per token."""
@@ -97,14 +105,29 @@ class DiTBackbone(Backbone):
     def embedding_dim(self, diffusion_model: nn.Module) -> int:
         return self.hidden_size(diffusion_model)
 
-    @property
-    def self_guidance_refusal(self) -> str:
-        return (f"model: self-guidance reads cross-attention maps, and {self.label} mixes text and image in joint "
-                "attention, which the pack does not read yet: guide this model with readout heads, or use "
-                "Self-Guidance on SD1.5/SDXL")
-
     def cross_attentions(self, diffusion_model: nn.Module) -> list[nn.Module]:
-        raise UnsupportedModel(self.self_guidance_refusal)
+        return []
+
+    def attention_taps(self, diffusion_model: nn.Module, layout: TokenLayout) -> list[AttentionTap]:
+        """Where each readout block's image queries and text keys come from."""
+        raise NotImplementedError
+
+    def rotation(self, layout: TokenLayout) -> Callable | None:
+        """The rotary embedding applied to queries and keys before attention, or None."""
+        return None
+
+    @contextmanager
+    def capture_attention(self, diffusion_model: nn.Module, token_indices: list[int]) -> Iterator[AttentionStore]:
+        """Self-Guidance's maps from the readout blocks' joint attention (image queries x text keys)."""
+        layout = TokenLayout()
+        handles = self.record_layout(diffusion_model, layout)
+        try:
+            with capture_joint_attention(self.attention_taps(diffusion_model, layout), token_indices,
+                                         self.rotation(layout)) as store:
+                yield store
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def checkpoint_layers(self, diffusion_model: nn.Module) -> list[nn.Module]:
         return self.blocks(diffusion_model)
@@ -172,6 +195,25 @@ class FluxBackbone(DiTBackbone):
             return layout.image_grid(output[0])
         return layout.image_grid(output, start=layout.text_tokens)
 
+    def attention_taps(self, diffusion_model: nn.Module, layout: TokenLayout) -> list[AttentionTap]:
+        double = set(map(id, getattr(diffusion_model, "double_blocks", [])))
+        taps = []
+        for block in self.feature_layers(diffusion_model):
+            if id(block) in double:
+                taps.append(AttentionTap(block.img_attn.norm, lambda out: out[0][:, :, :layout.image_tokens],
+                                         block.txt_attn.norm, lambda out: out[1], rotary=block))
+            else:
+                taps.append(AttentionTap(
+                    block.norm, lambda out: out[0][:, :, layout.text_tokens:layout.text_tokens + layout.image_tokens],
+                    block.norm, lambda out: out[1][:, :, :layout.text_tokens], rotary=block))
+        return taps
+
+    def rotation(self, layout: TokenLayout) -> Callable:
+        def rotate(queries: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor):
+            text = layout.text_tokens
+            return rotated(queries, keys, (slice(text, text + layout.image_tokens), slice(0, text)), pe)
+        return rotate
+
     def timestep_embedding(self, diffusion_model: nn.Module, timesteps: torch.Tensor) -> torch.Tensor:
         from comfy.ldm.flux.layers import timestep_embedding as sinusoid
 
@@ -184,6 +226,8 @@ class SD3Backbone(DiTBackbone):
     """SD3 and SD3.5 (Large, Medium's MMDiT-X): features from the image stream of the MMDiT joint blocks."""
 
     family, label = "sd3", "SD3"
+    tokenizer_key = "l"
+    """SD3's context starts with the CLIP-L/G tokens (T5's follow), so prompt words sit at their CLIP-L positions."""
 
     def matches(self, model_config) -> bool:
         import comfy.supported_models as sm
@@ -200,6 +244,11 @@ class SD3Backbone(DiTBackbone):
 
     def image_tokens(self, layer: nn.Module, output, layout: TokenLayout) -> torch.Tensor:
         return layout.image_grid(output[1])
+
+    def attention_taps(self, diffusion_model: nn.Module, layout: TokenLayout) -> list[AttentionTap]:
+        return [AttentionTap(block.x_block.attn.ln_q, lambda out: out[:, :layout.image_tokens].transpose(1, 2),
+                             block.context_block.attn.ln_k, lambda out: out.transpose(1, 2))
+                for block in self.feature_layers(diffusion_model)]
 
     def timestep_embedding(self, diffusion_model: nn.Module, timesteps: torch.Tensor) -> torch.Tensor:
         weight = diffusion_model.t_embedder.mlp[0].weight

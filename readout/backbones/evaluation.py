@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import LayerFeatures
-from .cross_attention import AttentionStore, capture_cross_attention
+from .cross_attention import AttentionStore
 from .registry import backbone_for
 
 UNSUPPORTED_COND_KEYS = ("control", "gligen")
@@ -70,8 +70,8 @@ def hooked_evaluation(model_patcher, latent: torch.Tensor, timesteps: torch.Tens
     with torch.no_grad(), ExitStack() as stack:
         store: LayerFeatures | None = (stack.enter_context(backbone.capture_features(diffusion_model))
                                        if features else None)
-        attention = (stack.enter_context(capture_cross_attention(backbone.cross_attentions(diffusion_model),
-                                                                 list(tokens))) if tokens else None)
+        attention = (stack.enter_context(backbone.capture_attention(diffusion_model, list(tokens)))
+                     if tokens else None)
         evaluate_unet(model_patcher, x, sigma, conditioning, seed)
         kept = None if store is None else [feature.detach() for feature in store.complete()]
     return HookedReading(kept, attention, x, sigma, timesteps)

@@ -65,7 +65,7 @@ class SD15Backbone(UNetBackbone):
 
     def matches_clip(self, clip) -> bool:
         tokenizer = getattr(clip, "tokenizer", None)
-        return hasattr(tokenizer, "clip_l") and not hasattr(tokenizer, "clip_g")
+        return hasattr(tokenizer, "clip_l") and not hasattr(tokenizer, "clip_g") and not hasattr(tokenizer, "t5xxl")
 
 
 class SDXLBackbone(UNetBackbone):
@@ -81,4 +81,4 @@ class SDXLBackbone(UNetBackbone):
 
     def matches_clip(self, clip) -> bool:
         tokenizer = getattr(clip, "tokenizer", None)
-        return hasattr(tokenizer, "clip_l") and hasattr(tokenizer, "clip_g")
+        return hasattr(tokenizer, "clip_l") and hasattr(tokenizer, "clip_g") and not hasattr(tokenizer, "t5xxl")

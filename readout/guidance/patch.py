@@ -20,7 +20,6 @@ import torch
 
 from .batch_split import BatchSplit
 from .compatibility import check_compatible
-from ..backbones.cross_attention import capture_cross_attention
 from ..backbones.registry import backbone_for_config
 from ..targets.base import Readings
 from .fast import FastRule
@@ -214,8 +213,7 @@ class ReadoutGuidancePatch:
             store = stack.enter_context(backbone.capture_features(diffusion_model))
             attention = None
             if tokens:
-                attention = stack.enter_context(capture_cross_attention(backbone.cross_attentions(diffusion_model),
-                                                                        tokens))
+                attention = stack.enter_context(backbone.capture_attention(diffusion_model, tokens))
             with autocast:
                 out = executor(x_grad, t_copy, c_concat, c_crossattn, control,
                                grad_pass_options(transformer_options), **kwargs)

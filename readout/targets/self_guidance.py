@@ -95,10 +95,7 @@ class SelfGuidanceTarget(Target):
 
     def check_model(self, model_patcher, loss_branch: str) -> None:
         """The words must be tokenized by this model family's CLIP, and read from the prompt's (cond) half."""
-        backbone = backbone_for(model_patcher)
-        if backbone.self_guidance_refusal:
-            raise ValueError(backbone.self_guidance_refusal)
-        family = backbone.family
+        family = backbone_for(model_patcher).family
         if self.family != family:
             raise ValueError(f"clip: the words {self.words!r} were tokenized with an {self.family} CLIP but the "
                              f"model is {family}: connect the CLIP that encodes this model's prompt")
