@@ -229,3 +229,6 @@ def test_node_and_command_line_train_a_head_of_the_family_from_the_dit_loaders(d
     with pytest.raises(SystemExit):
         main(["--checkpoint", "x.safetensors", *files, "--kind", "edge", "--dataset", dataset.path, "--output",
               str(output)])
+    wrong_type = [*files[:-4], "--clip-type", "no_such_type", *files[-2:]]
+    assert main(["--comfyui", comfyui_dir, *wrong_type, "--kind", "edge", "--dataset", dataset.path, "--output",
+                 str(output)]) == 2, "an unknown --clip-type is a message, not a traceback"

@@ -99,20 +99,25 @@ def _checkpointed(forward):
 
 
 @contextmanager
-def saved_tensor_copies(layers: list[nn.Module]) -> Iterator[None]:
-    """Each of these layers keeps copies of what it saves for the backward: blocks that add into tensors they saved
-    (Flux's add their output into their input in place) stay differentiable without gradient checkpointing."""
+def _wrapped_forwards(layers: list[nn.Module], wrap) -> Iterator[None]:
+    """Each layer with weights runs `wrap(its forward)` inside the block; its own forward is back on exit."""
     patched = []
     try:
         for layer in layers:
-            if "forward" in layer.__dict__:
+            if "forward" in layer.__dict__ or not any(True for _ in layer.parameters()):
                 continue
-            layer.forward = _saving_copies(layer.forward)
+            layer.forward = wrap(layer.forward)
             patched.append(layer)
         yield
     finally:
         for layer in patched:
             del layer.forward
+
+
+def saved_tensor_copies(layers: list[nn.Module]):
+    """Each of these layers keeps copies of what it saves for the backward: blocks that add into tensors they saved
+    (Flux's add their output into their input in place) stay differentiable without gradient checkpointing."""
+    return _wrapped_forwards(layers, _saving_copies)
 
 
 def _saving_copies(forward):
@@ -139,20 +144,9 @@ def differentiable_kernels() -> Iterator[None]:
         mm.in_training = previous
 
 
-@contextmanager
-def gradient_checkpointing(layers: list[nn.Module]) -> Iterator[None]:
+def gradient_checkpointing(layers: list[nn.Module]):
     """Recompute each of these layers (the backbone's blocks) in the backward instead of keeping its activations."""
-    patched = []
-    try:
-        for layer in layers:
-            if "forward" in layer.__dict__ or not any(True for _ in layer.parameters()):
-                continue
-            layer.forward = _checkpointed(layer.forward)
-            patched.append(layer)
-        yield
-    finally:
-        for layer in patched:
-            del layer.forward
+    return _wrapped_forwards(layers, _checkpointed)
 
 
 def skip_clone_patch(h: torch.Tensor, transformer_options: dict) -> torch.Tensor:

@@ -119,8 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     workers = init_workers()
     try:
         use_comfyui(args.comfyui)
-        frozen = (FrozenUNet.from_checkpoint(args.checkpoint) if args.checkpoint else
-                  FrozenUNet.from_files(args.diffusion_model, args.text_encoder, args.clip_type, args.vae))
+        try:
+            frozen = (FrozenUNet.from_checkpoint(args.checkpoint) if args.checkpoint else
+                      FrozenUNet.from_files(args.diffusion_model, args.text_encoder, args.clip_type, args.vae))
+        except (FileNotFoundError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         options = TrainOptions(
             kind=args.kind, output=args.output, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
             projection_dim=args.projection_dim, val_fraction=args.val_fraction, val_every=args.val_every,
