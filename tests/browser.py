@@ -83,7 +83,11 @@ def console_log(browser: Any) -> str:
 
 
 def open_editor(browser: Any, server: ComfyServer) -> None:
-    """Load the editor and wait until the graph exists and every node definition of the server is registered."""
+    """Load the editor and wait until the graph exists and every node definition of the server is registered.
+
+    Workflow persistence is turned off first: otherwise the editor restores the previous test's graph from browser
+    storage at start-up, sometimes after a test has loaded its own."""
+    server.post("/settings", {"Comfy.Workflow.Persist": False})
     browser.get(server.url)
     wait_js(browser, "window.app && app.graph && app.canvas && window.LiteGraph", what="the editor to start")
     wait_js(browser, "LiteGraph.registered_node_types['KSampler'] && LiteGraph.registered_node_types['LoadReadoutHead']",
@@ -91,8 +95,12 @@ def open_editor(browser: Any, server: ComfyServer) -> None:
 
 
 def load_workflow(browser: Any, workflow: dict) -> None:
-    """Load an editor-format workflow the way dropping a file does."""
+    """Load an editor-format workflow the way dropping a file does, and check the editor shows its nodes."""
     run_js(browser, "await app.loadGraphData(args[0]);", workflow)
+    wanted = sorted([node["id"], node["type"]] for node in workflow["nodes"])
+    time.sleep(0.5)
+    shown = run_js(browser, "return app.graph.serialize().nodes.map((n) => [n.id, n.type]);")
+    assert sorted(shown) == wanted, f"the editor shows other nodes than the loaded workflow's: {sorted(shown)}"
 
 
 def missing_node_types(browser: Any) -> list[str]:

@@ -18,7 +18,7 @@ HeadModelMismatch = pack_module("readout.heads.files").HeadModelMismatch
 LOADERS = {"flux": (TINY_FLUX, "stable_diffusion"), "sd3": (TINY_SD3, "sd3")}
 """The tiny Flux reads CLIP-L (768-d text tokens); the tiny SD3 reads CLIP-L loaded as type sd3."""
 CFG = {"flux": 1.0, "sd3": 4.0}
-STEPS = {"flux": 8, "sd3": 8}
+STEPS = {"flux": 6, "sd3": 8}
 SIZE = 64
 dit_family = pytest.mark.parametrize("dit", ["flux", "sd3"], indirect=True)
 
