@@ -1,7 +1,9 @@
 # make test: set up the test bed (venv, ComfyUI, tiny models) and run the suite.
 # make demo: the same setup, then run every workflow in workflows/ on a real ComfyUI server, and guide the
-#   learned world model (world/) next to the same seeds unguided.
+#   learned world model (world/) next to the same seeds unguided; with ComfyUI 0.33's source in $(SHARED), the
+#   world's Flux too (demo-flux).
 # make world: retrain the learned world model and its heads (about an hour on 2 CPU cores).
+# make world-flux: retrain the world's Flux and its depth head (ComfyUI 0.33 from $(SHARED)/comfyui loads it).
 # make test-comfyui-033: the suite on ComfyUI 0.33.0 from $(SHARED)/comfyui (its own venv and folder).
 # make test-frontend-new: the browser tests on ComfyUI 0.33.0 serving the newest frontend (FRONTEND_NEW).
 PYTHON ?= python3.11
@@ -21,7 +23,7 @@ FRONTEND_NEW := 1.58.1
 FRONTEND_NEW_DIR := .frontend-$(FRONTEND_NEW)
 BROWSER_TESTS := tests/test_browser_editor.py tests/test_demo_page.py
 
-.PHONY: test demo setup world test-comfyui-033 setup-comfyui-033 test-frontend-new clean
+.PHONY: test demo demo-flux setup world world-flux test-comfyui-033 setup-comfyui-033 test-frontend-new clean
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
@@ -29,6 +31,11 @@ test: setup
 demo: setup
 	$(PY) scripts/demo.py
 	$(PY) scripts/demo_world.py
+	@if [ -f $(COMFYUI_033_TARBALL) ]; then $(MAKE) --no-print-directory demo-flux; else \
+		echo "[demo] the world's Flux panel skipped: it needs ComfyUI 0.33 ($(COMFYUI_033_TARBALL) not found)"; fi
+
+demo-flux: setup-comfyui-033
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) scripts/demo_world.py 3 --family flux
 
 setup: $(VENV)/.torch-ok
 	$(PY) scripts/setup_testbed.py
@@ -38,6 +45,12 @@ world: setup
 	$(PY) scripts/setup_testbed.py
 	$(PY) -m world.heads
 	$(PY) scripts/setup_testbed.py
+
+world-flux: setup-comfyui-033
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m world.flux
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) scripts/setup_testbed.py
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m world.heads --family flux --kinds depth
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) scripts/setup_testbed.py
 
 test-comfyui-033: setup-comfyui-033
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m pytest tests $(PYTEST_ARGS)

@@ -76,14 +76,17 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="experiment names, each optionally NAME=SEEDS (default: all but the "
                                                   "weight sweep, --seeds each)")
     parser.add_argument("--quality", type=int, default=0, help="also measure the model's prompt following on N samples")
-    parser.add_argument("--out", default=os.path.join(REPO, "output", "world_effects.json"))
+    parser.add_argument("--family", choices=("sd15", "flux"), default="sd15",
+                        help="the SD1.5 world model, or the world's Flux (ComfyUI 0.33 and newer: set COMFYUI_PATH)")
+    parser.add_argument("--out", help="the JSON of every record (default: output/world_effects[_flux].json)")
     args = parser.parse_args()
+    args.out = args.out or os.path.join(REPO, "output", f"world_effects{'' if args.family == 'sd15' else '_flux'}.json")
     from helpers_bench import bootstrap
 
     bootstrap("cpu")
     from world import experiments as ex
 
-    world = ex.World.load()
+    world = ex.World.load(args.family)
     table = experiments(ex)
     names = args.only or [n for n in table if not n.startswith("weight_")]
     results = {}

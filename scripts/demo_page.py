@@ -38,6 +38,10 @@ WHAT_TO_LOOK_FOR = {
                      "then the scene's caption sampled from another seed without guidance and with the world's head "
                      "guiding toward the map. The score is the IoU of the objects a colour-blob detector finds in "
                      "the decoded pixels with the scene's objects (higher is better; no head is involved).",
+    "world_flux_spatial": "The world's Flux (a 128-wide Flux trained on the same scenes, 12 euler steps, cfg 4): left the "
+                          "target depth map, then the scene's caption sampled from another seed without guidance and "
+                          "with the world Flux's depth head guiding toward the map. Score: IoU of the detected objects "
+                          "with the scene's (higher is better; no head is involved).",
     "world_drag": "The learned world model: the object of the picture on the left (the same seed unguided, or an "
                   "inverted rendered scene's reconstruction) dragged 24-40 px by the correspondence and appearance "
                   "heads. Scores from the pixel detector: the share of the requested displacement the object's "

@@ -1,7 +1,8 @@
 """`make demo`, second part: the learned world model guided through the pack's nodes, next to the same seed
 unguided, with the pixel detector's numbers; panels are added to output/index.html.
 
-`scripts/demo_world.py [SEEDS]` (default 1 seed per experiment); DEMO_OUTPUT sets the folder (default output/).
+`scripts/demo_world.py [SEEDS] [--family flux]` (default 1 seed per experiment; `--family flux`: the world's Flux,
+which ComfyUI 0.33 and newer load); DEMO_OUTPUT sets the folder (default output/).
 Exits non-zero when guidance did not help in a panel where the measured table says it does.
 """
 from __future__ import annotations
@@ -27,6 +28,10 @@ PANELS = {
                               ("correspondence", "appearance")),
     "world_self_guidance_move_to": ("self_guidance", "share of the distance to the goal closed", ()),
 }
+FLUX_PANELS = {
+    "world_flux_spatial_depth": ("spatial", "IoU of the detected objects with the depth map's scene", ("depth",)),
+}
+"""The world's Flux: the experiments its heads exist for."""
 
 
 def save(array, name: str, folder: str) -> str:
@@ -40,14 +45,14 @@ def run(name: str, world, seed: int):
     from world import experiments as ex
     from world.scenes import random_scene
 
-    if name.startswith("world_spatial"):
+    if "_spatial_" in name:
         kind = name.rsplit("_", 1)[1]
         record = ex.spatial(world, kind, seed)
         scene = random_scene(ex.EVAL_SCENE_BASE + seed)
         target = scene.depth() if kind == "depth" else scene.edges()
         return record, [(TARGET_MAP, target), (UNGUIDED_VIEW, record["images"][0]),
                         (GUIDED_VIEW, record["images"][1])], [("IoU", record["unguided"], record["guided"])]
-    if name.startswith("world_drag"):
+    if "_drag_" in name:
         record = (ex.drag_generated if name.endswith("generated") else ex.drag_real)(world, seed)
         if "skipped" in record:
             return record, [], []
@@ -61,21 +66,26 @@ def run(name: str, world, seed: int):
 
 
 def main(argv: list[str]) -> int:
+    family = "sd15"
+    if "--family" in argv:
+        at = argv.index("--family")
+        family, argv = argv[at + 1], argv[:at] + argv[at + 2:]
     seeds = int(argv[0]) if argv else 1
+    prefix, others, table = ("world_flux_", (), FLUX_PANELS) if family == "flux" else ("world_", ("world_flux_",), PANELS)
     dest = os.environ.get("DEMO_OUTPUT") or os.path.join(REPO, "output")
     os.makedirs(dest, exist_ok=True)
     import_comfyui_in_process(comfyui_path())
     from world.experiments import World
 
-    world = World.load()
+    world = World.load(family)
     listing = os.path.join(dest, "panels.json")
     panels = []
     if os.path.exists(listing):
         with open(listing, encoding="utf-8") as f:
             panels = [Panel(**{**p, "images": [tuple(i) for i in p["images"]]}) for p in json.load(f)
-                      if not p["workflow"].startswith("world_")]
+                      if not p["workflow"].startswith(prefix) or p["workflow"].startswith(others)]
     worse = []
-    for name, (kind, measure, heads) in PANELS.items():
+    for name, (kind, measure, heads) in table.items():
         missing = [h for h in heads if h not in world.heads]
         if missing:
             print(f"[demo] {name}: skipped, no world {' and '.join(missing)} head in models/readout_heads", flush=True)
@@ -86,7 +96,7 @@ def main(argv: list[str]) -> int:
             if not images:
                 print(f"[demo] {name} seed {seed}: {record['skipped']}", flush=True)
                 continue
-            panel = Panel(f"{name}_seed{seed}", f"world_{kind}")
+            panel = Panel(f"{name}_seed{seed}", f"{prefix}{kind}")
             panel.images = [(title, save(image, f"{name}_seed{seed}_{i}.png", dest)) for i, (title, image) in enumerate(images)]
             guided = scores[0][2]
             panel.scores = {GUIDED_SCORE: [{"label": label, "value": after, "higher_is_better": "ghost" not in label}

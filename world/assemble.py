@@ -8,6 +8,7 @@ import os
 import torch
 
 from world import paths
+from world.text_encoder import text_encoder_state_dict
 
 ASSEMBLY_VERSION = "1"
 SOURCE_KEY = "world_weights"
@@ -36,7 +37,6 @@ def checkpoint_state_dict(weights_dir: str = paths.WEIGHTS_DIR) -> dict[str, tor
     """The world model in the original SD1.5 single-file layout, fp16."""
     from safetensors.torch import load_file
 
-    from world.text_encoder import text_encoder_state_dict
     from world.unet import widen_state_dict
 
     unet = widen_state_dict(load_file(os.path.join(weights_dir, paths.UNET_FILE)))
@@ -44,6 +44,50 @@ def checkpoint_state_dict(weights_dir: str = paths.WEIGHTS_DIR) -> dict[str, tor
     sd.update({f"first_stage_model.{k}": v.detach().half().contiguous() for k, v in load_vae(weights_dir).state_dict().items()})
     sd.update(text_encoder_state_dict())
     return sd
+
+
+def flux_vae_state_dict(weights_dir: str = paths.WEIGHTS_DIR) -> dict[str, torch.Tensor]:
+    """The world's TAESD for Flux's 16-channel latent (fp16): the patch codes in the first 4 channels, zero in the
+    rest, and `vae_scale` / `vae_shift` that make ComfyUI's Flux latent format hand the model the codes themselves."""
+    from comfy.taesd.taesd import TAESD
+
+    from world.autoencoder import write_patch_encoder
+    from world.flux import FLUX_LATENT_CHANNELS, FLUX_LATENT_FORMAT
+
+    world = load_vae(weights_dir)
+    taesd = TAESD(latent_channels=FLUX_LATENT_CHANNELS)
+    write_patch_encoder(taesd.taesd_encoder, *_patch_encoder(weights_dir))
+    decoder = dict(world.taesd_decoder.state_dict())
+    first = "1.weight"
+    padded = torch.zeros(decoder[first].shape[0], FLUX_LATENT_CHANNELS, *decoder[first].shape[2:])
+    padded[:, : decoder[first].shape[1]] = decoder[first]
+    taesd.taesd_decoder.load_state_dict({**decoder, first: padded})
+    with torch.no_grad():
+        taesd.vae_scale.fill_(FLUX_LATENT_FORMAT[0])
+        taesd.vae_shift.fill_(FLUX_LATENT_FORMAT[1])
+    return {k: v.detach().half().contiguous() for k, v in taesd.state_dict().items()}
+
+
+def _patch_encoder(weights_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    vae = load_file(os.path.join(weights_dir, paths.VAE_FILE))
+    return vae["patch_weight"].float(), vae["patch_mean"].float()
+
+
+def clip_l_state_dict() -> dict[str, torch.Tensor]:
+    """The world's CLIP-L as a text encoder file for CLIPLoader (fp16)."""
+    prefix = "cond_stage_model.transformer."
+    return {k[len(prefix):]: v for k, v in text_encoder_state_dict().items()}
+
+
+def flux_state_dict(weights_dir: str = paths.WEIGHTS_DIR) -> dict[str, torch.Tensor]:
+    """The world's Flux as ComfyUI's UNETLoader reads it (fp16, factored matrices multiplied out)."""
+    from safetensors.torch import load_file
+
+    from world.flux import dense_state_dict
+
+    return dense_state_dict(load_file(os.path.join(weights_dir, paths.FLUX_WEIGHTS)))
 
 
 def _is_current(path: str, digest: str) -> bool:
@@ -57,21 +101,27 @@ def _is_current(path: str, digest: str) -> bool:
 
 
 def write_world_models(models_dir: str) -> list[str]:
-    """Write the world checkpoint (when missing or built from other weights) and copy the world heads; return paths."""
+    """Write the world checkpoint, the world's Flux files and the world heads where missing or built from other
+    weights; return the paths written."""
     from safetensors.torch import save_file
 
     from world.heads import expand_head_file
 
+    models = [("checkpoints", paths.CHECKPOINT, (paths.UNET_FILE, paths.VAE_FILE), checkpoint_state_dict)]
+    if os.path.exists(os.path.join(paths.WEIGHTS_DIR, paths.FLUX_WEIGHTS)):
+        models += [("diffusion_models", paths.FLUX_DIFFUSION_MODEL, (paths.FLUX_WEIGHTS,), flux_state_dict),
+                   ("vae", paths.FLUX_VAE, (paths.VAE_FILE,), flux_vae_state_dict),
+                   ("text_encoders", paths.CLIP_L, (), clip_l_state_dict)]
     written = []
-    path = os.path.join(models_dir, "checkpoints", paths.CHECKPOINT)
-    digest = _digest(paths.UNET_FILE, paths.VAE_FILE)
-    if not _is_current(path, digest):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        save_file(checkpoint_state_dict(), path + ".part", metadata={"generator": "world.assemble", SOURCE_KEY: digest})
-        os.replace(path + ".part", path)
-        written.append(path)
-    for kind in paths.HEAD_KINDS:
-        name = paths.head_name(kind)
+    for folder, name, sources, build in models:
+        path = os.path.join(models_dir, folder, name)
+        digest = _digest(*sources)
+        if not _is_current(path, digest):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            save_file(build(), path + ".part", metadata={"generator": "world.assemble", SOURCE_KEY: digest})
+            os.replace(path + ".part", path)
+            written.append(path)
+    for name in paths.all_head_names():
         if not os.path.exists(os.path.join(paths.WEIGHTS_DIR, name)):
             continue
         target = os.path.join(models_dir, "readout_heads", name)

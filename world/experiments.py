@@ -20,6 +20,7 @@ EVAL_SCENE_BASE = 9 * 10**8
 STEPS = 12
 CFG = 4.0
 SAMPLER = ("ddim", "ddim_uniform")
+FLUX_SAMPLER = ("euler", "simple")
 DRAG_POINTS = 5
 
 
@@ -41,24 +42,37 @@ def to_image(array: np.ndarray) -> torch.Tensor:
 
 @dataclass
 class World:
-    """The world checkpoint and heads, loaded through the pack's and ComfyUI's loader nodes."""
+    """The world model (the SD1.5 checkpoint, or the world's Flux) and its heads, loaded through the pack's and
+    ComfyUI's loader nodes."""
 
     model: Any
     clip: Any
     vae: Any
     heads: dict[str, Any]
+    sampler: tuple[str, str] = SAMPLER
+    latent_node: str = "EmptyLatentImage"
     unguided_images: dict[tuple[int, str], np.ndarray] = field(default_factory=dict, repr=False)
     """Unguided samples by (seed, prompt): experiments on the same seed and caption share one KSampler run."""
 
     @classmethod
-    def load(cls) -> "World":
-        model, clip, vae = call("CheckpointLoaderSimple", ckpt_name=paths.CHECKPOINT)[:3]
+    def load(cls, family: str = "sd15") -> "World":
         import folder_paths
 
         listed = set(folder_paths.get_filename_list("readout_heads"))
-        heads = {k: call("LoadReadoutHead", head_name=paths.head_name(k))[0] for k in paths.HEAD_KINDS
-                 if paths.head_name(k) in listed}
-        return cls(model, clip, vae, heads)
+        heads = {k: call("LoadReadoutHead", head_name=paths.head_name(k, family))[0] for k in paths.HEAD_KINDS
+                 if paths.head_name(k, family) in listed}
+        if family == "sd15":
+            return cls(*call("CheckpointLoaderSimple", ckpt_name=paths.CHECKPOINT)[:3], heads)
+        from world.assemble import flux_state_dict
+        from world.flux import comfyui_reads_world_flux
+
+        if not comfyui_reads_world_flux(flux_state_dict()):
+            raise RuntimeError("this ComfyUI takes every Flux for 24 heads of 128 (0.3.75 does): the world's Flux "
+                               "needs ComfyUI 0.33 or newer (set COMFYUI_PATH, e.g. to the 0.33 test bed)")
+        model = call("UNETLoader", unet_name=paths.FLUX_DIFFUSION_MODEL, weight_dtype="default")[0]
+        clip = call("CLIPLoader", clip_name=paths.CLIP_L, type="stable_diffusion")[0]
+        vae = call("VAELoader", vae_name=paths.FLUX_VAE)[0]
+        return cls(model, clip, vae, heads, FLUX_SAMPLER, "EmptySD3LatentImage")
 
     def encode(self, text: str):
         return call("CLIPTextEncode", text=text, clip=self.clip)[0]
@@ -67,12 +81,12 @@ class World:
         return call("VAEDecode", samples=latent, vae=self.vae)[0][0].cpu().numpy()
 
     def latent(self) -> dict:
-        return call("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)[0]
+        return call(self.latent_node, width=SIZE, height=SIZE, batch_size=1)[0]
 
     def sample(self, seed: int, prompt: str) -> dict:
         """KSampler's latent, unguided."""
-        return call("KSampler", model=self.model, seed=seed, steps=STEPS, cfg=CFG, sampler_name=SAMPLER[0],
-                    scheduler=SAMPLER[1], positive=self.encode(prompt), negative=self.encode(""),
+        return call("KSampler", model=self.model, seed=seed, steps=STEPS, cfg=CFG, sampler_name=self.sampler[0],
+                    scheduler=self.sampler[1], positive=self.encode(prompt), negative=self.encode(""),
                     latent_image=self.latent(), denoise=1.0)[0]
 
     def unguided(self, seed: int, prompt: str) -> np.ndarray:
@@ -83,8 +97,8 @@ class World:
     def guided(self, seed: int, prompt: str, guidance: tuple, rule: str = "fast",
                latent: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The guided image and its reference branch's image."""
-        out = call("ReadoutGuidedKSampler", model=self.model, seed=seed, steps=STEPS, cfg=CFG, sampler_name=SAMPLER[0],
-                   scheduler=SAMPLER[1], positive=self.encode(prompt), negative=self.encode(""),
+        out = call("ReadoutGuidedKSampler", model=self.model, seed=seed, steps=STEPS, cfg=CFG, sampler_name=self.sampler[0],
+                   scheduler=self.sampler[1], positive=self.encode(prompt), negative=self.encode(""),
                    latent_image=latent or self.latent(), denoise=1.0, guidance=guidance, rule=rule,
                    gradient_checkpointing=False)
         return self.decode(out[0]), self.decode(out[2])
@@ -175,7 +189,7 @@ def drag_real(world: World, seed: int) -> dict:
     scene = random_scene(EVAL_SCENE_BASE + seed, num_objects=1)
     image = to_image(scene.image())
     reference = call("ReadoutInvertImage", model=world.model, vae=world.vae, image=image,
-                     positive=world.encode(scene.caption), steps=STEPS, scheduler=SAMPLER[1], refinements=2)[0]
+                     positive=world.encode(scene.caption), steps=STEPS, scheduler=world.sampler[1], refinements=2)[0]
     blob = largest(detect(scene.image()), scene.shapes[0].colour)
     dx, dy = drag_vector(blob, np.random.default_rng(seed))
 

@@ -46,6 +46,17 @@ def compress_head_file(source: str, target: str) -> None:
     save_file({k: v.half().contiguous() for k, v in tensors.items()}, target, metadata={**metadata, NARROW_KEY: str(WIDEN)})
 
 
+def store_head_file(source: str, target: str) -> None:
+    """A head as it is committed: fp16."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(source, framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {k: handle.get_tensor(k).half().contiguous() for k in handle.keys()}
+    save_file(tensors, target, metadata=metadata)
+
+
 def expand_head_file(source: str, target: str, extra_metadata: dict[str, str] | None = None) -> None:
     """The loadable head of a compressed world head: each summed weight spread evenly over its copies."""
     from safetensors import safe_open
@@ -54,7 +65,7 @@ def expand_head_file(source: str, target: str, extra_metadata: dict[str, str] | 
     with safe_open(source, framework="pt") as handle:
         metadata = dict(handle.metadata() or {})
         tensors = {k: handle.get_tensor(k).float() for k in handle.keys()}
-    widen = int(metadata.pop(NARROW_KEY))
+    widen = int(metadata.pop(NARROW_KEY, 1))
     for name, value in tensors.items():
         if name.endswith(GROUPED_INPUTS):
             tensors[name] = value.repeat_interleave(widen, 1) / widen
@@ -72,25 +83,43 @@ def _data_options(kind: str, folder: str, count: int) -> list[str]:
     return ["--triplets", write_triplets(folder, count)]
 
 
-def train_head(kind: str, comfy: str, checkpoint: str, work: str, scale: float = 1.0) -> dict:
-    """Train one head with the pack's trainer; store it compressed; return its losses and time."""
+def model_options(family: str, comfy: str, checkpoint: str | None = None) -> list[str]:
+    """The trainer's options that load the world model of a family from the test bed's models folder."""
+    models = os.path.join(comfy, "models")
+    if family == "sd15":
+        return ["--checkpoint", checkpoint or os.path.join(models, "checkpoints", paths.CHECKPOINT)]
+    return ["--diffusion-model", os.path.join(models, "diffusion_models", paths.FLUX_DIFFUSION_MODEL),
+            "--text-encoder", os.path.join(models, "text_encoders", paths.CLIP_L), "--clip-type", "stable_diffusion",
+            "--vae", os.path.join(models, "vae", paths.FLUX_VAE)]
+
+
+def train_head(kind: str, comfy: str, model: list[str], work: str, scale: float = 1.0, family: str = "sd15") -> dict:
+    """Train one head with the pack's trainer; store it (compressed on the widened SD1.5 world model); return its
+    losses and time."""
     recipe = HEAD_RECIPES[kind]
-    folder = os.path.join(work, kind)
-    output = os.path.join(folder, paths.head_name(kind))
+    folder = os.path.join(work, family, kind)
+    output = os.path.join(folder, paths.head_name(kind, family))
     steps = max(2, int(recipe["steps"] * scale))
-    command = [sys.executable, "-m", "readout.train", "--comfyui", comfy, "--checkpoint", checkpoint, "--kind", kind, "--output", output,
+    command = [sys.executable, "-m", "readout.train", "--comfyui", comfy, *model, "--kind", kind, "--output", output,
                "--steps", str(steps), "--lr", str(recipe["lr"]), "--batch-size", str(recipe["batch"]), *TRAIN_OPTIONS,
                *_data_options(kind, folder, max(16, int(recipe["examples"] * scale)))]
     started = time.time()
     subprocess.run(command, cwd=paths.REPO, check=True)
     state = torch.load(output.replace(".safetensors", ".state.pt"), weights_only=True)
-    compress_head_file(output, os.path.join(paths.WEIGHTS_DIR, paths.head_name(kind)))
-    return {"kind": kind, "steps": steps, "seconds": round(time.time() - started),
+    stored = os.path.join(paths.WEIGHTS_DIR, paths.head_name(kind, family))
+    if family == "sd15":
+        compress_head_file(output, stored)
+    else:
+        store_head_file(output, stored)
+    return {"kind": kind, "family": family, "steps": steps, "seconds": round(time.time() - started),
             "val_losses": state.get("val_losses"), "train_loss_last": (state.get("train_losses") or [None])[-1]}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--family", choices=("sd15", "flux"), default="sd15",
+                        help="the world model whose heads to train: the SD1.5 checkpoint or the world's Flux "
+                             "(ComfyUI 0.33 and newer load it: set COMFYUI_PATH)")
     parser.add_argument("--checkpoint", help="the assembled world checkpoint (default: the test bed's)")
     parser.add_argument("--work", default=os.path.join(paths.REPO, "output", "world_heads"),
                         help="folder for the rendered data and the trainer's files")
@@ -98,17 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="share of the steps and examples (tests)")
     args = parser.parse_args(argv)
     comfy = paths.import_comfyui()
-    checkpoint = args.checkpoint or os.path.join(comfy, "models", "checkpoints", paths.CHECKPOINT)
+    model = model_options(args.family, comfy, args.checkpoint)
     log = []
     for kind in args.kinds:
-        log.append(train_head(kind, comfy, checkpoint, args.work, args.scale))
+        log.append(train_head(kind, comfy, model, args.work, args.scale, args.family))
         print(f"[world] head {json.dumps(log[-1])}", flush=True)
     if args.scale == 1.0:
         path = os.path.join(paths.WEIGHTS_DIR, "heads_log.json")
         earlier = []
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
-                earlier = [entry for entry in json.load(f) if entry["kind"] not in args.kinds]
+                earlier = [entry for entry in json.load(f) if (entry.get("family", "sd15"), entry["kind"])
+                           not in {(args.family, kind) for kind in args.kinds}]
         with open(path, "w", encoding="utf-8") as f:
             json.dump(earlier + log, f, indent=1)
     return 0

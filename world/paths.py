@@ -10,11 +10,21 @@ VAE_FILE = "readout_world_vae.safetensors"
 UNET_FILE = "readout_world_unet64.safetensors"
 CHECKPOINT = "readout_world_sd15.safetensors"
 HEAD_KINDS = ("depth", "edge", "correspondence", "appearance")
+FLUX_WEIGHTS = "readout_world_flux128.safetensors"
+"""The world's Flux, stored with factored weight matrices (world.flux)."""
+FLUX_DIFFUSION_MODEL = "readout_world_flux.safetensors"
+FLUX_VAE = "readout_world_taesd16.safetensors"
+CLIP_L = "readout_world_clip_l.safetensors"
 
 
-def head_name(kind: str) -> str:
+def head_name(kind: str, family: str = "sd15") -> str:
     role = "spatial" if kind in ("depth", "edge") else "drag"
-    return f"readout_world_sd15_{role}_{kind}.safetensors"
+    return f"readout_world_{family}_{role}_{kind}.safetensors"
+
+
+def all_head_names() -> list[str]:
+    """Every world head's file name, on the SD1.5 world model and on the world's Flux."""
+    return [head_name(kind, family) for family in ("sd15", "flux") for kind in HEAD_KINDS]
 
 
 def import_comfyui() -> str:

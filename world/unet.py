@@ -95,6 +95,22 @@ class EMA:
                 self.shadow[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
 
 
+def schedule(step: int, steps: int, warmup: int) -> float:
+    """The learning-rate factor: linear warm-up, then a cosine over `steps`, never below 2%."""
+    return max(min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)), 0.02)
+
+
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ema: EMA, loss: torch.Tensor, lr: float) -> None:
+    """One AdamW step at this learning rate on the loss (gradients clipped to norm 1), then the EMA update."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    ema.update(model)
+
+
 def train_unet(batch_fn: Callable[[int], tuple[torch.Tensor, torch.Tensor]], empty_context: torch.Tensor, steps: int,
                seed: int, lr: float = 8e-4, warmup: int = 100, ema_decay: float = 0.999, log_every: int = 50,
                snapshot_every: int = 0, snapshot: Callable[[int, dict], None] | None = None
@@ -118,14 +134,7 @@ def train_unet(batch_fn: Callable[[int], tuple[torch.Tensor, torch.Tensor]], emp
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(xt, timesteps=t.float(), context=context)
         loss = F.mse_loss(pred, noise)
-        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        for group in opt.param_groups:
-            group["lr"] = lr * max(scale, 0.02)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema.update(unet)
+        optimizer_step(unet, opt, ema, loss, lr * schedule(step, steps, warmup))
         losses.append(float(loss.detach()))
         if snapshot_every and snapshot and (step + 1) % snapshot_every == 0:
             snapshot(step + 1, ema.shadow)

@@ -45,12 +45,13 @@ class TokenLayout:
         return self.grid[0] * self.grid[1]
 
     def image_grid(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """(B, C, h, w): the image tokens from `start` laid out row by row on the patch grid, LayerNormed per token."""
+        """(B, C, h, w): the image tokens from `start` laid out row by row on the patch grid, LayerNormed per token.
+        A copy: the next block may add into the tokens in place (Flux), which the norm's backward would see."""
         if self.grid is None:
             raise RuntimeError("a transformer block ran before the model call recorded its latent size")
         rows, cols = self.grid
         image = tokens[:, start:start + rows * cols]
-        image = F.layer_norm(image.float(), (image.shape[-1],))
+        image = F.layer_norm(image.to(torch.float32, copy=True), (image.shape[-1],))
         return image.transpose(1, 2).reshape(image.shape[0], image.shape[-1], rows, cols)
 
 
