@@ -173,7 +173,10 @@ def drag_generated(world: World, seed: int, rule: str = "fast", weight: float | 
     blob = largest(detect(before), scene.shapes[0].colour) or next(iter(detect(before)), None)
     if blob is None:
         return {"seed": seed, "skipped": "no object in the unguided image"}
-    dx, dy = drag_vector(blob, np.random.default_rng(seed))
+    try:
+        dx, dy = drag_vector(blob, np.random.default_rng(seed))
+    except ValueError as err:
+        return {"seed": seed, "skipped": f"the {blob.colour} object is too large to drag: {err}"}
     extra = {} if weight is None else {"drag_weight": weight}
     guidance = call("ReadoutDragTarget", correspondence_head=world.heads["correspondence"],
                     points=drag_points(blob, dx, dy), **{"drag_weight": _default_weight(), **extra},
