@@ -401,11 +401,12 @@ def test_command_line_reports_bad_data_before_loading_the_model(tmp_path):
 
 
 def test_torchrun_trains_with_two_processes(tmp_path, comfyui_dir):
-    """The documented multi-GPU launch, on two CPU processes (Gloo): ranks split the data, rank 0 writes."""
+    """The documented multi-GPU launch, on two CPU processes (Gloo): ranks split the data, rank 0 writes (into an
+    output folder the trainer makes)."""
     import folder_paths
 
     images, targets = write_shapes(str(tmp_path / "data"), 10, seed=6)
-    output = tmp_path / "depth.safetensors"
+    output = tmp_path / "heads" / "depth.safetensors"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
