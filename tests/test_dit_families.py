@@ -163,18 +163,14 @@ def test_drag_lowers_the_drag_loss(dit):
 
 @dit_family
 def test_self_guidance_moves_a_word_by_its_joint_attention(dit):
-    """move_to brings the word's image-query x text-key attention centroid toward the goal. SD3 through the node
-    (its CLIP's tokens); the tiny Flux reads CLIP-L tokens, not T5's, so its target is built with those positions."""
+    """move_to brings the word's image-query x text-key attention centroid toward the goal, through the node with the
+    CLIP that encodes the model's prompt (the tiny Flux's text input is CLIP-L's 768-d tokens, loaded as
+    stable_diffusion)."""
     self_guidance = pack_module("readout.targets.self_guidance")
     prompt = "a red cube on a table"
     tokens = pack_module("readout.targets.prompt_tokens").word_token_positions(dit.clip, prompt, "cube")
-    if dit.family == "sd3":
-        target = call_node("SelfGuidanceTarget", clip=dit.clip, prompt=prompt, words="cube", edit="move_to",
-                           dx=0.0, dy=0.0, x=0.2, y=0.8, size_factor=1.0, weight=4.0, start_percent=0.0,
-                           end_percent=1.0)[0]
-    else:
-        window = pack_module("readout.targets.base").StepWindow(0.0, 1.0)
-        target = (self_guidance.SelfGuidanceTarget("cube", tokens, "flux", "move_to", 4.0, window, point=(0.2, 0.8)),)
+    target = call_node("SelfGuidanceTarget", clip=dit.clip, prompt=prompt, words="cube", edit="move_to", dx=0.0,
+                       dy=0.0, x=0.2, y=0.8, size_factor=1.0, weight=4.0, start_percent=0.0, end_percent=1.0)[0]
     guided = dit.sample(seed=5, guidance=target)[0]["samples"]
     plain = dit.sample(seed=5)
 

@@ -169,6 +169,17 @@ def test_needs_the_cond_branch_and_a_matching_conditioning(bed):
     assert not hooked, f"attention hooks left on the shared model after the error: {hooked[:3]}"
 
 
+@every_family
+def test_words_tokenized_by_another_familys_clip_are_refused(bed):
+    self_guidance = pack_module("readout.targets.self_guidance")
+    window = pack_module("readout.targets.base").StepWindow(0.0, 1.0)
+    other = "sdxl" if bed.family == "sd15" else "sd15"
+    target = self_guidance.SelfGuidanceTarget("cat", (2,), other, "move_to", 4.0, window, point=(0.2, 0.8))
+    with pytest.raises(ValueError, match=f"clip: the words 'cat' were tokenized with an {other} CLIP but the model "
+                                         f"is {bed.family}"):
+        bed.guided((target,))
+
+
 def test_edits_relative_to_the_unguided_image_need_the_guided_sampler(bed):
     with pytest.raises(ValueError, match="relative targets \\(self-guidance move_by 'cat'\\) need KSampler"):
         call_node("ApplyReadoutGuidance", model=bed.model, guidance=bed.target("move_by"))

@@ -59,6 +59,10 @@ class Backbone(ABC):
     def matches_clip(self, clip) -> bool:
         """Whether a CLIP object encodes prompts for this family."""
 
+    def reads_prompt_of(self, clip_family: str, diffusion_model: nn.Module) -> bool:
+        """Whether this model attends to the tokens a CLIP of that family encodes (Self-Guidance's word positions)."""
+        return clip_family == self.family
+
     @abstractmethod
     def feature_layers(self, diffusion_model: nn.Module) -> list[nn.Module]:
         """The modules whose outputs are the readout features, in the order heads list them."""

@@ -24,6 +24,8 @@ from .joint_attention import AttentionTap, capture_joint_attention, rotated
 
 HEAD_TIMESTEPS = 1000
 """Heads count flow-matching time sigma in [0, 1] as sigma * HEAD_TIMESTEPS, like the UNets' 1000 steps."""
+CLIP_L_WIDTH = 768
+"""The width of CLIP-L's hidden states (the SD1.5 CLIP's conditioning)."""
 FLOW_WEIGHT = 4.0
 """The fast rule's weight that moves a flow-matching latent as far as the official code's guidance moves an SD one:
 the official 2e-2 steps on x_t over the first half of 100 steps total 1.0; a flow latent is x_t itself, and the
@@ -182,6 +184,13 @@ class FluxBackbone(DiTBackbone):
     def matches_clip(self, clip) -> bool:
         tokenizer = getattr(clip, "tokenizer", None)
         return hasattr(tokenizer, "t5xxl") and hasattr(tokenizer, "clip_l") and not hasattr(tokenizer, "clip_g")
+
+    def reads_prompt_of(self, clip_family: str, diffusion_model: nn.Module) -> bool:
+        """Also an SD1.5 CLIP's tokens when the model's text input is CLIP-L's hidden states (CLIPLoader type
+        stable_diffusion), as the world's Flux reads them."""
+        text_input = getattr(getattr(diffusion_model, "txt_in", None), "in_features", None)
+        return super().reads_prompt_of(clip_family, diffusion_model) or (clip_family == "sd15"
+                                                                         and text_input == CLIP_L_WIDTH)
 
     def blocks(self, diffusion_model: nn.Module) -> list[nn.Module]:
         return [*getattr(diffusion_model, "double_blocks", []), *getattr(diffusion_model, "single_blocks", [])]

@@ -95,10 +95,10 @@ class SelfGuidanceTarget(Target):
 
     def check_model(self, model_patcher, loss_branch: str) -> None:
         """The words must be tokenized by this model family's CLIP, and read from the prompt's (cond) half."""
-        family = backbone_for(model_patcher).family
-        if self.family != family:
+        backbone = backbone_for(model_patcher)
+        if not backbone.reads_prompt_of(self.family, model_patcher.model.diffusion_model):
             raise ValueError(f"clip: the words {self.words!r} were tokenized with an {self.family} CLIP but the "
-                             f"model is {family}: connect the CLIP that encodes this model's prompt")
+                             f"model is {backbone.family}: connect the CLIP that encodes this model's prompt")
         if loss_branch != "cond":
             raise ValueError(f"loss_branch: self-guidance ({self.label}) reads the prompt's cross-attention; "
                              f"use cond, not {loss_branch}")
