@@ -188,6 +188,27 @@ def test_self_guidance_moves_a_word_by_its_joint_attention(dit):
     assert (moved - goal).abs().sum() < 0.9 * (start - goal).abs().sum(), (start, moved)
 
 
+def test_flux_clip_words_sit_at_their_t5_token_positions():
+    """A Flux CLIP (DualCLIPLoader type flux: ComfyUI's Flux tokenizer; no weights needed to tokenize) gives words
+    their T5 positions, which index Flux's context (the T5 sequence; no start token)."""
+    import comfy.sd
+    from comfy.text_encoders.flux import FluxTokenizer
+
+    clip = comfy.sd.CLIP(no_init=True)
+    clip.tokenizer, clip.tokenizer_options = FluxTokenizer(), {}
+    prompt_tokens = pack_module("readout.targets.prompt_tokens")
+    prompt = "a red cube on a wooden table"
+    t5 = clip.tokenizer.t5xxl.tokenizer
+    ids, wanted = t5(prompt)["input_ids"], t5("wooden table", add_special_tokens=False)["input_ids"]
+    start = next(i for i in range(len(ids)) if ids[i:i + len(wanted)] == wanted)
+    assert prompt_tokens.clip_family(clip) == "flux"
+    assert prompt_tokens.word_token_positions(clip, prompt, "wooden table") == tuple(range(start, start + len(wanted)))
+    assert prompt_tokens.word_token_positions(clip, prompt, "a")[0] == 0, "T5 puts no start token first"
+    target = call_node("SelfGuidanceTarget", clip=clip, prompt=prompt, words="wooden table", edit="move_to", dx=0.0,
+                       dy=0.0, x=0.2, y=0.8, size_factor=1.0, weight=1.0, start_percent=0.0, end_percent=1.0)[0][-1]
+    assert (target.family, target.tokens) == ("flux", tuple(range(start, start + len(wanted))))
+
+
 @dit_family
 def test_node_and_command_line_train_a_head_of_the_family_from_the_dit_loaders(dit, tmp_path, monkeypatch,
                                                                              comfyui_dir):

@@ -10,7 +10,9 @@ def clip_family(clip) -> str:
 
 
 def _tokenizer(clip):
-    return getattr(clip.tokenizer, f"clip_{clip_backbone(clip).tokenizer_key}")
+    """The tokenizer of the conditioning's tokens: `clip_l` on SD and SD3 CLIPs, `t5xxl` on Flux's."""
+    key = clip_backbone(clip).tokenizer_key
+    return getattr(clip.tokenizer, f"clip_{key}", None) or getattr(clip.tokenizer, key)
 
 
 def _special_tokens(clip) -> set[int]:
