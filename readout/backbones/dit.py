@@ -33,6 +33,12 @@ first half of SD3's schedule (shift 3) descends sigma from 1 to 0.75, Flux's (sh
 w * 0.25 = 1.0 (bench/flow_weight.py prints both)."""
 
 
+def normalize_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """LayerNorm per token without affine weights: what heads read from a DiT block (bench/dit_readout_choices.py
+    measured it against the raw tokens and other block choices on the world's Flux)."""
+    return F.layer_norm(tokens, (tokens.shape[-1],))
+
+
 class TokenLayout:
     """Where the image tokens sit in one model call: the patch grid (h, w) and the text tokens before them."""
 
@@ -46,14 +52,14 @@ class TokenLayout:
             raise RuntimeError("a transformer block ran before the model call recorded its latent size")
         return self.grid[0] * self.grid[1]
 
-    def image_grid(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """(B, C, h, w): the image tokens from `start` laid out row by row on the patch grid, LayerNormed per token.
-        A copy: the next block may add into the tokens in place (Flux), which the norm's backward would see."""
+    def image_grid(self, tokens: torch.Tensor, start: int = 0,
+                   normalize: Callable[[torch.Tensor], torch.Tensor] = normalize_tokens) -> torch.Tensor:
+        """(B, C, h, w): the image tokens from `start`, normalized, laid out row by row on the patch grid.
+        A float32 copy: the next block may add into the tokens in place (Flux), which the norm's backward would see."""
         if self.grid is None:
             raise RuntimeError("a transformer block ran before the model call recorded its latent size")
         rows, cols = self.grid
-        image = tokens[:, start:start + rows * cols]
-        image = F.layer_norm(image.to(torch.float32, copy=True), (image.shape[-1],))
+        image = normalize(tokens[:, start:start + rows * cols].to(torch.float32, copy=True))
         return image.transpose(1, 2).reshape(image.shape[0], image.shape[-1], rows, cols)
 
 
@@ -68,6 +74,10 @@ class DiTBackbone(Backbone):
     def blocks(self, diffusion_model: nn.Module) -> list[nn.Module]:
         """Every transformer block, in the order the model runs them."""
         raise NotImplementedError
+
+    def normalize(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The image tokens (B, N, C) as heads read them."""
+        return normalize_tokens(tokens)
 
     def image_tokens(self, layer: nn.Module, output, layout: TokenLayout) -> torch.Tensor:
         """(B, C, h, w) image features from a block's output."""
@@ -202,8 +212,8 @@ class FluxBackbone(DiTBackbone):
 
     def image_tokens(self, layer: nn.Module, output, layout: TokenLayout) -> torch.Tensor:
         if isinstance(output, tuple):
-            return layout.image_grid(output[0])
-        return layout.image_grid(output, start=layout.text_tokens)
+            return layout.image_grid(output[0], normalize=self.normalize)
+        return layout.image_grid(output, start=layout.text_tokens, normalize=self.normalize)
 
     def attention_taps(self, diffusion_model: nn.Module, layout: TokenLayout) -> list[AttentionTap]:
         double = set(map(id, getattr(diffusion_model, "double_blocks", [])))
@@ -253,7 +263,7 @@ class SD3Backbone(DiTBackbone):
         return list(getattr(diffusion_model, "joint_blocks", []))
 
     def image_tokens(self, layer: nn.Module, output, layout: TokenLayout) -> torch.Tensor:
-        return layout.image_grid(output[1])
+        return layout.image_grid(output[1], normalize=self.normalize)
 
     def attention_taps(self, diffusion_model: nn.Module, layout: TokenLayout) -> list[AttentionTap]:
         return [AttentionTap(block.x_block.attn.ln_q, lambda out: out[:, :layout.image_tokens].transpose(1, 2),
