@@ -60,6 +60,7 @@ def channel_statistics(world, ex, pack) -> dict:
     handles += [block.register_forward_hook(hook_for(i)) for i, block in enumerate(blocks)]
     try:
         for seed in range(4):
+            torch.manual_seed(seed)
             scene = random_scene(ex.EVAL_SCENE_BASE + 5 * 10**6 + seed)
             context = world.encode(scene.caption)
             with torch.inference_mode():

@@ -1,11 +1,12 @@
 """The transformer (DiT) families: Flux (double- and single-stream blocks) and SD3/SD3.5 (MMDiT joint blocks).
 
 Heads read the image tokens a block outputs, laid out on the latent's patch grid (B, C, h, w) and LayerNormed per
-token without affine weights (DiT streams carry a few channels of very large activations that would swamp a head's
-GroupNorm); they read three blocks, at a quarter, half and three quarters of the block stack (DiTF found the middle
-of Flux's 57 blocks best for correspondence; MMDiff finds fusing depths helps). The embedding heads are fed is the
-model's own timestep embedding. Flow-matching models noise with ComfyUI's CONST model sampling; heads count
-timesteps 0..999 like the UNet families (sigma * 1000).
+token without affine weights (DiT streams carry a few channels of very large activations); they read three blocks,
+at a quarter, half and three quarters of the block stack. bench/dit_readout_choices.py measured this against raw
+tokens, DiTF's zeroed massive channels, one block, every block, and only double- or single-stream blocks on the
+learned world's Flux: none guided better. The embedding heads are fed is the model's own timestep embedding.
+Flow-matching models noise with ComfyUI's CONST model sampling; heads count timesteps 0..999 like the UNet families
+(sigma * 1000).
 """
 from __future__ import annotations
 
@@ -34,8 +35,7 @@ w * 0.25 = 1.0 (bench/flow_weight.py prints both)."""
 
 
 def normalize_tokens(tokens: torch.Tensor) -> torch.Tensor:
-    """LayerNorm per token without affine weights: what heads read from a DiT block (bench/dit_readout_choices.py
-    measured it against the raw tokens and other block choices on the world's Flux)."""
+    """LayerNorm per token without affine weights: what heads read from a DiT block."""
     return F.layer_norm(tokens, (tokens.shape[-1],))
 
 
