@@ -254,11 +254,12 @@ def test_node_and_command_line_train_a_head_of_the_family_from_the_dit_loaders(d
 def test_token_features_survive_a_later_blocks_in_place_add():
     """Flux's single-stream blocks add into their input in place; the features read from the block before must not
     alias it, or the head's backward (without gradient checkpointing) fails on a modified tensor."""
-    layout = pack_module("readout.backbones.dit").TokenLayout()
+    dit = pack_module("readout.backbones.dit")
+    layout = dit.TokenLayout()
     layout.grid, layout.text_tokens = (2, 3), 4
     leaf = torch.randn(1, 10, 8, requires_grad=True)
     stream = leaf * 1.0
-    features = layout.image_grid(stream, start=layout.text_tokens)
+    features = layout.image_grid(stream, dit.normalize_tokens, start=layout.text_tokens)
     assert features.shape == (1, 8, 2, 3)
     stream.add_(1.0)
     (features * torch.randn(features.shape)).sum().backward()

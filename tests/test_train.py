@@ -398,6 +398,12 @@ def test_command_line_reports_bad_data_before_loading_the_model(tmp_path):
     assert f"targets folder {tmp_path / 'targets'} is empty" in done.stderr
     done = subprocess.run(command[:-1] + ["pose.pt"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--output must end in .safetensors" in done.stderr
+    make_image(str(tmp_path / "targets" / "x.png"))
+    (tmp_path / "a_file").write_text("")
+    unwritable = str(tmp_path / "a_file" / "pose.safetensors")
+    done = subprocess.run(command[:-1] + [unwritable], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"--output: cannot make the folder of {unwritable}" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_torchrun_trains_with_two_processes(tmp_path, comfyui_dir):

@@ -52,8 +52,8 @@ class TokenLayout:
             raise RuntimeError("a transformer block ran before the model call recorded its latent size")
         return self.grid[0] * self.grid[1]
 
-    def image_grid(self, tokens: torch.Tensor, start: int = 0,
-                   normalize: Callable[[torch.Tensor], torch.Tensor] = normalize_tokens) -> torch.Tensor:
+    def image_grid(self, tokens: torch.Tensor, normalize: Callable[[torch.Tensor], torch.Tensor],
+                   start: int = 0) -> torch.Tensor:
         """(B, C, h, w): the image tokens from `start`, normalized, laid out row by row on the patch grid.
         A float32 copy: the next block may add into the tokens in place (Flux), which the norm's backward would see."""
         if self.grid is None:
@@ -212,8 +212,8 @@ class FluxBackbone(DiTBackbone):
 
     def image_tokens(self, layer: nn.Module, output, layout: TokenLayout) -> torch.Tensor:
         if isinstance(output, tuple):
-            return layout.image_grid(output[0], normalize=self.normalize)
-        return layout.image_grid(output, start=layout.text_tokens, normalize=self.normalize)
+            return layout.image_grid(output[0], self.normalize)
+        return layout.image_grid(output, self.normalize, start=layout.text_tokens)
 
     def attention_taps(self, diffusion_model: nn.Module, layout: TokenLayout) -> list[AttentionTap]:
         double = set(map(id, getattr(diffusion_model, "double_blocks", [])))
@@ -263,7 +263,7 @@ class SD3Backbone(DiTBackbone):
         return list(getattr(diffusion_model, "joint_blocks", []))
 
     def image_tokens(self, layer: nn.Module, output, layout: TokenLayout) -> torch.Tensor:
-        return layout.image_grid(output[1], normalize=self.normalize)
+        return layout.image_grid(output[1], self.normalize)
 
     def attention_taps(self, diffusion_model: nn.Module, layout: TokenLayout) -> list[AttentionTap]:
         return [AttentionTap(block.x_block.attn.ln_q, lambda out: out[:, :layout.image_tokens].transpose(1, 2),

@@ -116,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    except OSError as error:
+        print(f"error: --output: cannot make the folder of {args.output} ({error.strerror}): choose a writable "
+              "folder", file=sys.stderr)
+        return 2
     workers = init_workers()
     try:
         use_comfyui(args.comfyui)

@@ -240,9 +240,8 @@ class Trainer:
 
     def train(self, dataset: Dataset) -> TrainResult:
         """Train to `options.steps` (from the resumed step), validating every `val_every` steps and saving every
-        `checkpoint_every` steps and at the end; the output's folder is made first."""
+        `checkpoint_every` steps and at the end."""
         options = self.options
-        os.makedirs(os.path.dirname(os.path.abspath(options.output)), exist_ok=True)
         if options.resume:
             self.load(options.resume)
         train_set, val_set = split(dataset, options.val_fraction, options.seed)
