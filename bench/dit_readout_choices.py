@@ -122,15 +122,7 @@ def train_depth_head(pack, folder: str, data: list[str], seed: int, steps: int |
 
 def load_head(pack, path: str):
     """A trained head file as the nodes pass it on."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
-
-    files = pack("readout.heads.files")
-    config, state = files.load_head_file(path)
-    module = files.build_head(config, state)
-    patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
-                                               offload_device=mm.unet_offload_device())
-    return pack("readout.heads.head_model").HeadModel(os.path.basename(path), config, patcher)
+    return pack("readout.heads.head_model").load_head_model(path)
 
 
 def main() -> None:

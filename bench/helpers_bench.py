@@ -44,10 +44,4 @@ def random_head(model):
                               emb_dim=backbone.embedding_dim(model.model.diffusion_model))
     with torch.inference_mode(False):
         state = heads.ReadoutHead(config).state_dict()
-    import comfy.model_management as mm
-    import comfy.model_patcher
-
-    module = checkpoints.build_head(config, state)
-    patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
-                                               offload_device=mm.unet_offload_device())
-    return head_model.HeadModel("random_head", config, patcher)
+    return head_model.managed_head("random_head", config, checkpoints.build_head(config, state))

@@ -23,8 +23,10 @@ def _input_order(info: dict) -> list[tuple[str, list]]:
 
 
 def _is_widget(spec: list) -> bool:
+    """Whether the editor shows this input as a widget (a forceInput one is a socket and holds no widget value)."""
     kind = spec[0]
-    return isinstance(kind, list) or kind in WIDGET_TYPES
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
 
 
 def _has_control_value(name: str, spec: list) -> bool:

@@ -82,15 +82,10 @@ def test_with_controlnet(bed):
 
 def zero_gradient_head(head):
     """A copy of the head whose last output layer has zero weights: its readout is constant, its gradient exactly 0."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
-
     module = copy.deepcopy(head.module)
     with torch.no_grad():
         module.output_head[-2].weight.zero_()
-    patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
-                                               offload_device=mm.unet_offload_device())
-    return pack_module("readout.heads.head_model").HeadModel("zero_gradient.safetensors", head.config, patcher)
+    return pack_module("readout.heads.head_model").managed_head("zero_gradient.safetensors", head.config, module)
 
 
 @pytest.mark.parametrize("branch", ["cond", "uncond"])

@@ -41,15 +41,19 @@ class HeadModel:
 
 
 def load_head_model(path: str, kind: str | None = None, reverse_timestep: bool | None = None) -> HeadModel:
-    """Read a head file and hand the module to ComfyUI's model management (loaded with the UNet, offloaded with it)."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
-
+    """Read a head file and hand the module to ComfyUI's model management."""
     config, state_dict = load_head_file(path, kind)
     check_finite_weights(state_dict, os.path.basename(path))
     if reverse_timestep is not None and reverse_timestep != config.reverse_timestep:
         config = HeadConfig.from_dict({**config.to_dict(), "reverse_timestep": reverse_timestep})
-    module = build_head(config, state_dict)
+    return managed_head(os.path.basename(path), config, build_head(config, state_dict))
+
+
+def managed_head(name: str, config: HeadConfig, module: ReadoutHead) -> HeadModel:
+    """A head module in a ModelPatcher on ComfyUI's torch device (loaded with the UNet, offloaded with it)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
     patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
-    return HeadModel(os.path.basename(path), config, patcher)
+    return HeadModel(name, config, patcher)

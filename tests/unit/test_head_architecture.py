@@ -6,9 +6,8 @@ import json
 import pytest
 import torch
 
-from helpers import pack_module
+from readout.heads import architecture
 
-architecture = pack_module("readout.heads.architecture")
 HeadConfig, ReadoutHead = architecture.HeadConfig, architecture.ReadoutHead
 
 SD15_DIMS = (1280,) * 6 + (640,) * 3 + (320,) * 3
