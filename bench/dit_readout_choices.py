@@ -2,7 +2,7 @@
 choice, a depth head trained with the pack's trainer (same data, steps and seeds), its held-out loss, and the
 object-mask IoU its guidance gives on decoded pixels (world/detector.py) against the same seed unguided.
 
-    COMFYUI_PATH=<0.33 bed> <its python> bench/dit_readout_choices.py [--seeds 16] [--train-seeds 2] [--only NAME ...]
+    COMFYUI_PATH=<0.33 bed> <its python> -m bench.dit_readout_choices [--seeds 16] [--train-seeds 2] [--only NAME ...]
 
 Also prints each block's channel statistics: whether the world's Flux carries "massive activations" (channels far
 above the rest, which DiTF zeroes on FLUX.1) that would motivate zeroing channels.
@@ -12,16 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path[:0] = [HERE, os.path.join(REPO, "scripts"), REPO]
+from testbed import REPO
 
 MASSIVE_RATIO = 10.0
 """A channel is massive when its mean |activation| is this many times the median channel's."""
@@ -133,14 +130,14 @@ def main() -> None:
     parser.add_argument("--head-steps", type=int, help="training steps per head (default: world/heads.py's recipe)")
     parser.add_argument("--out", default=os.path.join(REPO, "output", "dit_readout_choices.json"))
     args = parser.parse_args()
-    from helpers_bench import bootstrap
+    from testbed.bench_helpers import bootstrap
 
     bootstrap("cpu")
     from world import experiments as ex
     from world.datasets import write_spatial
 
     world = ex.World.load("flux")
-    results = {"channel_statistics": channel_statistics(world, ex, ex.pack)}
+    results = {"channel_statistics": channel_statistics(world, ex, ex.pack_module)}
     print(f"channel statistics per block: {json.dumps(results['channel_statistics'])}", flush=True)
     work = tempfile.mkdtemp(prefix="dit_choices_")
     images, targets = write_spatial(os.path.join(work, "data"), "depth", 128)
@@ -151,13 +148,13 @@ def main() -> None:
         if norm in ("zero_massive", "massive_zeroed_first") and not any(s["massive"] for s in results["channel_statistics"].values()):
             print(f"| {name} | - | - | no channel is {MASSIVE_RATIO:g}x the median: same as layernorm | | | |", flush=True)
             continue
-        use_choice(ex.pack, indices, norm, results["channel_statistics"])
+        use_choice(ex.pack_module, indices, norm, results["channel_statistics"])
         runs = []
         for train_seed in range(args.train_seeds):
             started = time.time()
-            path, losses = train_depth_head(ex.pack, os.path.join(work, name), data, train_seed,
+            path, losses = train_depth_head(ex.pack_module, os.path.join(work, name), data, train_seed,
                                             args.head_steps)
-            world.heads["depth"] = load_head(ex.pack, path)
+            world.heads["depth"] = load_head(ex.pack_module, path)
             records = [ex.spatial(world, "depth", seed) for seed in range(args.seeds)]
             for r in records:
                 r.pop("images", None)

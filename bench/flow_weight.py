@@ -1,17 +1,13 @@
 """Print the fast rule's weight that matches the official guidance strength on the flow-matching families.
 
 The official code takes 2e-2 steps on x_t over the first half of 100 steps; a flow latent is x_t itself, so the
-weight is the sum of those steps over the sigma the first half descends. Run: `.venv/bin/python bench/flow_weight.py`.
+weight is the sum of those steps over the sigma the first half descends. Run: `.venv/bin/python -m bench.flow_weight`.
 """
 from __future__ import annotations
 
-import os
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(REPO, "scripts"), REPO]
 
-from testbed import comfyui_path, import_comfyui_in_process  # noqa: E402
+from testbed import comfyui_path, import_comfyui_in_process
 
 OFFICIAL_STEP, STEPS = 2e-2, 100
 

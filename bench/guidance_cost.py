@@ -1,10 +1,10 @@
 """Cost of readout guidance: time per step and peak memory, guided vs unguided, same model, seed, steps, sampler.
 
-    .venv/bin/python bench/guidance_cost.py                       # tiny SD1.5 model on the CPU, 64 px
-    .venv/bin/python bench/guidance_cost.py --model sd15 --size 512 --device cuda
-    .venv/bin/python bench/guidance_cost.py --model sdxl --size 1024 --device cuda
-    .venv/bin/python bench/guidance_cost.py --model tiny_flux       # tiny Flux (3072 wide, 2 blocks), cfg 1
-    .venv/bin/python bench/guidance_cost.py --model tiny_sd3        # tiny SD3.5-style MMDiT, cfg 4.5
+    .venv/bin/python -m bench.guidance_cost                       # tiny SD1.5 model on the CPU, 64 px
+    .venv/bin/python -m bench.guidance_cost --model sd15 --size 512 --device cuda
+    .venv/bin/python -m bench.guidance_cost --model sdxl --size 1024 --device cuda
+    .venv/bin/python -m bench.guidance_cost --model tiny_flux       # tiny Flux (3072 wide, 2 blocks), cfg 1
+    .venv/bin/python -m bench.guidance_cost --model tiny_sd3        # tiny SD3.5-style MMDiT, cfg 4.5
 
 Each configuration runs in a fresh process so its peak memory is its own (CUDA: max allocated;
 CPU: peak resident set). sd15/sdxl are UNets of ComfyUI's real configs with random weights
@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path[:0] = [HERE, os.path.join(REPO, "scripts"), REPO]
 
 TARGETS = {"per_guided_step": 2.2, "first_half_run": 1.7, "memory_with_checkpointing": 1.3}
 SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
@@ -71,7 +67,7 @@ def build(model_name: str, device: str):
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models as sm
-    from helpers_bench import call_node
+    from testbed.nodes import call_node
     from tiny.dit import TINY_DIT_CLIP_L
     from tiny.models import TINY_CHECKPOINT, init_weights
 
@@ -109,7 +105,8 @@ def run_one(args, name: str) -> dict:
 
     import torch
 
-    from helpers_bench import bootstrap, call_node, random_head
+    from testbed.bench_helpers import bootstrap, random_head
+    from testbed.nodes import call_node
 
     bootstrap(args.device)
     import comfy.model_management as mm
@@ -175,7 +172,7 @@ def main() -> None:
     for name in CONFIGS:
         if name != "unguided" and name not in args.configs or not supported(name, args.device):
             continue
-        cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--size", str(args.size),
+        cmd = [sys.executable, "-m", "bench.guidance_cost", "--model", args.model, "--device", args.device, "--size", str(args.size),
                "--steps", str(args.steps), "--one", name]
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)

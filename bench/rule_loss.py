@@ -1,6 +1,6 @@
 """Effect of the guidance rule on the target loss: fast (the default) vs official, on the tiny model.
 
-    .venv/bin/python bench/rule_loss.py [--steps 20] [--seeds 3]
+    .venv/bin/python -m bench.rule_loss [--steps 20] [--seeds 3]
 
 For a pose and a depth head, the target is the head's readout of another seed's image; each seed samples
 unguided, with rule fast (loss_branch cond and both) and with rule official (ddim, ddim_uniform, cfg 5, default
@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path[:0] = [HERE, os.path.join(REPO, "scripts"), REPO]
 
 RUNS = {"fast (cond)": {"rule": "fast", "loss_branch": "cond"}, "fast (both)": {"rule": "fast", "loss_branch": "both"},
         "official": {"rule": "official", "loss_branch": "cond"}}
@@ -37,7 +32,8 @@ def main() -> None:
 
     import torch
 
-    from helpers_bench import bootstrap, call_node
+    from testbed.bench_helpers import bootstrap
+    from testbed.nodes import call_node
     from tiny.models import TINY_CHECKPOINT, tiny_head_name
 
     bootstrap("cpu")

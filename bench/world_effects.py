@@ -1,7 +1,7 @@
 """Readout guidance measured on the learned world model: every experiment guided vs the same seed unguided, scored
 on decoded pixels by world/detector.py (no head involved).
 
-    .venv/bin/python bench/world_effects.py [--seeds 16] [--only spatial_depth drag_generated ...] [--out FILE]
+    .venv/bin/python -m bench.world_effects [--seeds 16] [--only spatial_depth drag_generated ...] [--out FILE]
 
 Prints one markdown row per experiment (mean +- spread over seeds, share of seeds improved, seconds per guided
 run) and writes all records as JSON.
@@ -11,12 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path[:0] = [HERE, os.path.join(REPO, "scripts"), REPO]
+from testbed import REPO
 
 WEIGHTS = (0.2, 0.43, 1.0, 2.0)
 OFFICIAL_SCALED_WEIGHT = 3.58
@@ -81,7 +78,7 @@ def main() -> None:
     parser.add_argument("--out", help="the JSON of every record (default: output/world_effects[_flux].json)")
     args = parser.parse_args()
     args.out = args.out or os.path.join(REPO, "output", f"world_effects{'' if args.family == 'sd15' else '_flux'}.json")
-    from helpers_bench import bootstrap
+    from testbed.bench_helpers import bootstrap
 
     bootstrap("cpu")
     from world import experiments as ex

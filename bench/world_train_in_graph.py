@@ -1,7 +1,7 @@
 """Heads trained in the graph on the learned world model, measured as guidance targets against the heads trained
 from ground truth (issue: train readout heads inside ComfyUI).
 
-    .venv/bin/python bench/world_train_in_graph.py [--samples 128] [--seeds 16] [--out FILE]
+    .venv/bin/python -m bench.world_train_in_graph [--samples 128] [--seeds 16] [--out FILE]
 
 Every step is a node call, as the example workflow train_edge_head.json wires them: the world model's own samples
 (KSampler) -> ComfyUI's Canny node -> Readout Dataset (Spatial) -> Train Readout Head (the GT edge head's recipe);
@@ -16,15 +16,12 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
 
 import numpy as np
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path[:0] = [HERE, os.path.join(REPO, "scripts"), REPO]
+from testbed import REPO
 
 SAMPLE_SCENE_BASE = 8 * 10**8
 """Captions of the training samples: scenes apart from the evaluation's (world.experiments.EVAL_SCENE_BASE)."""
@@ -69,7 +66,7 @@ def edge_iou(world, ex, seed: int, head, target: np.ndarray) -> float:
 
     scene = random_scene(ex.EVAL_SCENE_BASE + seed)
     truth = np.any(scene.visible_masks(), axis=0)
-    guidance = ex.call("ReadoutTarget", head=head, start_percent=0.0, end_percent=0.5, target_image=ex.to_image(target),
+    guidance = ex.call_node("ReadoutTarget", head=head, start_percent=0.0, end_percent=0.5, target_image=ex.to_image(target),
                        weight=ex._default_weight())[0]
     guided = world.guided(seed, scene.caption, guidance)[0]
     return iou(foreground(detect(guided), truth.shape), truth)
@@ -78,7 +75,7 @@ def edge_iou(world, ex, seed: int, head, target: np.ndarray) -> float:
 def canny(ex, images: np.ndarray) -> torch.Tensor:
     """ComfyUI's Canny node on (H, W, 3) or (B, H, W, 3) images: an IMAGE batch of edge maps."""
     batch = images[None] if images.ndim == 3 else images
-    return ex.call("Canny", image=torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)), **CANNY)[0]
+    return ex.call_node("Canny", image=torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)), **CANNY)[0]
 
 
 def measure_edges(world, ex, seeds: int, heads: dict) -> list[dict]:
@@ -154,7 +151,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="share of the training steps (a quick check)")
     parser.add_argument("--out", default=os.path.join(REPO, "output", "world_train_in_graph.json"))
     args = parser.parse_args()
-    from helpers_bench import bootstrap
+    from testbed.bench_helpers import bootstrap
 
     bootstrap("cpu")
     from world import experiments as ex
@@ -169,11 +166,11 @@ def main() -> None:
     for name in ("world_canny_edges", "world_warped_pairs"):
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    edge_data = ex.call("ReadoutSpatialDataset", images=batch, labels=labels, dataset_name="world_canny_edges",
+    edge_data = ex.call_node("ReadoutSpatialDataset", images=batch, labels=labels, dataset_name="world_canny_edges",
                         kind="edge")[0]
     edge_head, edge_s, edge_text = train(world, edge_data, "edge", "world_graph_edge", args.scale)
     print(f"[world] edge head in {edge_s:.0f} s\n{edge_text}", flush=True)
-    pair_data = ex.call("ReadoutCorrespondenceDataset", images=batch[:PAIR_IMAGES], dataset_name="world_warped_pairs",
+    pair_data = ex.call_node("ReadoutCorrespondenceDataset", images=batch[:PAIR_IMAGES], dataset_name="world_warped_pairs",
                         warp="affine", strength=0.5, pairs_per_image=1, points_per_pair=32, seed=0)[0]
     pair_head, pair_s, pair_text = train(world, pair_data, "correspondence", "world_graph_correspondence",
                                          args.scale)

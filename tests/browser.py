@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from comfy_server import ComfyServer
+from testbed.server import ComfyServer
 from testbed import REPO
 
 CHROMIUM = "/usr/bin/chromium"

@@ -1,26 +1,30 @@
 """Test harness: a real ComfyUI imported in process on the CPU, with this pack loaded as a custom node."""
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(REPO, "scripts"), REPO]
-
-from testbed import comfyui_path, import_comfyui_in_process  # noqa: E402
+from testbed import comfyui_path, import_comfyui_in_process
 
 COMFYUI = comfyui_path()
 import_comfyui_in_process(COMFYUI)
 
-import folder_paths  # noqa: E402
+import folder_paths
 
 folder_paths.set_output_directory(tempfile.mkdtemp(prefix="rg-tests-out-"))
 
-from helpers import comfy_server  # noqa: E402,F401  (fixture)
-from browser import browser  # noqa: E402,F401  (fixture)
+from helpers import comfy_server  # noqa: F401  (fixture)
+from browser import browser  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def model_folders(tmp_path):
+    """The test's own readout_heads and readout_datasets folders (tmp_path/<name>), listed before the tiny ones."""
+    from helpers import own_model_folders
+
+    with own_model_folders(tmp_path) as root:
+        yield root
 
 
 @pytest.fixture(scope="session")

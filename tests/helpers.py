@@ -2,21 +2,21 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
-import sys
 import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import ModuleType
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import torch
 
-from comfy_server import ComfyServer, start_server, stop_server
-from testbed import REPO, comfyui_path, pack_dir_in
+from testbed import REPO, comfyui_path
+from testbed.server import ComfyServer, start_server, stop_server
+from testbed.nodes import call_node, node_class, node_output, pack_module  # noqa: F401  (the tests import them from here)
 
 from tiny.models import (TINY_CHECKPOINT as TINY_CKPT, TINY_CHECKPOINTS, TINY_CONTROLNET, TINY_FAMILIES,  # noqa: F401
                          TINY_LORA, TINY_MIDDLE_UNET, TINY_T2I_ADAPTER, tiny_head_name)
@@ -32,15 +32,10 @@ def previous_schema() -> dict:
     (samplers, schedulers, head files) marked {"options_from": ...}."""
     with open(os.path.join(PREVIOUS_RELEASE, "object_info.json"), encoding="utf-8") as f:
         return json.load(f)
+
+
 every_family = pytest.mark.parametrize("family", TINY_FAMILIES, indirect=True)
 """Run a test on each family's tiny model (SD1.5 and the SDXL family); its beds take the `family` fixture."""
-
-
-def node_class(name: str) -> type:
-    """A registered node class, ours or ComfyUI's."""
-    import nodes
-
-    return nodes.NODE_CLASS_MAPPINGS[name]
 
 
 def schema_inputs(name: str, optional: bool | None = None) -> dict[str, Any]:
@@ -49,21 +44,22 @@ def schema_inputs(name: str, optional: bool | None = None) -> dict[str, Any]:
     return {i.id: i for i in inputs if optional is None or bool(i.optional) == optional}
 
 
-def call_node(name: str, **inputs: Any) -> tuple:
-    """Run one node the way ComfyUI's executor does: a fresh instance, under inference mode; its outputs (V3 nodes:
-    their result)."""
-    cls = node_class(name)
-    with torch.inference_mode():
-        out = getattr(cls(), cls.FUNCTION)(**inputs)
-    return getattr(out, "result", out)
+MODEL_FOLDERS = ("readout_heads", "readout_datasets")
 
 
-def node_output(name: str, **inputs: Any) -> dict:
-    """Run one node like `call_node`, keeping what it shows in the editor: {"result": outputs, "ui": its ui dict}."""
-    cls = node_class(name)
-    with torch.inference_mode():
-        out = getattr(cls(), cls.FUNCTION)(**inputs)
-    return {"result": out.result, "ui": out.ui or {}}
+@contextmanager
+def own_model_folders(root: str | os.PathLike[str], only: bool = False) -> Iterator[Path]:
+    """ComfyUI's models/readout_heads and models/readout_datasets with fresh folders under `root` listed first (the
+    tiny heads stay listed, unless `only`); ComfyUI's folder lists are restored afterwards. Yields `root`."""
+    import folder_paths
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in MODEL_FOLDERS:
+            folder = os.path.join(root, name)
+            os.makedirs(folder, exist_ok=True)
+            paths, extensions = folder_paths.folder_names_and_paths[name]
+            patch.setitem(folder_paths.folder_names_and_paths, name, ([folder] if only else [folder, *paths], extensions))
+        yield Path(root)
 
 
 def sample_image(height: int = 64, width: int = 64) -> torch.Tensor:
@@ -80,14 +76,6 @@ def with_tiny_controlnet(positive, negative, vae, name: str = TINY_CONTROLNET) -
     hint[:, 8:40, 20:50] = 1.0
     return call_node("ControlNetApplyAdvanced", positive=positive, negative=negative, control_net=controlnet,
                      image=hint, strength=1.0, start_percent=0.0, end_percent=1.0, vae=vae)
-
-
-def pack_module(submodule: str = "") -> ModuleType:
-    """This pack's module (or a submodule) exactly as ComfyUI imported it."""
-    base = pack_dir_in(comfyui_path()).replace(".", "_x_")
-    if base not in sys.modules:
-        raise RuntimeError(f"the pack was not loaded by ComfyUI under {base}")
-    return importlib.import_module(f"{base}.{submodule}" if submodule else base)
 
 
 class _ServerStub:

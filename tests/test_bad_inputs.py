@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from helpers import (SpatialBed, call_node, pack_module, prompt_executor, run_prompt,
+from helpers import (SpatialBed, call_node, own_model_folders, pack_module, prompt_executor, run_prompt,
                      text_to_image_prompt)
 from tiny.models import tiny_head_name
 
@@ -68,15 +68,16 @@ def refused(prompt: dict, node_type: str, message: str, exception_type: str = "V
 
 
 @pytest.fixture
-def heads_folder(tmp_path, monkeypatch):
-    """A readout_heads folder of the test's own holding copies of the tiny pose and depth heads, to damage or
+def heads_folder(tmp_path):
+    """The only readout_heads folder, the test's own, holding copies of the tiny pose and depth heads to damage or
     rewrite."""
     import folder_paths
 
-    for kind in ("pose", "depth"):
-        shutil.copy(folder_paths.get_full_path("readout_heads", tiny_head_name(kind)), tmp_path / f"{kind}.safetensors")
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "readout_heads", ([str(tmp_path)], {".safetensors"}))
-    return tmp_path
+    sources = {kind: folder_paths.get_full_path("readout_heads", tiny_head_name(kind)) for kind in ("pose", "depth")}
+    with own_model_folders(tmp_path, only=True) as root:
+        for kind, source in sources.items():
+            shutil.copy(source, root / "readout_heads" / f"{kind}.safetensors")
+        yield root / "readout_heads"
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,12 @@ from PIL import Image
 
 from browser import (click_run, graph_to_prompt, has_setting, load_workflow, missing_node_types, open_editor, queue,
                      read_execution_error, run_js, screenshot, set_setting, use_prompt_values, wait_js)
-from comfy_server import PromptFailed
+from testbed.server import PromptFailed
 from tiny.models import tiny_head_name
 from helpers import PREVIOUS_RELEASE, PREVIOUS_WORKFLOWS, previous_schema
 from testbed import REPO, comfyui_path
-from tiny_names import fit_for_cpu
-from workflow_api import ui_to_api
+from testbed.tiny_names import fit_for_cpu
+from testbed.workflow_api import ui_to_api
 
 ActionChains = pytest.importorskip("selenium.webdriver.common.action_chains").ActionChains
 BLANK_SIZE = 512  # image px the points editor shows without a reference image

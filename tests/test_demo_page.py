@@ -6,9 +6,9 @@ import glob
 import os
 
 from browser import run_js
-from demo import guidance_failures, run_workflows
-from demo_page import ASSERTED_KINDS
-from demo_roles import GUIDED_SCORE, UNGUIDED_SCORE
+from scripts.demo import guidance_failures, run_workflows
+from testbed.demo_page import ASSERTED_KINDS
+from testbed.demo_roles import GUIDED_SCORE, UNGUIDED_SCORE
 from testbed import REPO
 
 DEMO_SIZE, DEMO_STEPS = 64, 10

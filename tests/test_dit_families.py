@@ -210,13 +210,10 @@ def test_flux_clip_words_sit_at_their_t5_token_positions():
 
 
 @dit_family
-def test_node_and_command_line_train_a_head_of_the_family_from_the_dit_loaders(dit, tmp_path, monkeypatch,
+def test_node_and_command_line_train_a_head_of_the_family_from_the_dit_loaders(dit, tmp_path, model_folders,
                                                                              comfyui_dir):
     import folder_paths
 
-    for name in ("readout_heads", "readout_datasets"):
-        paths, extensions = folder_paths.folder_names_and_paths[name]
-        monkeypatch.setitem(folder_paths.folder_names_and_paths, name, ([str(tmp_path / name), *paths], extensions))
     images = torch.rand(4, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0))
     labels = (images > 0.5).float()
     dataset = call_node("ReadoutSpatialDataset", images=images, labels=labels, dataset_name=f"{dit.family}_edges",

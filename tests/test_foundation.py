@@ -21,7 +21,7 @@ from helpers import (
     text_to_image_prompt,
 )
 from testbed import REPO
-from workflow_api import ui_to_api
+from testbed.workflow_api import ui_to_api
 
 
 def sample(model, clip, seed: int = 3, steps: int = 4, positive=None, negative=None) -> torch.Tensor:
@@ -97,7 +97,7 @@ def test_ui_workflow_converts_like_the_editor(comfy_server):
 
 
 def test_workflows_get_the_stand_ins_of_their_own_family():
-    from tiny_names import NoStandIn, swap_model_names
+    from testbed.tiny_names import NoStandIn, swap_model_names
 
     def workflow(ckpt: str, head: str, **extra) -> dict:
         return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
@@ -122,8 +122,8 @@ def test_workflows_get_the_stand_ins_of_their_own_family():
 
 def test_setup_refuses_a_comfyui_path_that_is_not_comfyui(tmp_path):
     env = dict(os.environ, COMFYUI_PATH=str(tmp_path))
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "setup_testbed.py")],
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "scripts.setup_testbed"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
     assert proc.returncode == 2
     assert f"COMFYUI_PATH={tmp_path} is not a ComfyUI checkout" in proc.stderr
 

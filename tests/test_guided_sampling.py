@@ -224,15 +224,12 @@ def test_nonfinite_gradient_skips_the_step_with_a_warning_on_the_node(bed, monke
     assert warning in caplog.text
 
 
-def test_head_for_another_family_is_refused_at_the_sampler(bed, tmp_path, monkeypatch):
-    import folder_paths
-
+def test_head_for_another_family_is_refused_at_the_sampler(bed, model_folders):
     heads, checkpoints = pack_module("readout.heads.architecture"), pack_module("readout.heads.files")
     config = heads.HeadConfig(kind="pose", family="sdxl", dims=tuple(SDXL_DIMS), use_output_head=True)
     with torch.inference_mode(False):
-        checkpoints.save_head_safetensors(str(tmp_path / "xl_pose.safetensors"), config, heads.ReadoutHead(config).state_dict())
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "readout_heads",
-                        ([str(tmp_path)], {".safetensors"}))
+        checkpoints.save_head_safetensors(str(model_folders / "readout_heads" / "xl_pose.safetensors"), config,
+                                          heads.ReadoutHead(config).state_dict())
     xl_head = call_node("LoadReadoutHead", head_name="xl_pose.safetensors")[0]
     guidance = bed.target(head=xl_head)
     with pytest.raises(ValueError, match="expects SDXL features .* but the model is SD1.5"):

@@ -91,13 +91,8 @@ def test_unknown_head_file_names_the_input():
 
 
 @pytest.fixture()
-def extra_heads_dir(tmp_path):
-    import folder_paths
-
-    paths = folder_paths.folder_names_and_paths["readout_heads"][0]
-    paths.append(str(tmp_path))
-    yield tmp_path
-    paths.remove(str(tmp_path))
+def extra_heads_dir(model_folders):
+    return model_folders / "readout_heads"
 
 
 def write_random_head(path, kind: str, family: str, dims: list[int]) -> None:

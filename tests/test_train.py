@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+import shutil
 import subprocess
 import sys
 
@@ -109,27 +110,11 @@ def test_spatial_head_validation_loss_falls(depth_run, family):
     assert not config.reverse_timestep and config.use_output_head
 
 
-class HeadsFolder:
-    """A temporary folder added to models/readout_heads (removed again afterwards)."""
-
-    def __init__(self, folder: str) -> None:
-        import folder_paths
-
-        self.paths = folder_paths.folder_names_and_paths["readout_heads"][0]
-        self.folder = folder
-
-    def __enter__(self) -> HeadsFolder:
-        self.paths.append(self.folder)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.paths.remove(self.folder)
-
-
-def test_guiding_with_the_trained_head_beats_an_untrained_one(checkpoint, depth_run):
-    folder, result = depth_run
+def test_guiding_with_the_trained_head_beats_an_untrained_one(checkpoint, depth_run, model_folders):
+    _, result = depth_run
     config, _ = load_head_file(result.output)
-    untrained_path = os.path.join(folder, "readout_tiny_untrained_depth.safetensors")
+    shutil.copy(result.output, model_folders / "readout_heads")
+    untrained_path = os.path.join(model_folders / "readout_heads", "readout_tiny_untrained_depth.safetensors")
     save_head_safetensors(untrained_path, config, new_head(config, seed=5).state_dict())
     model, clip, _ = checkpoint
     positive = call_node("CLIPTextEncode", text="a box", clip=clip)[0]
@@ -139,14 +124,13 @@ def test_guiding_with_the_trained_head_beats_an_untrained_one(checkpoint, depth_
     target_map[:, 16:48, 12:44] = 1.0
     sampler = dict(model=model, seed=3, steps=8, cfg=5.0, sampler_name="euler", scheduler="normal",
                    positive=positive, negative=negative, latent_image=latent, denoise=1.0)
-    with HeadsFolder(folder):
-        trained = call_node("LoadReadoutHead", head_name=os.path.basename(result.output))[0]
-        untrained = call_node("LoadReadoutHead", head_name=os.path.basename(untrained_path))[0]
-        targets = {name: call_node("ReadoutTarget", head=head, weight=1.0, start_percent=0.0, end_percent=1.0,
-                                   target_image=target_map)[0] for name, head in (("trained", trained),
-                                                                                ("untrained", untrained))}
-        samples = {name: call_node("ReadoutGuidedKSampler", guidance=guidance, **sampler)[0]["samples"]
-                   for name, guidance in targets.items()}
+    trained = call_node("LoadReadoutHead", head_name=os.path.basename(result.output))[0]
+    untrained = call_node("LoadReadoutHead", head_name=os.path.basename(untrained_path))[0]
+    targets = {name: call_node("ReadoutTarget", head=head, weight=1.0, start_percent=0.0, end_percent=1.0,
+                               target_image=target_map)[0] for name, head in (("trained", trained),
+                                                                            ("untrained", untrained))}
+    samples = {name: call_node("ReadoutGuidedKSampler", guidance=guidance, **sampler)[0]["samples"]
+               for name, guidance in targets.items()}
     samples["plain"] = call_node("KSampler", **sampler)[0]["samples"]
     extract = pack_module("readout.heads.extract")
     judge = targets["trained"][0]

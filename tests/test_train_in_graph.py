@@ -20,14 +20,9 @@ SIZE = 64
 
 
 @pytest.fixture
-def folders(tmp_path, monkeypatch):
+def folders(model_folders):
     """models/readout_heads and models/readout_datasets redirected to fresh folders (the tiny heads stay listed)."""
-    import folder_paths
-
-    for name in ("readout_heads", "readout_datasets"):
-        paths, extensions = folder_paths.folder_names_and_paths[name]
-        monkeypatch.setitem(folder_paths.folder_names_and_paths, name, ([str(tmp_path / name), *paths], extensions))
-    return tmp_path
+    return model_folders
 
 
 def shapes(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,8 +279,8 @@ def test_command_line_trains_on_a_graph_dataset_like_the_node(folders, tiny, com
 
 def train_workflow(comfy_server, head_name: str, dataset_name: str, steps: int) -> dict:
     """workflows/train_edge_head.json as an API prompt on the tiny models, with its own head and dataset names."""
-    from tiny_names import fit_for_cpu
-    from workflow_api import ui_to_api
+    from testbed.tiny_names import fit_for_cpu
+    from testbed.workflow_api import ui_to_api
 
     with open(os.path.join(REPO, "workflows", "train_edge_head.json"), encoding="utf-8") as f:
         prompt = fit_for_cpu(ui_to_api(json.load(f), comfy_server.get("/object_info")), SIZE, 4)

@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from comfy_server import PromptFailed
+from testbed.server import PromptFailed
 from helpers import (PREVIOUS_RELEASE, PREVIOUS_WORKFLOWS, call_node, node_class, pack_module, previous_schema,
                      schema_inputs)
 from testbed import REPO, comfyui_path, pack_dir_in
 from tiny.models import tiny_head_name
-from tiny_names import fit_for_cpu
-from workflow_api import ui_to_api
+from testbed.tiny_names import fit_for_cpu
+from testbed.workflow_api import ui_to_api
 
 WIDGET_OPTIONS = ("default", "min", "max", "step", "round", "forceInput", "control_after_generate")
 

@@ -129,14 +129,14 @@ def _world():
 
 
 def test_world_checkpoint_loads_as_sd15_with_its_vae_and_own_word_tokens():
-    from world.experiments import call
+    from testbed.nodes import call_node
 
     world = _world()
     assert type(world.model.model.model_config).__name__ == "SD15"
     red, blue = (world.encode(t)[0][0] for t in ("a red circle", "a blue circle"))
     assert torch.equal(red[0, 3], blue[0, 3]) and not torch.allclose(red[0, 2], blue[0, 2])
     scene = random_scene(7)
-    encoded = call("VAEEncode", pixels=torch.from_numpy(scene.image())[None], vae=world.vae)[0]
+    encoded = call_node("VAEEncode", pixels=torch.from_numpy(scene.image())[None], vae=world.vae)[0]
     decoded = world.decode(encoded)
     assert psnr(torch.from_numpy(decoded), torch.from_numpy(scene.image())) > 20
     for shape, (cx, cy) in zip(scene.shapes, scene.centroids()):
@@ -145,11 +145,11 @@ def test_world_checkpoint_loads_as_sd15_with_its_vae_and_own_word_tokens():
 
 
 def test_compressed_world_heads_read_exactly_what_the_trained_ones_read(tmp_path):
-    from world.experiments import call, pack
+    from testbed.nodes import call_node, pack_module
     from world.heads import compress_head_file, expand_head_file
 
-    files = pack("readout.heads.files")
-    architecture = pack("readout.heads.architecture")
+    files = pack_module("readout.heads.files")
+    architecture = pack_module("readout.heads.architecture")
     config = architecture.HeadConfig(kind="depth", family="sd15", dims=(640, 640, 320, 320), projection_dim=128,
                                      use_output_head=True, control_range=(-1.0, 1.0))
     with torch.inference_mode(False):
@@ -166,7 +166,7 @@ def test_compressed_world_heads_read_exactly_what_the_trained_ones_read(tmp_path
         assert os.path.getsize(tmp_path / "narrow.safetensors") < 0.25 * os.path.getsize(original)
         world = _world()
         image = torch.from_numpy(random_scene(11).image())[None]
-        reads = [call("ExtractReadout", model=world.model, vae=world.vae, head=call("LoadReadoutHead", head_name=os.path.basename(p))[0],
+        reads = [call_node("ExtractReadout", model=world.model, vae=world.vae, head=call_node("LoadReadoutHead", head_name=os.path.basename(p))[0],
                       timestep=300, seed=0, image=image, clip=world.clip)[1].tensor for p in (original, restored)]
         assert reads[0].abs().mean() > 0.01
         assert torch.allclose(reads[0], reads[1], atol=2e-3)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from testbed.nodes import call_node, pack_module
 from world import paths
 from world.detector import Blob, caption_objects, detect, foreground, iou, largest
 from world.scenes import SIZE, random_scene
@@ -22,17 +23,6 @@ CFG = 4.0
 SAMPLER = ("ddim", "ddim_uniform")
 FLUX_SAMPLER = ("euler", "simple")
 DRAG_POINTS = 5
-
-
-def call(name: str, **inputs: Any) -> tuple:
-    """A node call as ComfyUI's executor makes it (under inference mode); dict results give their `result`."""
-    import nodes
-
-    cls = nodes.NODE_CLASS_MAPPINGS[name]
-    with torch.inference_mode():
-        out = getattr(cls(), cls.FUNCTION)(**inputs)
-    out = out["result"] if isinstance(out, dict) else out
-    return getattr(out, "result", out)
 
 
 def to_image(array: np.ndarray) -> torch.Tensor:
@@ -59,33 +49,33 @@ class World:
         import folder_paths
 
         listed = set(folder_paths.get_filename_list("readout_heads"))
-        heads = {k: call("LoadReadoutHead", head_name=paths.head_name(k, family))[0] for k in paths.HEAD_KINDS
+        heads = {k: call_node("LoadReadoutHead", head_name=paths.head_name(k, family))[0] for k in paths.HEAD_KINDS
                  if paths.head_name(k, family) in listed}
         if family == "sd15":
-            return cls(*call("CheckpointLoaderSimple", ckpt_name=paths.CHECKPOINT)[:3], heads)
+            return cls(*call_node("CheckpointLoaderSimple", ckpt_name=paths.CHECKPOINT)[:3], heads)
         from world.assemble import flux_state_dict
         from world.flux import comfyui_reads_world_flux
 
         if not comfyui_reads_world_flux(flux_state_dict()):
             raise RuntimeError("this ComfyUI takes every Flux for 24 heads of 128 (0.3.75 does): the world's Flux "
                                "needs ComfyUI 0.33 or newer (set COMFYUI_PATH, e.g. to the 0.33 test bed)")
-        model = call("UNETLoader", unet_name=paths.FLUX_DIFFUSION_MODEL, weight_dtype="default")[0]
-        clip = call("CLIPLoader", clip_name=paths.CLIP_L, type="stable_diffusion")[0]
-        vae = call("VAELoader", vae_name=paths.FLUX_VAE)[0]
+        model = call_node("UNETLoader", unet_name=paths.FLUX_DIFFUSION_MODEL, weight_dtype="default")[0]
+        clip = call_node("CLIPLoader", clip_name=paths.CLIP_L, type="stable_diffusion")[0]
+        vae = call_node("VAELoader", vae_name=paths.FLUX_VAE)[0]
         return cls(model, clip, vae, heads, FLUX_SAMPLER, "EmptySD3LatentImage")
 
     def encode(self, text: str):
-        return call("CLIPTextEncode", text=text, clip=self.clip)[0]
+        return call_node("CLIPTextEncode", text=text, clip=self.clip)[0]
 
     def decode(self, latent: dict) -> np.ndarray:
-        return call("VAEDecode", samples=latent, vae=self.vae)[0][0].cpu().numpy()
+        return call_node("VAEDecode", samples=latent, vae=self.vae)[0][0].cpu().numpy()
 
     def latent(self) -> dict:
-        return call(self.latent_node, width=SIZE, height=SIZE, batch_size=1)[0]
+        return call_node(self.latent_node, width=SIZE, height=SIZE, batch_size=1)[0]
 
     def sample(self, seed: int, prompt: str) -> dict:
         """KSampler's latent, unguided."""
-        return call("KSampler", model=self.model, seed=seed, steps=STEPS, cfg=CFG, sampler_name=self.sampler[0],
+        return call_node("KSampler", model=self.model, seed=seed, steps=STEPS, cfg=CFG, sampler_name=self.sampler[0],
                     scheduler=self.sampler[1], positive=self.encode(prompt), negative=self.encode(""),
                     latent_image=self.latent(), denoise=1.0)[0]
 
@@ -97,7 +87,7 @@ class World:
     def guided(self, seed: int, prompt: str, guidance: tuple, rule: str = "fast",
                latent: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The guided image and its reference branch's image."""
-        out = call("ReadoutGuidedKSampler", model=self.model, seed=seed, steps=STEPS, cfg=CFG, sampler_name=self.sampler[0],
+        out = call_node("ReadoutGuidedKSampler", model=self.model, seed=seed, steps=STEPS, cfg=CFG, sampler_name=self.sampler[0],
                    scheduler=self.sampler[1], positive=self.encode(prompt), negative=self.encode(""),
                    latent_image=latent or self.latent(), denoise=1.0, guidance=guidance, rule=rule,
                    gradient_checkpointing=False)
@@ -115,7 +105,7 @@ def spatial(world: World, kind: str, seed: int, weight: float | None = None, rul
     truth = np.any(scene.visible_masks(), axis=0)
     target = scene.depth() if kind == "depth" else scene.edges()
     extra = {} if weight is None else {"weight": weight}
-    guidance = call("ReadoutTarget", head=world.heads[kind], start_percent=0.0, end_percent=0.5,
+    guidance = call_node("ReadoutTarget", head=world.heads[kind], start_percent=0.0, end_percent=0.5,
                     target_image=to_image(target), **{"weight": _default_weight(), **extra})[0]
     plain = world.unguided(seed, scene.caption)
     (guided, _), seconds = _timed(lambda: world.guided(seed, scene.caption, guidance, rule))
@@ -178,7 +168,7 @@ def drag_generated(world: World, seed: int, rule: str = "fast", weight: float | 
     except ValueError as err:
         return {"seed": seed, "skipped": f"the {blob.colour} object is too large to drag: {err}"}
     extra = {} if weight is None else {"drag_weight": weight}
-    guidance = call("ReadoutDragTarget", correspondence_head=world.heads["correspondence"],
+    guidance = call_node("ReadoutDragTarget", correspondence_head=world.heads["correspondence"],
                     points=drag_points(blob, dx, dy), **{"drag_weight": _default_weight(), **extra},
                     start_percent=0.0, end_percent=0.5, appearance_head=world.heads["appearance"],
                     reference_image=to_image(before))[0]
@@ -191,13 +181,13 @@ def drag_real(world: World, seed: int) -> dict:
     """Drag an object of a rendered scene, inverted with Readout Invert Image; before = the same drag at weight 0."""
     scene = random_scene(EVAL_SCENE_BASE + seed, num_objects=1)
     image = to_image(scene.image())
-    reference = call("ReadoutInvertImage", model=world.model, vae=world.vae, image=image,
+    reference = call_node("ReadoutInvertImage", model=world.model, vae=world.vae, image=image,
                      positive=world.encode(scene.caption), steps=STEPS, scheduler=world.sampler[1], refinements=2)[0]
     blob = largest(detect(scene.image()), scene.shapes[0].colour)
     dx, dy = drag_vector(blob, np.random.default_rng(seed))
 
     def run(weight: float) -> np.ndarray:
-        guidance = call("ReadoutDragTarget", correspondence_head=world.heads["correspondence"],
+        guidance = call_node("ReadoutDragTarget", correspondence_head=world.heads["correspondence"],
                         points=drag_points(blob, dx, dy), drag_weight=weight, start_percent=0.0, end_percent=0.5,
                         appearance_head=world.heads["appearance"], reference=reference)[0]
         return world.guided(seed, scene.caption, guidance)[0]
@@ -227,7 +217,7 @@ def colour_similarity(reference: np.ndarray, image: np.ndarray) -> float:
 def appearance(world: World, seed: int) -> dict:
     """Unconditional: keep a generated reference's object colours in another seed's image (the edit starts at
     seed + 1); seeds whose reference shows no object are skipped."""
-    guidance = call("ReadoutAppearanceTarget", appearance_head=world.heads["appearance"], weight=_default_weight(),
+    guidance = call_node("ReadoutAppearanceTarget", appearance_head=world.heads["appearance"], weight=_default_weight(),
                     start_percent=0.0, end_percent=0.5)[0]
     (guided, reference), seconds = _timed(lambda: world.guided(seed, "", guidance))
     if not detect(reference):
@@ -246,7 +236,7 @@ def self_guidance(world: World, seed: int, edit: str) -> dict:
     if start is None:
         return {"seed": seed, "skipped": "no object in the unguided image"}
     goal = (0.28 if start.centroid[0] > SIZE / 2 else 0.72, 0.28 if start.centroid[1] > SIZE / 2 else 0.72)
-    guidance = call("SelfGuidanceTarget", clip=world.clip, prompt=scene.caption, words=f"{colour} {shape}", edit=edit,
+    guidance = call_node("SelfGuidanceTarget", clip=world.clip, prompt=scene.caption, words=f"{colour} {shape}", edit=edit,
                     dx=0.0, dy=0.0, x=goal[0], y=goal[1], size_factor=1.5, weight=_default_weight(),
                     start_percent=0.0, end_percent=0.5)[0]
     (guided, _), seconds = _timed(lambda: world.guided(seed, scene.caption, guidance))
@@ -258,15 +248,6 @@ def self_guidance(world: World, seed: int, edit: str) -> dict:
         after = before if end is None else float(np.linalg.norm(np.array(end.centroid) - target))
         return {**record, "closed": 1 - after / before}
     return {**record, "area_ratio": 0.0 if end is None else end.area / start.area}
-
-
-def pack(submodule: str):
-    """A module of this pack exactly as ComfyUI imported it."""
-    import importlib
-
-    from testbed import comfyui_path, pack_dir_in
-
-    return importlib.import_module(f"{pack_dir_in(comfyui_path()).replace('.', '_x_')}.{submodule}")
 
 
 def word_localization(world: World, seed: int, timestep: int = 500) -> dict:
@@ -281,9 +262,9 @@ def word_localization(world: World, seed: int, timestep: int = 500) -> dict:
         return {"seed": seed, "skipped": "no object in the unguided image"}
     record = {"seed": seed}
     for role, word in (("colour", colour), ("shape", shape)):
-        target = call("SelfGuidanceTarget", clip=world.clip, prompt=scene.caption, words=word, edit="move_to", dx=0.0,
+        target = call_node("SelfGuidanceTarget", clip=world.clip, prompt=scene.caption, words=word, edit="move_to", dx=0.0,
                       dy=0.0, x=0.5, y=0.5, size_factor=1.5, weight=1.0, start_percent=0.0, end_percent=0.5)[0][-1]
-        maps = pack("readout.report.word_attention").word_maps(world.model, latent["samples"], world.encode(scene.caption),
+        maps = pack_module("readout.report.word_attention").word_maps(world.model, latent["samples"], world.encode(scene.caption),
                                                               target.tokens, timestep, seed)[0, 0].numpy()
         h, w = maps.shape
         mask = blob.mask.reshape(h, SIZE // h, w, SIZE // w).mean((1, 3))

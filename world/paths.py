@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHTS_DIR = os.path.join(REPO, "world", "weights")
@@ -29,13 +28,10 @@ def all_head_names() -> list[str]:
 
 def import_comfyui() -> str:
     """Put the test bed's ComfyUI (or COMFYUI_PATH) on sys.path, on the CPU; returns its folder."""
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
     from testbed import add_comfyui_to_sys_path, comfyui_path
 
     folder = comfyui_path()
     add_comfyui_to_sys_path(folder)
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from build_workflows import Workflow
-from workflow_api import WorkflowError, ui_to_api
+from scripts.build_workflows import Workflow
+from testbed.workflow_api import WorkflowError, ui_to_api
 
 
 class Loader:

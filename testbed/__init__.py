@@ -1,4 +1,7 @@
-"""Where the test bed lives: the ComfyUI checkout, its models folder and this pack's link in it."""
+"""The test bed that tests, benchmarks, the demo and the world scripts share: where the ComfyUI checkout, its models
+folder and this pack's link live, and ComfyUI imported in process. Run its users from the repository root
+(`python -m scripts.demo`, `python -m bench.guidance_cost`, pytest with tests/pytest.ini): the root is then on
+sys.path and `import testbed` needs no path edits."""
 from __future__ import annotations
 
 import os

@@ -2,13 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tiny.dit import TINY_DIT_CLIP_L, TINY_DIT_VAE, TINY_FLUX, TINY_SD3  # noqa: E402
-from tiny.models import (TINY_CHECKPOINTS, TINY_CONTROLNET, TINY_HEAD_KINDS, TINY_LORA,  # noqa: E402
+from tiny.dit import TINY_DIT_CLIP_L, TINY_DIT_VAE, TINY_FLUX, TINY_SD3
+from tiny.models import (TINY_CHECKPOINTS, TINY_CONTROLNET, TINY_HEAD_KINDS, TINY_LORA,
                          tiny_head_name)
 
 CHECKPOINT_FAMILIES = {"v1-5-pruned-emaonly.safetensors": "sd15", "sd_xl_base_1.0.safetensors": "sdxl"}
@@ -49,7 +45,7 @@ def workflow_family(prompt: dict) -> str:
     unknown = sorted(n for n in names if n not in CHECKPOINT_FAMILIES and n not in TINY_CHECKPOINTS.values())
     if unknown:
         raise NoStandIn(f"checkpoint {unknown[0]!r} has no tiny stand-in: name one of {sorted(CHECKPOINT_FAMILIES)} "
-                        "in the workflow, or add it to scripts/tiny_names.py")
+                        "in the workflow, or add it to testbed/tiny_names.py")
     by_tiny = {v: k for k, v in TINY_CHECKPOINTS.items()}
     families = {CHECKPOINT_FAMILIES.get(n) or by_tiny[n] for n in names}
     if len(families) > 1:

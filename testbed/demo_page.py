@@ -9,12 +9,12 @@ import sys
 import textwrap
 from dataclasses import asdict, dataclass, field
 
-from demo_roles import GUIDED_SCORE, GUIDED_VIEW, LOSS_PLOT, NO_DRAG_VIEW, REFERENCE_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW
+from testbed.demo_roles import GUIDED_SCORE, GUIDED_VIEW, LOSS_PLOT, NO_DRAG_VIEW, REFERENCE_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW
 
 NOISE = ("The pictures themselves are noise: the demo's tiny models have random weights. What guidance did is "
          "visible in the readout space, as the heads read the sampled latents (read as sampled: the tiny random VAE's "
          "decode and encode would scramble them).")
-FITTED = "Fitted for a CPU: 64 px canvas and at most 10 steps (scripts/tiny_names.py fit_for_cpu)."
+FITTED = "Fitted for a CPU: 64 px canvas and at most 10 steps (testbed/tiny_names.py fit_for_cpu)."
 WHAT_TO_LOOK_FOR = {
     "spatial": "Left: the target map. Middle: what the head reads in the latent sampled from the same seed "
                "without guidance. Right: what it reads in the guided latent. The guided readout should be closer to the "
