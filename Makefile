@@ -1,11 +1,18 @@
-# make test: set up the test bed (venv, ComfyUI, tiny models) and run the suite.
+# make test-unit: the unit tier (tests/unit): pure pieces of readout/ and the workflow serializer, no ComfyUI, in
+#   seconds once the venv exists. Run it after every change to readout/.
+# make test: what CI runs. The unit tier; then, with ComfyUI 0.33's source in $(SHARED), the whole suite on 0.33.0
+#   serving the newest frontend, on ComfyUI 0.3.75 the tests marked every_comfyui or every_frontend (what depends on
+#   the version or the frontend), and the every_frontend browser tests on 0.33.0's own frontend (scripts/test_legs);
+#   without it, the whole suite on 0.3.75. Each phase prints its seconds.
 # make demo: the same setup, then run every workflow in workflows/ on a real ComfyUI server, and guide the
 #   learned world model (world/) next to the same seeds unguided; with ComfyUI 0.33's source in $(SHARED), the
 #   world's Flux too (demo-flux).
 # make world: retrain the learned world model and its heads (about an hour on 2 CPU cores).
 # make world-flux: retrain the world's Flux and its depth head (ComfyUI 0.33 from $(SHARED)/comfyui loads it).
-# make test-comfyui-033: the suite on ComfyUI 0.33.0 from $(SHARED)/comfyui (its own venv and folder).
-# make test-frontend-new: the browser tests on ComfyUI 0.33.0 serving the newest frontend (FRONTEND_NEW).
+# make test-comfyui-033: the whole suite on ComfyUI 0.33.0 from $(SHARED)/comfyui, newest frontend (FRONTEND_NEW).
+# make test-comfyui-0375: the every_comfyui and every_frontend tests on ComfyUI 0.3.75 (its own frontend).
+# make test-frontend-033: the every_frontend browser tests on ComfyUI 0.33.0's own frontend.
+#   PYTEST_ARGS adds pytest arguments to any of them; SELECT a -k expression to the last two.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,6 +20,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 CONSTRAINTS := scripts/torch-constraints.txt
 PIP_INSTALL = -m pip install --disable-pip-version-check -q -c $(CONSTRAINTS)
 PYTEST_ARGS ?=
+SELECT ?=
 
 SHARED ?= ../shared
 COMFYUI_033_TARBALL := $(SHARED)/comfyui/ComfyUI-0.33.0.tar.gz
@@ -21,47 +29,69 @@ VENV_033 := .venv-comfyui033
 PY_033 := $(VENV_033)/bin/python
 FRONTEND_NEW := 1.58.1
 FRONTEND_NEW_DIR := .frontend-$(FRONTEND_NEW)
-BROWSER_TESTS := tests/test_browser_editor.py tests/test_demo_page.py
+SUITE := tests --ignore=tests/unit
+TIMED := scripts/timed
+CHOSEN = $(if $(SELECT),-k "$(SELECT)")
 
-.PHONY: test demo demo-flux setup world world-flux test-comfyui-033 setup-comfyui-033 test-frontend-new clean
+.PHONY: test test-unit demo demo-flux setup world world-flux test-comfyui-033 test-comfyui-0375 setup-comfyui-033 \
+	test-frontend-033 clean
 
-test: setup
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+test:
+	@$(TIMED) "unit tier" $(MAKE) --no-print-directory test-unit
+	@if [ -f $(COMFYUI_033_TARBALL) ]; then \
+		$(TIMED) "setup, ComfyUI 0.33.0" $(MAKE) --no-print-directory setup-comfyui-033 $(FRONTEND_NEW_DIR)/.ok && \
+		$(TIMED) "setup, ComfyUI 0.3.75" $(MAKE) --no-print-directory setup && \
+		FRONTEND_NEW=$(FRONTEND_NEW) scripts/test_legs; \
+	else \
+		echo "[test] ComfyUI 0.33.0 not found ($(COMFYUI_033_TARBALL)): the whole suite runs on 0.3.75"; \
+		$(TIMED) "setup, ComfyUI 0.3.75" $(MAKE) --no-print-directory setup && \
+		$(TIMED) "suite, ComfyUI 0.3.75" $(PY) -m pytest $(SUITE) $(PYTEST_ARGS); \
+	fi
+
+test-unit: $(VENV)/.unit-ok
+	$(PY) -m pytest tests/unit -q
+
+$(VENV)/.unit-ok: $(VENV)/.torch-ok requirements.txt
+	$(PY) $(PIP_INSTALL) -r requirements.txt pytest
+	touch $@
+
+test-comfyui-0375: setup
+	$(PY) -m pytest $(SUITE) -m "every_comfyui or every_frontend" $(CHOSEN) $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) scripts/demo.py
-	$(PY) scripts/demo_world.py
+	$(PY) -m scripts.demo
+	$(PY) -m scripts.demo_world
 	@if [ -f $(COMFYUI_033_TARBALL) ]; then $(MAKE) --no-print-directory demo-flux; else \
 		echo "[demo] the world's Flux panel skipped: it needs ComfyUI 0.33 ($(COMFYUI_033_TARBALL) not found)"; fi
 
 demo-flux: setup-comfyui-033
-	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) scripts/demo_world.py 3 --family flux
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.demo_world 3 --family flux
 
 setup: $(VENV)/.torch-ok
-	$(PY) scripts/setup_testbed.py
+	$(PY) -m scripts.setup_testbed
 
 world: setup
 	$(PY) -m world.train
-	$(PY) scripts/setup_testbed.py
+	$(PY) -m scripts.setup_testbed
 	$(PY) -m world.heads
-	$(PY) scripts/setup_testbed.py
+	$(PY) -m scripts.setup_testbed
 
 world-flux: setup-comfyui-033
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m world.flux
-	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) scripts/setup_testbed.py
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.setup_testbed
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m world.heads --family flux --kinds depth
-	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) scripts/setup_testbed.py
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.setup_testbed
 
-test-comfyui-033: setup-comfyui-033
-	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m pytest tests $(PYTEST_ARGS)
-
-setup-comfyui-033: $(VENV_033)/.torch-ok $(COMFYUI_033)/main.py
-	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) scripts/setup_testbed.py
-
-test-frontend-new: setup-comfyui-033 $(FRONTEND_NEW_DIR)/.ok
+test-comfyui-033: setup-comfyui-033 $(FRONTEND_NEW_DIR)/.ok
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) COMFYUI_FRONTEND_VERSION=$(FRONTEND_NEW) \
 		COMFYUI_FRONTEND_ROOT=$(CURDIR)/$(FRONTEND_NEW_DIR)/comfyui_frontend_package/static \
-		$(PY_033) -m pytest $(BROWSER_TESTS) $(PYTEST_ARGS)
+		$(PY_033) -m pytest $(SUITE) $(PYTEST_ARGS)
+
+setup-comfyui-033: $(VENV_033)/.torch-ok $(COMFYUI_033)/main.py
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.setup_testbed
+
+test-frontend-033: setup-comfyui-033
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m pytest $(SUITE) -m every_frontend $(CHOSEN) $(PYTEST_ARGS)
 
 $(FRONTEND_NEW_DIR)/.ok: $(VENV_033)/.torch-ok
 	$(PY_033) $(PIP_INSTALL) --no-deps --target $(FRONTEND_NEW_DIR) comfyui-frontend-package==$(FRONTEND_NEW)

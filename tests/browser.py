@@ -32,8 +32,16 @@ const args = Array.from(arguments).slice(0, -1);
 """
 
 
+@pytest.fixture
+def browser(chromium) -> Iterator[Any]:
+    """The session's Chromium for one test; afterwards it shows a blank page, so that an editor left open does not
+    keep rendering (a core's worth of CPU while a prompt runs) through the tests that follow."""
+    yield chromium
+    chromium.get("about:blank")
+
+
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+def chromium() -> Iterator[Any]:
     """A headless Chromium driven by Selenium for the whole session, with a throwaway profile."""
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(path)]
     if missing:

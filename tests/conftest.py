@@ -15,7 +15,16 @@ import folder_paths
 folder_paths.set_output_directory(tempfile.mkdtemp(prefix="rg-tests-out-"))
 
 from helpers import comfy_server  # noqa: F401  (fixture)
-from browser import browser  # noqa: F401  (fixture)
+from browser import browser, chromium  # noqa: F401  (fixtures)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def models_released_after_each_module():
+    """The models a test module loaded are let go when it ends (its module fixtures are finalized first)."""
+    yield
+    from helpers import release_models
+
+    release_models()
 
 
 @pytest.fixture

@@ -141,10 +141,30 @@ def comfy_server() -> Iterator[ComfyServer]:
     with open(os.path.join(user_dir, "default", "comfy.settings.json"), "w", encoding="utf-8") as f:
         json.dump({"Comfy.TutorialCompleted": True}, f)
     server = start_server(comfyui_path(), out, os.path.join(out, "server.log"), user_dir=user_dir)
+    RUNNING_SERVERS.append(server)
     try:
         yield server
     finally:
+        RUNNING_SERVERS.remove(server)
         stop_server(server)
+
+
+RUNNING_SERVERS: list[ComfyServer] = []
+"""The session's server once a test has started it (release_models frees its models after each module)."""
+
+
+def release_models() -> None:
+    """Unload and collect the models ComfyUI holds, in this process and in the running server (which frees them
+    between prompts): a module's tiny SDXL or world model is not kept through the rest of the session."""
+    import gc
+
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+    gc.collect()
+    mm.soft_empty_cache()
+    for server in RUNNING_SERVERS:
+        server.post("/free", {"unload_models": True, "free_memory": True})
 
 
 def text_to_image_prompt(seed: int = 1, steps: int = 4, size: int = 64, prefix: str = "rg_test") -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 
+import pytest
 import torch
 
 from helpers import call_node, every_family, pack_module
@@ -31,6 +32,7 @@ FAMILY_CLASSES = {"sd15": ("SD15", "SD1.5"), "sdxl": ("Segmind_Vega", "SDXL")}
 """ComfyUI's detected model config class of each family's tiny checkpoint, and the backbone's label."""
 
 
+@pytest.mark.every_comfyui
 @every_family
 def test_each_tiny_checkpoint_is_its_family_with_its_decoder_dims(tiny, family):
     backbone = pack_module("readout.backbones.registry").backbone_for(tiny[0])
@@ -43,6 +45,7 @@ def test_each_tiny_checkpoint_is_its_family_with_its_decoder_dims(tiny, family):
     assert len(backbone.cross_attentions(unet)) > 0 and len(backbone.checkpoint_layers(unet)) > len(unet.output_blocks)
 
 
+@pytest.mark.every_comfyui
 @every_family
 def test_noising_follows_the_model_sampling(tiny):
     backbone = pack_module("readout.backbones.registry").backbone_for(tiny[0])
@@ -60,6 +63,7 @@ WORD_MAP_SIZES = {"sd15": (8, 8), "sdxl": (4, 4)}
 """A word's map comes on the finest cross-attention grid: the SDXL family has none at the latent's own size."""
 
 
+@pytest.mark.every_comfyui
 @every_family
 def test_hooked_evaluation_captures_what_the_decoder_computed(tiny, family):
     model, clip, _ = tiny

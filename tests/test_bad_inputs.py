@@ -126,6 +126,7 @@ def test_deeply_nested_points_are_refused_as_bad_json():
             r"points: the JSON is nested too deeply to be point pairs; expected \[\{\"source\"")
 
 
+@pytest.mark.every_comfyui
 def test_nan_weight_from_the_api_passes_comfyui_validation_and_is_refused_by_the_node():
     refused(spatial_graph(pose_target(weight=float("nan"))), "ReadoutTarget",
             r"weight: got nan, not a number; send a finite value")
@@ -188,6 +189,7 @@ class ProgressText:
         self.sent.append((text, node_id))
 
 
+@pytest.mark.every_comfyui
 def test_a_loss_branch_the_sampler_never_runs_is_shown_on_the_sampler_node(monkeypatch):
     import server
 
@@ -246,6 +248,7 @@ def test_head_file_rewritten_under_the_same_name_is_loaded_again(heads_folder):
     assert "1" not in third.outputs or "depth head" in third.outputs["1"]["text"][0]
 
 
+@pytest.mark.every_comfyui
 def test_errors_of_the_pack_have_short_type_names():
     errors = [pack_module("readout.heads.files").HeadFileError, pack_module("readout.heads.files").HeadModelMismatch,
               pack_module("readout.backbones.base").UnsupportedModel, pack_module("readout.train.data").DataError]

@@ -59,6 +59,7 @@ def dit(request) -> DiTBed:
     return DiTBed(request.param)
 
 
+@pytest.mark.every_comfyui
 @dit_family
 def test_loaders_give_a_model_of_the_family_with_its_block_widths(dit):
     backbone = registry.backbone_for(dit.model)
@@ -71,6 +72,7 @@ def test_loaders_give_a_model_of_the_family_with_its_block_widths(dit):
     assert emb.shape == (2, TINY_EMB_DIMS[dit.family]) and not torch.allclose(emb[0], emb[1])
 
 
+@pytest.mark.every_comfyui
 @dit_family
 def test_features_are_the_image_tokens_on_the_patch_grid(dit):
     """A change in one corner of the latent changes the features most at that corner's patch, in every readout
@@ -98,6 +100,7 @@ def test_heads_of_other_families_are_refused_by_name(dit):
                   target_image=torch.zeros(1, SIZE, SIZE, 3))[0][0].check_model(dit.model, "cond")
 
 
+@pytest.mark.every_comfyui
 @dit_family
 def test_spatial_guidance_lowers_the_head_loss(dit):
     head = dit.head("depth")

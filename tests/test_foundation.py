@@ -32,6 +32,7 @@ def sample(model, clip, seed: int = 3, steps: int = 4, positive=None, negative=N
                      scheduler="normal", positive=pos, negative=neg, latent_image=latent, denoise=1.0)[0]["samples"]
 
 
+@pytest.mark.every_comfyui
 def test_tiny_checkpoint_loads_as_sd15_and_samples_an_image(tiny):
     model, clip, vae = tiny
     assert type(model.model.model_config).__name__ == "SD15"
@@ -50,6 +51,7 @@ def test_prompt_changes_the_sample(tiny):
     assert not torch.equal(sample(model, clip), sample(model, clip, positive=other))
 
 
+@pytest.mark.every_comfyui
 def test_controlnet_and_lora_apply_with_stock_nodes(tiny):
     model, clip, vae = tiny
     plain = sample(model, clip)
@@ -70,6 +72,7 @@ def test_controlnet_and_lora_apply_with_stock_nodes(tiny):
     assert torch.equal(sample(model, clip), plain), "LoRA leaked into the shared model"
 
 
+@pytest.mark.every_comfyui
 def test_prompt_runs_in_process_through_the_executor():
     result = run_prompt(text_to_image_prompt(prefix="rg_in_process"))
     assert result.success, result.error_text()
@@ -77,6 +80,7 @@ def test_prompt_runs_in_process_through_the_executor():
     assert len(images) == 1 and images[0]["filename"].startswith("rg_in_process")
 
 
+@pytest.mark.every_comfyui
 def test_text_to_image_over_http(comfy_server):
     entry = comfy_server.run(text_to_image_prompt(prefix="rg_http"))
     image = entry["outputs"]["7"]["images"][0]
@@ -85,6 +89,7 @@ def test_text_to_image_over_http(comfy_server):
     assert pixels.std() > 5
 
 
+@pytest.mark.every_comfyui
 def test_ui_workflow_converts_like_the_editor(comfy_server):
     with open(os.path.join(REPO, "workflows", "text_to_image.json"), encoding="utf-8") as f:
         prompt = ui_to_api(json.load(f), comfy_server.get("/object_info"))
@@ -128,14 +133,16 @@ def test_setup_refuses_a_comfyui_path_that_is_not_comfyui(tmp_path):
     assert f"COMFYUI_PATH={tmp_path} is not a ComfyUI checkout" in proc.stderr
 
 
-def test_tiny_models_are_deterministic_and_match_the_files(comfyui_dir):
+@pytest.mark.every_comfyui
+def test_tiny_models_are_deterministic_and_match_the_files():
+    import folder_paths
     from safetensors import safe_open
 
     from tiny.models import build_taesd, tiny_lora_state_dict
 
     lora_a, lora_b = tiny_lora_state_dict(), tiny_lora_state_dict()
     assert lora_a.keys() == lora_b.keys() and all(torch.equal(lora_a[k], lora_b[k]) for k in lora_a)
-    with safe_open(os.path.join(comfyui_dir, "models", "checkpoints", TINY_CKPT), "pt") as f:
+    with safe_open(folder_paths.get_full_path("checkpoints", TINY_CKPT), "pt") as f:
         stored = f.get_tensor("first_stage_model.taesd_decoder.1.weight")
     rebuilt = build_taesd(1235).taesd_decoder[1].weight.half()
     assert torch.equal(stored, rebuilt)
@@ -167,6 +174,7 @@ def test_trained_weights_are_fp16_safetensors_within_sixteen_megabytes():
         assert dtypes == {"F16"}, (f, dtypes)
 
 
+@pytest.mark.every_comfyui
 def test_readout_heads_folder_is_registered_and_keeps_extra_paths(tmp_path):
     import folder_paths
 

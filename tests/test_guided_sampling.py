@@ -23,6 +23,7 @@ def bed(family) -> SpatialBed:
     return SpatialBed(family=family)
 
 
+@pytest.mark.every_comfyui
 @every_family
 def test_weight_zero_or_no_targets_is_bit_identical_to_ksampler(bed):
     plain = bed.ksampler(bed.model)
@@ -30,9 +31,11 @@ def test_weight_zero_or_no_targets_is_bit_identical_to_ksampler(bed):
     assert torch.equal(bed.guided(())[0], plain)
 
 
-@every_family
-@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "ddim", "uni_pc"])
+@pytest.mark.parametrize("family, sampler", [("sd15", "euler"), ("sd15", "dpmpp_2m"), ("sd15", "ddim"), ("sd15", "uni_pc"),
+                                             ("sdxl", "euler")], indirect=["family"])
 def test_spatial_target_lowers_the_readout_loss(bed, sampler):
+    """Every sampler kind (single-step, multistep, DDIM, predictor-corrector) on SD1.5; the SDXL family with one:
+    the rule acts in the sampler-independent post-CFG function."""
     guidance = bed.target()
     plain = bed.loss(guidance, bed.ksampler(bed.model, sampler=sampler))
     guided = bed.loss(guidance, bed.guided(guidance, sampler=sampler)[0])
@@ -47,6 +50,7 @@ def test_default_weight_and_window_lower_the_loss(bed):
     assert bed.loss(guidance, bed.guided(guidance)[0]) < 0.95 * bed.loss(guidance, bed.ksampler(bed.model))
 
 
+@pytest.mark.every_comfyui
 def test_apply_readout_guidance_with_ksampler_advanced_matches_the_guided_sampler(bed):
     guidance = bed.target()
     patched = call_node("ApplyReadoutGuidance", model=bed.model, guidance=guidance)[0]
@@ -72,6 +76,7 @@ def test_two_chained_targets_each_with_its_own_head(bed):
     assert_plot_shows_losses(plot, [t.label for t in chain])
 
 
+@pytest.mark.every_comfyui
 def test_with_controlnet(bed):
     pos, neg = with_tiny_controlnet(bed.pos, bed.neg, bed.vae)
     guidance = bed.target()
@@ -101,6 +106,7 @@ def test_one_loss_branch_splits_the_call_without_changing_the_unet_output(bed, b
     torch.testing.assert_close(guided, plain, rtol=1e-4, atol=2e-3)  # measured 6e-4: batch 2 vs 4 GEMMs
 
 
+@pytest.mark.every_comfyui
 def test_with_lora(bed):
     model, _ = call_node("LoraLoader", model=bed.model, clip=bed.clip, lora_name=TINY_LORA,
                          strength_model=1.0, strength_clip=1.0)
@@ -108,6 +114,7 @@ def test_with_lora(bed):
     assert_lowered(bed, guidance, bed.guided(guidance, model=model)[0], bed.ksampler(model))
 
 
+@pytest.mark.every_comfyui
 def test_at_cfg_one(bed):
     guidance = bed.target()
     assert_lowered(bed, guidance, bed.guided(guidance, cfg=1.0)[0], bed.ksampler(bed.model, cfg=1.0))
@@ -122,6 +129,7 @@ def test_with_batch_of_two(bed):
         assert float(guidance[0].loss(bed.readout(samples[i:i + 1]))) < float(guidance[0].loss(bed.readout(plain[i:i + 1])))
 
 
+@pytest.mark.every_comfyui
 def test_in_lowvram_mode(bed, monkeypatch):
     import comfy.model_management as mm
 
@@ -177,6 +185,7 @@ def failing_head(bed, monkeypatch, effect):
     return bed.target(head=head)
 
 
+@pytest.mark.every_comfyui
 def test_model_is_clean_after_an_error_inside_guidance(bed, monkeypatch):
     def boom():
         raise RuntimeError("boom inside guidance")
@@ -189,6 +198,7 @@ def test_model_is_clean_after_an_error_inside_guidance(bed, monkeypatch):
     assert torch.equal(bed.ksampler(bed.model), fresh_plain(bed))
 
 
+@pytest.mark.every_comfyui
 def test_model_is_clean_after_a_user_cancel(bed, monkeypatch):
     import comfy.model_management as mm
 

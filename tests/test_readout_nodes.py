@@ -26,6 +26,7 @@ def extract(tiny, head, image, **options):
                      seed=0, clip=clip, **options)
 
 
+@pytest.mark.every_comfyui
 def test_load_readout_head_reports_kind_and_family():
     head, out = load(tiny_head_name("pose"))
     info = out["result"][1]
@@ -36,6 +37,7 @@ def test_load_readout_head_reports_kind_and_family():
     assert "correspondence head" in relative.describe() and not relative.config.use_emb
 
 
+@pytest.mark.every_comfyui
 @every_family
 def test_spatial_readout_is_a_control_image_of_the_input_size(tiny, family):
     head, _ = load(tiny_head_name("depth", family=family))
@@ -70,6 +72,7 @@ def test_noise_level_changes_the_readout(tiny):
     assert (clean - noisy).abs().mean() > 1e-3
 
 
+@pytest.mark.every_comfyui
 def test_head_is_loaded_by_comfy_model_management(tiny):
     import comfy.model_management as mm
 
@@ -118,6 +121,7 @@ def test_head_for_other_decoder_channels_is_refused(tiny, extra_heads_dir):
         extract(tiny, head, sample_image())
 
 
+@pytest.mark.every_comfyui
 def test_load_and_extract_run_as_a_workflow_over_http(comfy_server):
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT}},

@@ -48,6 +48,7 @@ def test_empty_point_list_leaves_the_edit_equal_to_the_reference(bed):
     assert torch.equal(edited, reference)
 
 
+@pytest.mark.every_comfyui
 @every_family
 def test_drag_loss_falls_with_a_generated_reference(bed):
     guidance = bed.drag()
@@ -81,6 +82,7 @@ def appearance_losses(bed, make_target, weights) -> list[float]:
     return losses
 
 
+@pytest.mark.every_comfyui
 @every_family
 def test_appearance_loss_falls_as_its_weight_rises(bed):
     def target(weight):
@@ -91,6 +93,7 @@ def test_appearance_loss_falls_as_its_weight_rises(bed):
     assert losses[0] > losses[1] > losses[2], losses
 
 
+@pytest.mark.every_comfyui
 def test_identity_loss_falls_as_its_weight_rises(bed):
     face = torch.zeros(1, 64, 64)
     face[:, 12:40, 20:44] = 1.0
@@ -113,6 +116,7 @@ RECONSTRUCTION_TOLERANCE = 0.05
 """Relative L2 error of the reconstructed latent (measured 0.027 at 30 ddim steps, 5 refinements, CFG 1)."""
 
 
+@pytest.mark.every_comfyui
 def test_inversion_then_unguided_sampling_reconstructs_the_image(bed):
     reference = invert(bed, steps=30)
     edited, source, _ = bed.sample(bed.drag(points="[]", reference=reference), steps=30, sampler="ddim",
@@ -126,6 +130,7 @@ def test_inversion_then_unguided_sampling_reconstructs_the_image(bed):
     assert float((plain_edit - plain.source_latent).norm() / plain.source_latent.norm()) > error
 
 
+@pytest.mark.every_comfyui
 def test_drag_on_a_real_image_lowers_the_drag_loss(bed):
     reference = invert(bed, steps=STEPS, refinements=2)
     guidance = bed.drag(reference=reference)

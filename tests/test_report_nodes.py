@@ -20,6 +20,7 @@ def extract(tiny, readout_head, image, **options):
                      clip=clip, **options)
 
 
+@pytest.mark.every_comfyui
 def test_spatial_score_is_the_target_loss_and_lowest_for_the_readout_itself(tiny):
     pose = head("pose")
     readout_image, readout = extract(tiny, pose, sample_image())
@@ -135,6 +136,7 @@ def test_extract_readout_reads_a_latent_as_it_is(tiny):
                   latent={"samples": torch.zeros(1, 4, 2, 8, 8)})
 
 
+@pytest.mark.every_comfyui
 def test_word_attention_map_shows_self_guidance_moving_the_word(tiny):
     """The demo's claim on the tiny model: guided, the word's attention is nearer the goal than unguided."""
     model, clip, _ = tiny

@@ -58,6 +58,7 @@ def bed(family) -> Bed:
     return Bed(family)
 
 
+@pytest.mark.every_comfyui
 @every_family
 def test_words_are_found_at_their_token_positions(bed):
     find = pack_module("readout.targets.prompt_tokens").word_token_positions
@@ -69,6 +70,7 @@ def test_words_are_found_at_their_token_positions(bed):
         bed.target(words="  ")
 
 
+@pytest.mark.every_comfyui
 @every_family
 def test_move_by_brings_the_centroid_toward_the_goal(bed):
     guidance = bed.target("move_by", dx=0.25, dy=0.0)

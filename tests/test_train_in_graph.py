@@ -147,6 +147,7 @@ def train(tiny, dataset, head_name: str = "graph_edge", steps: int = 4, **option
                        steps=steps, **inputs)
 
 
+@pytest.mark.every_comfyui
 def test_train_node_writes_a_listed_head_that_guides(folders, tiny):
     dataset = spatial_dataset("train_edges", count=6)
     out = train(tiny, dataset, steps=4)
@@ -343,6 +344,7 @@ def wait_for_end(comfy_server, prompt_id: str, timeout: float = 300) -> dict:
     raise AssertionError(f"prompt {prompt_id} did not end in {timeout} s:\n{comfy_server.log_tail()}")
 
 
+@pytest.mark.every_comfyui
 def test_cancel_over_http_keeps_the_state_and_queueing_again_resumes(comfy_server, server_files):
     """The user presses Cancel while the head trains (POST /interrupt, as the editor's button does): the run ends as
     interrupted with the state saved; queueing again continues from that step."""

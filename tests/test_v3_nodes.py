@@ -18,6 +18,8 @@ from tiny.models import tiny_head_name
 from testbed.tiny_names import fit_for_cpu
 from testbed.workflow_api import ui_to_api
 
+pytestmark = pytest.mark.every_comfyui  # registration, schemas and the previous release: every ComfyUI
+
 WIDGET_OPTIONS = ("default", "min", "max", "step", "round", "forceInput", "control_after_generate")
 
 

@@ -128,6 +128,7 @@ def _world():
     return World.load()
 
 
+@pytest.mark.every_comfyui
 def test_world_checkpoint_loads_as_sd15_with_its_vae_and_own_word_tokens():
     from testbed.nodes import call_node
 

@@ -83,9 +83,10 @@ def _data_options(kind: str, folder: str, count: int) -> list[str]:
     return ["--triplets", write_triplets(folder, count)]
 
 
-def model_options(family: str, comfy: str, checkpoint: str | None = None) -> list[str]:
-    """The trainer's options that load the world model of a family from the test bed's models folder."""
-    models = os.path.join(comfy, "models")
+def model_options(family: str, checkpoint: str | None = None) -> list[str]:
+    """The trainer's options that load the world model of a family from the test bed's shared models folder."""
+    from testbed import MODELS_DIR as models
+
     if family == "sd15":
         return ["--checkpoint", checkpoint or os.path.join(models, "checkpoints", paths.CHECKPOINT)]
     return ["--diffusion-model", os.path.join(models, "diffusion_models", paths.FLUX_DIFFUSION_MODEL),
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="share of the steps and examples (tests)")
     args = parser.parse_args(argv)
     comfy = paths.import_comfyui()
-    model = model_options(args.family, comfy, args.checkpoint)
+    model = model_options(args.family, args.checkpoint)
     log = []
     for kind in args.kinds:
         log.append(train_head(kind, comfy, model, args.work, args.scale, args.family))
