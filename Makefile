@@ -29,7 +29,7 @@ VENV_033 := .venv-comfyui033
 PY_033 := $(VENV_033)/bin/python
 FRONTEND_NEW := 1.58.1
 FRONTEND_NEW_DIR := .frontend-$(FRONTEND_NEW)
-SUITE := tests --ignore=tests/unit
+SUITE ?= tests --ignore=tests/unit
 TIMED := scripts/timed
 CHOSEN = $(if $(SELECT),-k "$(SELECT)")
 

@@ -161,7 +161,6 @@ def test_euler_ancestral_is_ddim_with_eta_one_and_keeps_its_noise(bed):
     assert torch.equal(bed.guided(bed.target(0.0), sampler="euler_ancestral"), plain)
 
 
-@pytest.mark.every_comfyui
 def test_apply_readout_guidance_with_ksampler_takes_the_same_official_steps(bed):
     patched = call_node("ApplyReadoutGuidance", model=bed.model, guidance=bed.target(1.0), rule="official")[0]
     torch.testing.assert_close(bed.ksampler(patched), bed.guided(bed.target(1.0)), rtol=0, atol=1e-6)
