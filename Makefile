@@ -37,13 +37,11 @@ CHOSEN = $(if $(SELECT),-k "$(SELECT)")
 	test-frontend-033 clean
 
 test:
-	@$(TIMED) "unit tier" $(MAKE) --no-print-directory test-unit
 	@if [ -f $(COMFYUI_033_TARBALL) ]; then \
-		$(TIMED) "setup, ComfyUI 0.33.0" $(MAKE) --no-print-directory setup-comfyui-033 $(FRONTEND_NEW_DIR)/.ok && \
-		$(TIMED) "setup, ComfyUI 0.3.75" $(MAKE) --no-print-directory setup && \
-		FRONTEND_NEW=$(FRONTEND_NEW) scripts/test_legs; \
+		scripts/unit_then_setups "$(FRONTEND_NEW_DIR)/.ok" && FRONTEND_NEW=$(FRONTEND_NEW) scripts/test_legs; \
 	else \
 		echo "[test] ComfyUI 0.33.0 not found ($(COMFYUI_033_TARBALL)): the whole suite runs on 0.3.75"; \
+		$(TIMED) "unit tier" $(MAKE) --no-print-directory test-unit && \
 		$(TIMED) "setup, ComfyUI 0.3.75" $(MAKE) --no-print-directory setup && \
 		$(TIMED) "suite, ComfyUI 0.3.75" $(PY) -m pytest $(SUITE) $(PYTEST_ARGS); \
 	fi
