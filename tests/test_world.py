@@ -145,7 +145,7 @@ def test_world_checkpoint_loads_as_sd15_with_its_vae_and_own_word_tokens():
         assert blob is not None and abs(blob.centroid[0] - cx) + abs(blob.centroid[1] - cy) < 3
 
 
-def test_compressed_world_heads_read_exactly_what_the_trained_ones_read(tmp_path):
+def test_compressed_world_heads_read_exactly_what_the_trained_ones_read(tmp_path, model_folders):
     from testbed.nodes import call_node, pack_module
     from world.heads import compress_head_file, expand_head_file
 
@@ -156,9 +156,7 @@ def test_compressed_world_heads_read_exactly_what_the_trained_ones_read(tmp_path
     with torch.inference_mode(False):
         torch.manual_seed(3)
         state = architecture.ReadoutHead(config).state_dict()
-    import folder_paths
-
-    heads_dir = folder_paths.get_folder_paths("readout_heads")[0]
+    heads_dir = str(model_folders / "readout_heads")
     original, restored = os.path.join(heads_dir, "rg_test_world_original.safetensors"), os.path.join(heads_dir, "rg_test_world_restored.safetensors")
     try:
         files.save_head_safetensors(original, config, state)
