@@ -152,7 +152,8 @@ def ensure_browser() -> None:
 
 def ensure_tiny_models(comfy_dir: str) -> None:
     """Tiny and world models in the shared models folder (written once, whichever ComfyUI sets up first), listed in
-    this ComfyUI's extra_model_paths.yaml; the example images in its input folder."""
+    this ComfyUI's extra_model_paths.yaml; the tiny DiTs, whose layout is this ComfyUI's, and the example images in
+    its own folders."""
     add_comfyui_to_sys_path(comfy_dir)
     import comfy.cli_args
 
@@ -160,7 +161,8 @@ def ensure_tiny_models(comfy_dir: str) -> None:
     from tiny.models import write_tiny_models
     from world.assemble import write_world_models
 
-    for path in write_tiny_models(MODELS_DIR) + write_world_models(MODELS_DIR):
+    own = write_tiny_models(os.path.join(comfy_dir, "models"), per_comfyui=True)
+    for path in write_tiny_models(MODELS_DIR, per_comfyui=False) + write_world_models(MODELS_DIR) + own:
         log(f"wrote {path}")
     log(f"models in {MODELS_DIR}, listed by {write_model_paths(comfy_dir)}")
     for path in write_example_images(os.path.join(comfy_dir, "input")):

@@ -266,6 +266,9 @@ class TinyFile:
     folder: str
     name: str
     write: Callable[[str], None]
+    per_comfyui: bool = False
+    """Built from module layouts that differ between ComfyUI versions (0.33's Flux and MMDiT state dicts are not
+    detected by 0.3.75): written into each ComfyUI's own models folder, not the shared one."""
 
 
 def _tensors_file(make: Callable[[], dict[str, torch.Tensor]]) -> Callable[[str], None]:
@@ -302,8 +305,8 @@ def tiny_files() -> list[TinyFile]:
     files.append(TinyFile("checkpoints", TINY_SDXL_CHECKPOINT, _tensors_file(tiny_sdxl_checkpoint_state_dict)))
     from tiny import dit
 
-    files += [TinyFile("diffusion_models", dit.TINY_FLUX, _tensors_file(dit.tiny_flux_state_dict)),
-              TinyFile("diffusion_models", dit.TINY_SD3, _tensors_file(dit.tiny_sd3_state_dict)),
+    files += [TinyFile("diffusion_models", dit.TINY_FLUX, _tensors_file(dit.tiny_flux_state_dict), per_comfyui=True),
+              TinyFile("diffusion_models", dit.TINY_SD3, _tensors_file(dit.tiny_sd3_state_dict), per_comfyui=True),
               TinyFile("vae", dit.TINY_DIT_VAE, _tensors_file(dit.tiny_dit_vae_state_dict)),
               TinyFile("text_encoders", dit.TINY_DIT_CLIP_L, _tensors_file(dit.tiny_clip_l_state_dict))]
     files += [TinyFile("readout_heads", tiny_head_name(k, family=f), _head_file(k, False, f))
@@ -331,10 +334,13 @@ def _is_current(path: str) -> bool:
     return metadata.get("generator") != "tiny.models" or metadata.get("version") == TINY_VERSION
 
 
-def write_tiny_models(models_dir: str, force: bool = False) -> list[str]:
-    """Write missing tiny model files under a ComfyUI models folder; return the paths written."""
+def write_tiny_models(models_dir: str, force: bool = False, per_comfyui: bool | None = None) -> list[str]:
+    """Write missing tiny model files under a models folder (only those whose `per_comfyui` is this, when given);
+    return the paths written."""
     written = []
     for item in tiny_files():
+        if per_comfyui is not None and item.per_comfyui != per_comfyui:
+            continue
         path = os.path.join(models_dir, item.folder, item.name)
         if os.path.exists(path) and not force and _is_current(path):
             continue
