@@ -152,7 +152,7 @@ def ensure_browser() -> None:
 
 def ensure_tiny_models(comfy_dir: str) -> None:
     """Tiny and world models in the shared models folder (written once, whichever ComfyUI sets up first), listed in
-    this ComfyUI's extra_model_paths.yaml; the tiny DiTs, whose layout is this ComfyUI's, and the example images in
+    this ComfyUI's test-bed model paths file; the tiny DiTs, whose layout is this ComfyUI's, and the example images in
     its own folders."""
     add_comfyui_to_sys_path(comfy_dir)
     import comfy.cli_args

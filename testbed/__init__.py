@@ -13,7 +13,8 @@ PACK_LINK_NAME = "comfyui-readout-guidance"
 COMFYUI_MARKERS = ("main.py", "nodes.py", "execution.py", "folder_paths.py", os.path.join("comfy", "model_patcher.py"))
 MODELS_DIR = os.path.join(REPO, ".models")
 """The models folder every test-bed ComfyUI shares (tiny and world models, written once for all versions)."""
-MODEL_PATHS_FILE = "extra_model_paths.yaml"
+MODEL_PATHS_FILE = "readout_test_bed_model_paths.yaml"
+"""Our own file, beside a user's extra_model_paths.yaml (never overwritten): servers get it by --extra-model-paths-config."""
 MODEL_PATHS_KEY = "readout_guidance_test_bed"
 
 
@@ -48,12 +49,12 @@ def add_comfyui_to_sys_path(comfy: str) -> None:
 
 
 def model_paths_file(comfy: str) -> str:
-    """The extra_model_paths.yaml in a ComfyUI folder, which its main.py reads at start."""
+    """The test bed's model paths file in a ComfyUI folder (extra_model_paths.yaml's format)."""
     return os.path.join(comfy, MODEL_PATHS_FILE)
 
 
 def write_model_paths(comfy: str) -> str:
-    """List MODELS_DIR's folders in this ComfyUI's extra_model_paths.yaml (after ComfyUI's own models folder)."""
+    """List MODELS_DIR's folders in this ComfyUI's model paths file (searched after ComfyUI's own models folder)."""
     folders = sorted(f for f in os.listdir(MODELS_DIR) if os.path.isdir(os.path.join(MODELS_DIR, f)))
     lines = [f"{MODEL_PATHS_KEY}:  # written by scripts/setup_testbed.py: the test bed's shared models",
              f"  base_path: {MODELS_DIR}", *(f"  {folder}: {folder}" for folder in folders)]
@@ -64,7 +65,7 @@ def write_model_paths(comfy: str) -> str:
 
 
 def load_model_paths(comfy: str) -> None:
-    """Read the ComfyUI's extra_model_paths.yaml into folder_paths as its main.py does (once)."""
+    """Read the test bed's model paths file into folder_paths as main.py reads --extra-model-paths-config (once)."""
     import folder_paths
     import utils.extra_config
 

@@ -12,6 +12,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from testbed import model_paths_file
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -87,6 +89,7 @@ def start_server(comfy: str, output_dir: str, log_path: str, port: int | None = 
     `user_dir` (ComfyUI's --user-directory) holds the editor's saved settings: a fresh one gives the defaults.
     A `temp_dir` of its own keeps its previews from being wiped when another server on the same ComfyUI starts.
     COMFYUI_FRONTEND_ROOT (a frontend package's `static` folder) serves that frontend instead of the installed one.
+    The test bed's shared models come from its model paths file (testbed.write_model_paths).
     """
     port = port or free_port()
     log = open(log_path, "w")
@@ -94,10 +97,12 @@ def start_server(comfy: str, output_dir: str, log_path: str, port: int | None = 
     temp_args = ["--temp-directory", temp_dir] if temp_dir else []
     frontend = os.environ.get("COMFYUI_FRONTEND_ROOT")
     frontend_args = ["--front-end-root", frontend] if frontend else []
+    paths_file = model_paths_file(comfy)
+    paths_args = ["--extra-model-paths-config", paths_file] if os.path.isfile(paths_file) else []
     proc = subprocess.Popen(
         [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
          "--output-directory", output_dir, "--disable-auto-launch", *user_args, *temp_args,
-         *frontend_args],
+         *frontend_args, *paths_args],
         cwd=comfy, stdout=log, stderr=subprocess.STDOUT,
     )
     server = ComfyServer(f"http://127.0.0.1:{port}", output_dir, proc, log_path)
