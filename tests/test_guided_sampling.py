@@ -228,7 +228,9 @@ def test_nonfinite_gradient_skips_the_step_with_a_warning_on_the_node(bed, monke
         run = bed.guided_run(bed.target(head=head), loss_branch="both")
     samples = run["result"][0]["samples"]
     assert torch.isfinite(samples).all()
-    assert torch.equal(samples, bed.ksampler(bed.model)), "both branches in one call: bit-identical when skipped"
+    # both branches in one call, every step skipped: KSampler's result up to the attention kernel (the guided call
+    # runs torch's SDPA, KSampler the session's sub-quadratic kernel; measured max difference 4.7e-4 after 8 steps)
+    torch.testing.assert_close(samples, bed.ksampler(bed.model), rtol=0, atol=1e-3)
     warning = f"the gradient was NaN or infinite at guided evaluation(s) {list(range(STEPS))}"
     assert run["ui"]["text"][0].startswith("WARNING: pose (") and warning in run["ui"]["text"][0]
     assert warning in caplog.text

@@ -23,6 +23,7 @@ from .compatibility import check_compatible
 from ..backbones.registry import backbone_for_config
 from ..targets.base import Readings
 from .fast import FastRule
+from .memory import extra_memory_declared, guided_pass_bytes, out_of_memory_explained
 from .grad_pass import (autograd_safe_weights, saved_tensor_copies, differentiable_kernels, gradient_checkpointing,
                         grad_pass_options, normal_copies)
 from .official import OfficialRule
@@ -125,6 +126,14 @@ class ReadoutGuidancePatch:
             if self.report_to is not None:
                 self.report_to(self.last_report)
 
+    def prepare_sampling_wrapper(self, executor, model, noise_shape, *args, **kwargs):
+        """Declare the guided pass's memory to ComfyUI while it loads (or offloads) the models for this run."""
+        heads = list({id(head): head for target in self.targets for head in target.heads}.values())
+        chunks = len(LOSS_BRANCHES[self.options.loss_branch])
+        extra = guided_pass_bytes(model.model, heads, noise_shape, chunks, self.options.gradient_checkpointing)
+        with extra_memory_declared(model.model, extra):
+            return executor(model, noise_shape, *args, **kwargs)
+
     def predict_noise_wrapper(self, executor, *args, **kwargs):
         """One model evaluation of the sampler: its first calc_cond_batch is the one to guide."""
         self._evaluation_open = True
@@ -201,7 +210,8 @@ class ReadoutGuidancePatch:
         autocast = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
         chunks = chunks_of(x.shape[0], transformer_options)
         tokens = [token for index in active for token in self.targets[index].attention_tokens()]
-        with torch.inference_mode(False), torch.enable_grad(), ExitStack() as stack:
+        with out_of_memory_explained(x, self.options), torch.inference_mode(False), torch.enable_grad(), \
+                ExitStack() as stack:
             x_grad = x.clone().requires_grad_(True)
             t_copy, c_concat, c_crossattn, control, kwargs = normal_copies((t, c_concat, c_crossattn, control, kwargs))
             stack.enter_context(autograd_safe_weights(diffusion_model))
@@ -289,6 +299,7 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
     patch = ReadoutGuidancePatch(tuple(targets), options)
     wrappers = {
         pe.WrappersMP.OUTER_SAMPLE: patch.outer_sample_wrapper,
+        pe.WrappersMP.PREPARE_SAMPLING: patch.prepare_sampling_wrapper,
         pe.WrappersMP.PREDICT_NOISE: patch.predict_noise_wrapper,
         pe.WrappersMP.CALC_COND_BATCH: patch.calc_cond_batch_wrapper,
         pe.WrappersMP.APPLY_MODEL: patch.apply_model_wrapper,

@@ -31,4 +31,4 @@ def latent_readout(model_patcher, head: HeadModel, latent: torch.Tensor, conditi
     with torch.no_grad():
         emb = backbone_for(model_patcher).head_embedding(model_patcher.model.diffusion_model, head.config,
                                                          reading.timesteps)
-        return head.module(reading.features, emb).float()
+        return head.read(reading.features, emb)

@@ -35,6 +35,16 @@ class HeadModel:
         check_head_matches_model(self.config, backbone.family,
                                  backbone.feature_dims(model_patcher.model.diffusion_model), self.name)
 
+    def read(self, features: list[torch.Tensor], emb: torch.Tensor | None) -> torch.Tensor:
+        """The head's readout (float32) of one evaluation's features, with any of its weights that ComfyUI left on
+        another device (a partially loaded head) brought to the features' device for this call."""
+        device = features[0].device
+        weights = dict(self.module.named_parameters())
+        stray = {name: param.to(device) for name, param in weights.items() if param.device != device}
+        if not stray:
+            return self.module(features, emb).float()
+        return torch.func.functional_call(self.module, {**weights, **stray}, (features, emb)).float()
+
     def device_dtype(self) -> tuple[torch.device, torch.dtype]:
         param = next(self.module.parameters())
         return param.device, param.dtype

@@ -132,7 +132,7 @@ class HeadTarget(Target):
     def read(self, readings: Readings) -> torch.Tensor:
         with readings.autocast:
             emb = readings.backbone.head_embedding(readings.diffusion_model, self.head.config, readings.timesteps)
-            return self.head.module(readings.features, emb).float()
+            return self.head.read(readings.features, emb)
 
     def reads_with(self, head_name: str, kind: str) -> bool:
         return self.head.name == head_name and self.head.config.kind == kind
