@@ -13,6 +13,13 @@ def fast_loss(target, edited: torch.Tensor, reference: torch.Tensor | None) -> t
     return target.loss(edited, reference if target.relative else None)
 
 
+def gradient_scale(x: torch.Tensor) -> float:
+    """The elements of one latent: per-pixel mean losses then give gradients of order one per element instead of one
+    over the pixel count (at SDXL 1024 px about 1/16384, which an fp16 backward flushes to zero and the
+    normalization's eps swamps); the normalized step does not depend on the scale."""
+    return float(x[0].numel())
+
+
 class FastRule(GuidanceRule):
     """The pack's rule (see rule.py for the normalized-gradient step)."""
 
@@ -25,9 +32,11 @@ class FastRule(GuidanceRule):
                 if target.weight != 0.0 and target.active and low <= sigma <= high]
 
     def backprop(self, patch, active: list[int], readings: Readings, x_grad: torch.Tensor, chunks: list[slice]) -> None:
-        """Each active target's own gradient w.r.t. x, summed over the loss chunks (normalized per target later)."""
+        """Each active target's own gradient w.r.t. x, summed over the loss chunks (normalized per target later), taken
+        of the loss scaled by `gradient_scale`."""
+        scale = gradient_scale(x_grad)
         for order, index in enumerate(active):
             target = patch.targets[index]
             losses = patch.chunk_losses(target, target.read(readings), chunks, fast_loss)
-            grad = torch.autograd.grad(losses.sum(), x_grad, retain_graph=order < len(active) - 1)[0]
+            grad = torch.autograd.grad(losses.sum() * scale, x_grad, retain_graph=order < len(active) - 1)[0]
             patch.evaluation.add(index, sum(grad[chunk] for chunk in chunks).detach(), losses.detach().sum(dim=0))
