@@ -83,8 +83,10 @@ def execution_error_text(status: dict) -> str:
 
 
 def start_server(comfy: str, output_dir: str, log_path: str, port: int | None = None,
-                 user_dir: str | None = None, temp_dir: str | None = None) -> ComfyServer:
-    """Start `main.py --cpu` on a free loopback port and wait until it answers /object_info.
+                 user_dir: str | None = None, temp_dir: str | None = None,
+                 launch_args: tuple[str, ...] = ("--cpu",)) -> ComfyServer:
+    """Start `main.py` with `launch_args` (default `--cpu`) on a free loopback port and wait until it answers
+    /object_info.
 
     `user_dir` (ComfyUI's --user-directory) holds the editor's saved settings: a fresh one gives the defaults.
     A `temp_dir` of its own keeps its previews from being wiped when another server on the same ComfyUI starts.
@@ -100,7 +102,7 @@ def start_server(comfy: str, output_dir: str, log_path: str, port: int | None = 
     paths_file = model_paths_file(comfy)
     paths_args = ["--extra-model-paths-config", paths_file] if os.path.isfile(paths_file) else []
     proc = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+        [sys.executable, "main.py", *launch_args, "--listen", "127.0.0.1", "--port", str(port),
          "--output-directory", output_dir, "--disable-auto-launch", *user_args, *temp_args,
          *frontend_args, *paths_args],
         cwd=comfy, stdout=log, stderr=subprocess.STDOUT,
