@@ -27,6 +27,26 @@ PREVIOUS_RELEASE = os.path.join(REPO, "tests", "previous_release")
 PREVIOUS_WORKFLOWS = sorted(f for f in os.listdir(os.path.join(PREVIOUS_RELEASE, "workflows")) if f.endswith(".json"))
 
 
+def previous_node_types(name: str) -> set[str]:
+    with open(os.path.join(PREVIOUS_RELEASE, "workflows", name), encoding="utf-8") as f:
+        return {node["type"] for node in json.load(f)["nodes"]}
+
+
+def covering_workflows(names: list[str]) -> list[str]:
+    """A few of these workflows that hold every node type of all of them (greedy: most new types first)."""
+    types = {name: previous_node_types(name) for name in names}
+    left, chosen = set().union(*types.values()), []
+    while left:
+        best = max(names, key=lambda name: len(types[name] & left))
+        chosen.append(best)
+        left -= types[best]
+    return chosen
+
+
+PREVIOUS_WORKFLOWS_EVERY_NODE = covering_workflows(PREVIOUS_WORKFLOWS)
+"""What older frontends load: a node type loads the same in every workflow, so these hold each type once at least."""
+
+
 def previous_schema() -> dict:
     """Our nodes' /object_info in the previous release (classic nodes), with lists that depend on the install
     (samplers, schedulers, head files) marked {"options_from": ...}."""
@@ -34,8 +54,12 @@ def previous_schema() -> dict:
         return json.load(f)
 
 
-every_family = pytest.mark.parametrize("family", TINY_FAMILIES, indirect=True)
-"""Run a test on each family's tiny model (SD1.5 and the SDXL family); its beds take the `family` fixture."""
+every_family = pytest.mark.parametrize(
+    "family", [pytest.param(family, marks=pytest.mark.sdxl_family) if family == "sdxl" else family
+               for family in TINY_FAMILIES], indirect=True)
+"""Run a test on each family's tiny model (SD1.5 and the SDXL family); its beds take the `family` fixture. The SDXL
+runs are marked `sdxl_family`: ComfyUI 0.3.75 runs an `every_comfyui` test on SD1.5 only, unless it is also marked
+`each_family_on_every_comfyui` (model detection)."""
 
 
 def schema_inputs(name: str, optional: bool | None = None) -> dict[str, Any]:

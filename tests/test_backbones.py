@@ -33,6 +33,7 @@ FAMILY_CLASSES = {"sd15": ("SD15", "SD1.5"), "sdxl": ("Segmind_Vega", "SDXL")}
 
 
 @pytest.mark.every_comfyui
+@pytest.mark.each_family_on_every_comfyui
 @every_family
 def test_each_tiny_checkpoint_is_its_family_with_its_decoder_dims(tiny, family):
     backbone = pack_module("readout.backbones.registry").backbone_for(tiny[0])
