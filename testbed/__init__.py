@@ -58,9 +58,15 @@ def write_model_paths(comfy: str) -> str:
     folders = sorted(f for f in os.listdir(MODELS_DIR) if os.path.isdir(os.path.join(MODELS_DIR, f)))
     lines = [f"{MODEL_PATHS_KEY}:  # written by scripts/setup_testbed.py: the test bed's shared models",
              f"  base_path: {MODELS_DIR}", *(f"  {folder}: {folder}" for folder in folders)]
-    path = model_paths_file(comfy)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    path, text = model_paths_file(comfy), "\n".join(lines) + "\n"
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return path
+    partial = f"{path}.{os.getpid()}"
+    with open(partial, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(partial, path)  # a test bed starting beside this setup reads the old file or the new one, never half
     return path
 
 
