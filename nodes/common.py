@@ -7,7 +7,8 @@ import torch
 from comfy_api.v0_0_2 import ComfyExtension, io  # noqa: F401  (the pinned API every node module imports from here)
 
 from ..readout.backbones.base import LATENT_SCALE
-from ..readout.guidance.patch import COMPUTE_DTYPES, LOSS_BRANCHES, RULES, GuidanceOptions
+from ..readout.guidance.patch import LOSS_BRANCHES, RULES, GuidanceOptions
+from ..readout.guidance.precision import COMPUTE_DTYPES
 from ..readout.guidance.rule import OFFICIAL_WEIGHT
 from ..readout.targets.base import StepWindow
 from ..readout.train.progress import show_text
@@ -81,7 +82,9 @@ def guidance_option_inputs() -> list[io.Input]:
             "Recompute UNet activations during the backward pass instead of storing them: much "
             "less memory, somewhat slower.")),
         io.Combo.Input("compute_dtype", options=list(COMPUTE_DTYPES), default="auto", optional=True, tooltip=(
-            "Autocast dtype of the guided UNet pass and the heads. auto keeps the model's own dtype.")),
+            "Autocast dtype of the guided UNet pass and the heads. auto keeps the model's own dtype. bfloat16 "
+            "needs an NVIDIA Ampere (RTX 30xx) or newer GPU. float32 raises a float16/bfloat16 model's guided pass "
+            "to float32 on CUDA only; elsewhere it needs a float32 model (--fp32-unet) and is refused otherwise.")),
         io.Combo.Input("rule", options=list(RULES), default="fast", optional=True, tooltip=(
             "fast (default): our rule, the gradient of the sampler's own UNet call corrects its "
             "prediction (about 2x faster per guided step). official: the official code's step, a fresh "

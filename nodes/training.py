@@ -1,8 +1,6 @@
 """Nodes that build training datasets from any node's images and train a readout head in the graph."""
 from __future__ import annotations
 
-import os
-
 import torch
 
 from ..readout.heads.architecture import HEAD_KINDS, SPATIAL_KINDS

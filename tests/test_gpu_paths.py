@@ -196,3 +196,29 @@ def test_the_gpu_check_runs_its_cpu_launches():
     rows = [line.split()[0] for line in out.stdout.splitlines()[2:4]]
     assert rows == ["default", "split_attention"], out.stdout
     assert "least 0.99: met" in out.stdout
+
+
+def test_float32_that_autocast_would_ignore_is_refused_by_name(bed, reference, monkeypatch):
+    """CPU autocast cannot raise a float16 model to float32 (torch warns and disables it): compute_dtype float32 would
+    silently do nothing there, so it is refused; on a float32 model it is what the pass computes in anyway."""
+    torch.testing.assert_close(bed.guided(bed.target(), compute_dtype="float32")[0], reference, **SAME_RESULT)
+    model = fresh_model()
+    monkeypatch.setattr(model.model, "manual_cast_dtype", torch.float16)
+    before = model_state(model)
+    with pytest.raises(ValueError, match=r"compute_dtype float32: .*cpu.*--fp32-unet"):
+        bed.guided(bed.target(), model=model, compute_dtype="float32")
+    assert_model_untouched(model, before)
+
+
+def test_bfloat16_on_a_gpu_without_it_is_refused_by_name(bed, monkeypatch):
+    """torch's CUDA autocast raises a bare RuntimeError for bfloat16 on cards before Ampere; the run is refused first,
+    naming the setting and what to choose instead."""
+    precision = pack_module("readout.guidance.precision")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert not precision.device_supports_bfloat16(torch.device("cuda", 0))
+    assert precision.device_supports_bfloat16(torch.device("cpu"))
+    monkeypatch.setattr(precision, "device_supports_bfloat16", lambda device: False)
+    before = model_state(bed.model)
+    with pytest.raises(ValueError, match=r"compute_dtype bfloat16: .*auto or float16"):
+        bed.guided(bed.target(), compute_dtype="bfloat16")
+    assert_model_untouched(bed.model, before)

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from .strategy import GuidanceRule
+from .strategy import GuidanceRule, gradient_scale
 from ..targets.base import Readings
 
 
 def fast_loss(target, edited: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
     """A target's per-sample loss (`reference`: the reference branch's readout, None without one)."""
     return target.loss(edited, reference if target.relative else None)
-
-
-def gradient_scale(x: torch.Tensor) -> float:
-    """The elements of one latent: per-pixel mean losses then give gradients of order one per element instead of one
-    over the pixel count (at SDXL 1024 px about 1/16384, which an fp16 backward flushes to zero and the
-    normalization's eps swamps); the normalized step does not depend on the scale."""
-    return float(x[0].numel())
 
 
 class FastRule(GuidanceRule):

@@ -36,22 +36,24 @@ def out_of_memory_explained(x: torch.Tensor, options) -> Iterator[None]:
 
 
 FLOAT32_BYTES = 4
-BOTTLENECK_SAVED_CHANNELS = 4
-"""Per output channel of a bottleneck block, what its backward keeps at the readout size (by the block's shapes:
-the quarter-width conv1 and conv2 outputs with their norms and ReLUs, the full-width conv3 and shortcut outputs)."""
+RECOMPUTED_LAYER_CHANNELS = 6
+"""Per projection channel, the activations one bottleneck block's recompute holds at the readout size (its input
+width comes on top); with their gradients, twice that. Fitted to `python -m bench.head_memory`: SD1.5 512 px and
+SDXL 1024 px depth heads, measured 129 and 492 MiB added at the peak, estimated 124 and 496."""
 UNET_BACKWARD_FACTOR = {True: 2, False: 8}
 """The UNet's backward over its own forward estimate, with and without gradient checkpointing (checkpointed: the
 saved block inputs and one block recomputed; without: every block's activations kept)."""
 
 
 def head_pass_bytes(config, batch: int, height: int, width: int) -> int:
-    """What one head keeps for the backward on `batch` readouts of height x width: each decoder layer resized to
-    that size, its bottleneck block's activations, the output head's."""
+    """What one head needs for the backward on `batch` readouts of height x width with its layers checkpointed (as the
+    guided pass runs it): the mixed map and its gradient throughout, and at the peak one layer (or the output head)
+    recomputed with its gradients."""
     from ..heads.architecture import OUTPUT_HEAD_HIDDEN
 
-    per_pixel = sum(config.dims) + BOTTLENECK_SAVED_CHANNELS * config.projection_dim * len(config.dims)
-    if config.use_output_head:
-        per_pixel += 2 * sum(OUTPUT_HEAD_HIDDEN) + config.projection_dim
+    layer = 2 * (max(config.dims) + RECOMPUTED_LAYER_CHANNELS * config.projection_dim)
+    output_head = 2 * (2 * sum(OUTPUT_HEAD_HIDDEN) + config.projection_dim) if config.use_output_head else 0
+    per_pixel = 2 * config.projection_dim + max(layer, output_head)
     return FLOAT32_BYTES * batch * height * width * per_pixel
 
 

@@ -18,7 +18,7 @@ from functools import partial
 import torch
 
 from .rule import ADAM_BETA2, ADAM_EPS, OFFICIAL_WEIGHT
-from .strategy import GuidanceRule
+from .strategy import GuidanceRule, gradient_scale
 from ..targets.base import Readings
 
 OFFICIAL_LR = 2e-2
@@ -105,7 +105,8 @@ class OfficialRule(GuidanceRule):
             losses = patch.chunk_losses(target, target.read(readings), chunks, loss)
             patch.run.record_loss(index, sigma, losses.detach().sum(dim=0))
             total = total + target.weight / top * losses.sum()
-        grad = torch.autograd.grad(total, x_grad)[0]
+        scale = gradient_scale(x_grad)
+        grad = torch.autograd.grad(total * scale, x_grad)[0] / scale
         folded = sum(grad[chunk] for chunk in chunks).detach()
         self.joint_grad = folded if self.joint_grad is None else self.joint_grad + folded
 

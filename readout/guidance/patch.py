@@ -12,7 +12,7 @@ guidance: no grad, no gradient added, not counted as a guided evaluation.
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -27,6 +27,7 @@ from .memory import extra_memory_declared, guided_pass_bytes, out_of_memory_expl
 from .grad_pass import (autograd_safe_weights, saved_tensor_copies, differentiable_kernels, gradient_checkpointing,
                         grad_pass_options, normal_copies)
 from .official import OfficialRule
+from .precision import COMPUTE_DTYPES, check_compute_dtype, compute_autocast, model_compute_dtype
 from .rule import GuidanceRun
 from .strategy import GuidanceRule
 from ..targets.reference import InvertedReference
@@ -38,7 +39,6 @@ AREA_ONLY_ERROR = (
     "branch ({branch}) is restricted to an area; combine the area prompt with a whole-image prompt "
     "(ConditioningCombine), or set loss_branch of KSampler (Readout Guidance) / Apply Readout Guidance to a branch "
     "whose prompt covers the whole image")
-COMPUTE_DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 RULE_CLASSES: dict[str, type[GuidanceRule]] = {"fast": FastRule, "official": OfficialRule}
 RULES = tuple(RULE_CLASSES)
 
@@ -112,6 +112,8 @@ class ReadoutGuidancePatch:
         self.cond_names = {c["uuid"]: name for name, group in conds.items() for c in group or ()
                            if isinstance(c, dict) and "uuid" in c}
         check_compatible(executor.class_obj.model_options)
+        patcher = executor.class_obj.model_patcher
+        check_compute_dtype(self.options.compute_dtype, patcher.load_device, model_compute_dtype(patcher.model))
         self.run = GuidanceRun.fresh(len(self.targets))
         self.evaluation = _Evaluation()
         try:
@@ -206,8 +208,7 @@ class ReadoutGuidancePatch:
         base = executor.class_obj
         diffusion_model = base.diffusion_model
         backbone = backbone_for_config(base.model_config)
-        dtype = COMPUTE_DTYPES[self.options.compute_dtype]
-        autocast = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
+        autocast = compute_autocast(self.options.compute_dtype, x.device)
         chunks = chunks_of(x.shape[0], transformer_options)
         tokens = [token for index in active for token in self.targets[index].attention_tokens()]
         with out_of_memory_explained(x, self.options), torch.inference_mode(False), torch.enable_grad(), \

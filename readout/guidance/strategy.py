@@ -14,6 +14,14 @@ import torch
 from ..targets.base import Readings
 
 
+def gradient_scale(x: torch.Tensor) -> float:
+    """The elements of one latent: per-pixel mean losses then give gradients of order one per element instead of one
+    over the pixel count (at SDXL 1024 px about 1/16384, which an fp16 backward flushes to zero and the
+    normalization's eps swamps). Rule fast keeps the scaled gradient (its normalized step does not depend on the
+    scale); rule official divides it back out after the backward, as a loss scaler does."""
+    return float(x[0].numel())
+
+
 class GuidanceRule(ABC):
     """What a rule decides; `patch` is the ReadoutGuidancePatch calling it (targets, run state, batch layout)."""
 

@@ -5,11 +5,13 @@ The layout matches the official `AggregationNetwork` key for key, so released st
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..backbones.registry import FAMILIES
 
@@ -262,10 +264,13 @@ class ReadoutHead(nn.Module):
         features: Sequence[torch.Tensor],
         emb: torch.Tensor | None = None,
         output_size: tuple[int, int] | None = None,
+        checkpoint_layers: bool = False,
     ) -> torch.Tensor:
         """Mix per-layer features of any sizes, resized bilinearly to `output_size` (default: the largest map).
 
         `emb` (B or 1, emb_dim) is needed if the head uses the timestep embedding; inputs take the head's dtype.
+        `checkpoint_layers`: keep only each layer's input for the backward and recompute its share there, one layer
+        at a time (the guided pass's memory: one resized layer instead of all of them).
         """
         self._check_inputs(features, emb)
         dtype = self.mixing_weights.dtype
@@ -276,9 +281,23 @@ class ReadoutHead(nn.Module):
         weights = torch.softmax(self.mixing_weights, dim=0)
         mixed = None
         for index, (layer, feature) in enumerate(zip(self.bottleneck_layers, features)):
-            feature = feature.to(dtype)
-            if tuple(feature.shape[-2:]) != size:
-                feature = F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
-            out = layer(feature) if self.config.bottleneck_sequential else layer(feature, emb)
-            mixed = weights[index] * out if mixed is None else mixed + weights[index] * out
-        return mixed if self.output_head is None else self.output_head(mixed)
+            term = partial(_weighted_layer, layer, dict(layer.named_parameters()), size,
+                           self.config.bottleneck_sequential)
+            args = (feature.to(dtype), emb, weights[index])
+            out = checkpoint(term, *args, use_reentrant=False) if checkpoint_layers else term(*args)
+            mixed = out if mixed is None else mixed + out
+        if self.output_head is None:
+            return mixed
+        if checkpoint_layers:
+            head = partial(torch.func.functional_call, self.output_head, dict(self.output_head.named_parameters()))
+            return checkpoint(head, (mixed,), use_reentrant=False)
+        return self.output_head(mixed)
+
+
+def _weighted_layer(layer: nn.Module, params: dict[str, torch.Tensor], size: tuple[int, int], sequential: bool,
+                    feature: torch.Tensor, emb: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
+    """One decoder layer's share of the mixed map: resized, through its bottleneck block with `params` (the ones of
+    the forward, also when the backward recomputes it), times its mixing weight."""
+    if tuple(feature.shape[-2:]) != size:
+        feature = F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
+    return weight * torch.func.functional_call(layer, params, (feature,) if sequential else (feature, emb))

@@ -37,13 +37,15 @@ class HeadModel:
 
     def read(self, features: list[torch.Tensor], emb: torch.Tensor | None) -> torch.Tensor:
         """The head's readout (float32) of one evaluation's features, with any of its weights that ComfyUI left on
-        another device (a partially loaded head) brought to the features' device for this call."""
+        another device (a partially loaded head) brought to the features' device for this call; with grad, each layer is
+        checkpointed (the guided pass keeps one resized layer at a time, not all of them)."""
         device = features[0].device
         weights = dict(self.module.named_parameters())
         stray = {name: param.to(device) for name, param in weights.items() if param.device != device}
+        options = {"checkpoint_layers": torch.is_grad_enabled()}
         if not stray:
-            return self.module(features, emb).float()
-        return torch.func.functional_call(self.module, {**weights, **stray}, (features, emb)).float()
+            return self.module(features, emb, **options).float()
+        return torch.func.functional_call(self.module, {**weights, **stray}, (features, emb), options).float()
 
     def device_dtype(self) -> tuple[torch.device, torch.dtype]:
         param = next(self.module.parameters())

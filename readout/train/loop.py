@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ..heads.files import TRAINING_STATE_SUFFIX, save_head_safetensors
 from ..heads.architecture import SPATIAL_KINDS, HeadConfig, ReadoutHead
 from ..heads.architecture import DEFAULT_CONTROL_RANGES
-from .data import DataError, PairExample, SpatialExample, TripletExample, collate
+from .data import DataError, PairExample, SpatialExample, collate
 from .distributed import Workers
 from .frozen_unet import FrozenUNet
 from ..targets.spatial import spatial_map_loss

@@ -28,7 +28,7 @@ def test_head_bytes_grow_with_batch_and_area():
     one = head_pass_bytes(config, 1, 64, 64)
     assert head_pass_bytes(config, 2, 64, 64) == 2 * one
     assert head_pass_bytes(config, 1, 128, 128) == 4 * one
-    assert 0.3 * 2 ** 30 < one < 0.6 * 2 ** 30, "SD1.5 at 512 px: about 0.45 GB by shapes"
+    assert 100 * 2 ** 20 < one < 150 * 2 ** 20, "SD1.5 at 512 px, layers checkpointed: 124 MiB (129 measured)"
 
 
 def test_both_branches_and_no_checkpointing_declare_more():

@@ -166,3 +166,39 @@ def test_half_precision_heads_follow_the_float32_result(dtype):
     torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0)
     out.float().sum().backward()
     assert latent.grad is not None and torch.isfinite(latent.grad).all()
+
+
+def saved_bytes(run) -> int:
+    """Bytes that autograd keeps for the backward while `run()` builds its graph."""
+    kept = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        kept.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = run()
+    return sum(kept), out
+
+
+@pytest.mark.parametrize("use_output_head", [True, False])
+def test_checkpointed_layers_give_the_same_gradients_and_keep_a_fraction(use_output_head):
+    """The guided pass checkpoints each layer: same readout and gradients (features, emb, weights), and the backward
+    keeps the inputs instead of every resized layer's activations."""
+    kind = "depth" if use_output_head else "appearance"
+    head = ReadoutHead(small_config(kind=kind, use_output_head=use_output_head))
+    features, emb = small_features(batch=1, sizes=(8, 16, 16)), torch.randn(1, 1280)
+    results = {}
+    for checkpointed in (False, True):
+        head.zero_grad()
+        inputs = [feature.clone().requires_grad_(True) for feature in features]
+        kept, out = saved_bytes(lambda: head(inputs, emb, output_size=(64, 64), checkpoint_layers=checkpointed))
+        out.square().mean().backward()
+        results[checkpointed] = (kept, out.detach(), [i.grad for i in inputs],
+                                 [p.grad.clone() for p in head.parameters() if p.grad is not None])
+    (plain_kept, plain_out, plain_inputs, plain_params), (kept, out, inputs, params) = results[False], results[True]
+    torch.testing.assert_close(out, plain_out)
+    for a, b in zip(inputs + params, plain_inputs + plain_params):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert len(params) == len(plain_params) > 0
+    assert kept < 0.25 * plain_kept, f"checkpointed head kept {kept} bytes of {plain_kept}"
