@@ -1,1 +1,2 @@
-"""Readout Guidance library in four parts: heads/, guidance/, targets/, train/; errors.py: the base of its errors."""
+"""Readout Guidance library in six parts: backbones/ (what each model family exposes), heads/, targets/, guidance/,
+train/, report/; errors.py: the base of its errors."""

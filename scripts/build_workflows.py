@@ -26,6 +26,28 @@ def size_of(type_: str) -> list[int]:
     return SIZES.get(type_, [320, 120])
 
 
+def node_inputs(cls) -> list[tuple[str, tuple]]:
+    """(name, (type, options)) of each input in the editor's order: a V3 node's from its schema, a classic node's from
+    INPUT_TYPES."""
+    if hasattr(cls, "GET_SCHEMA"):
+        return [(i.id, (i.get_io_type(), i.as_dict())) for i in cls.GET_SCHEMA().inputs]
+    spec = cls.INPUT_TYPES()
+    return [(name, value) for section in ("required", "optional") for name, value in spec.get(section, {}).items()]
+
+
+def node_outputs(cls) -> list[tuple[str, str]]:
+    """(name, type) of each output, named as the editor names its slots."""
+    if hasattr(cls, "GET_SCHEMA"):
+        return [(o.display_name or o.get_io_type(), o.get_io_type()) for o in cls.GET_SCHEMA().outputs]
+    names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+    return list(zip(names, cls.RETURN_TYPES))
+
+
+IMAGE_SAVERS = {"SaveImage", "PreviewImage"}
+"""Their unlinked outputs are left out of the file: 0.33's Save and Preview Image return an IMAGE that 0.3.75's do not,
+and the editor adds a node's outputs when it loads one."""
+
+
 @dataclass
 class Node:
     id: int
@@ -62,13 +84,10 @@ class Workflow:
         return self.add("Note", pos, {"text": text})
 
     def _outputs(self, type_: str) -> list[tuple[str, str]]:
-        cls = self.classes[type_]
-        names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
-        return list(zip(names, cls.RETURN_TYPES))
+        return node_outputs(self.classes[type_])
 
     def _spec(self, type_: str) -> list[tuple[str, tuple]]:
-        spec = self.classes[type_].INPUT_TYPES()
-        return [(name, value) for section in ("required", "optional") for name, value in spec.get(section, {}).items()]
+        return node_inputs(self.classes[type_])
 
     @staticmethod
     def _is_widget(value: tuple) -> bool:
@@ -117,8 +136,10 @@ class Workflow:
                 linked = [(n, v) for n, v in self._spec(node.type) if n in node.inputs]
                 entry["inputs"] = [{"name": n, "type": v[0], "link": by_target[(node.id, i)][0]}
                                    for i, (n, v) in enumerate(linked)]
-                entry["outputs"] = [{"name": name, "type": kind, "links": out_links.get((node.id, slot), []),
-                                     "slot_index": slot} for slot, (name, kind) in enumerate(self._outputs(node.type))]
+                outputs = [{"name": name, "type": kind, "links": out_links.get((node.id, slot), []),
+                            "slot_index": slot} for slot, (name, kind) in enumerate(self._outputs(node.type))]
+                unused = node.type in IMAGE_SAVERS and not any(o["links"] for o in outputs)
+                entry["outputs"] = [] if unused else outputs
             if node.title:
                 entry["title"] = node.title
             ui_nodes.append(entry)
@@ -524,13 +545,17 @@ WORKFLOWS = {
 }
 
 
+def workflow_text(classes: dict, name: str) -> str:
+    """The file text of one example workflow, as committed in workflows/."""
+    return json.dumps(WORKFLOWS[name](classes), indent=1) + "\n"
+
+
 def main() -> None:
     classes = import_comfyui_in_process(comfyui_path()).NODE_CLASS_MAPPINGS
-    for name, build in WORKFLOWS.items():
+    for name in WORKFLOWS:
         path = os.path.join(REPO, "workflows", name)
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(build(classes), f, indent=1)
-            f.write("\n")
+            f.write(workflow_text(classes, name))
         print(path)
 
 

@@ -319,6 +319,18 @@ def test_points_editor_adds_moves_and_deletes_pairs(browser, nodes_2):
     PointsCanvas(browser).click(moved, right=True)
     assert saved_pairs(browser) == []
 
+    # A removed node lets its editor go: the resize observer is disconnected and the redraw loop stops.
+    released = run_js(browser, """
+        const node = app.graph._nodes.find((n) => n.type === "ReadoutDragTarget");
+        const editor = node.pointsEditor;
+        let disconnected = false;
+        const disconnect = editor.resizeObserver.disconnect.bind(editor.resizeObserver);
+        editor.resizeObserver.disconnect = () => { disconnected = true; disconnect(); };
+        app.graph.remove(node);
+        return [disconnected, editor.removed];
+    """)
+    assert released == [True, True]
+
 
 def head_info_shown_and_saved(browser) -> tuple[str, dict]:
     """After a run: the LoadReadoutHead node's head_info text and the node as the saved workflow has it."""

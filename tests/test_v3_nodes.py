@@ -150,3 +150,19 @@ def test_a_reversed_step_window_is_refused_when_the_prompt_is_queued(comfy_serve
     details = [error["details"] for error in errors[target_id]["errors"]]
     assert any("start_percent / end_percent: need 0 <= start <= end <= 1, got 0.8 and 0.2; set start_percent at most "
                "end_percent" in text for text in details), details
+
+
+def test_the_example_workflows_are_what_the_builder_writes():
+    """scripts/build_workflows.py reads every node's V3 schema (classic nodes' INPUT_TYPES); each committed example
+    workflow in workflows/ is exactly its output."""
+    import nodes
+
+    from scripts.build_workflows import WORKFLOWS, workflow_text
+
+    folder = os.path.join(REPO, "workflows")
+    stale = []
+    for name in WORKFLOWS:
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            if f.read() != workflow_text(nodes.NODE_CLASS_MAPPINGS, name):
+                stale.append(name)
+    assert not stale, f"{stale} differ from what they are built from: run .venv/bin/python -m scripts.build_workflows"

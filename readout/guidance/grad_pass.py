@@ -26,6 +26,12 @@ def _identity(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _copy_if_differentiable(tensor: torch.Tensor) -> torch.Tensor:
+    """A saved tensor that autograd tracks, copied: those are the ones a block may later add into in place. Frozen
+    weights (and their cast copies) are never written in place and are kept as they are, not duplicated."""
+    return tensor.clone() if tensor.requires_grad else tensor
+
+
 def normal_copies(value: Any) -> Any:
     """Clone every tensor in nested lists/tuples/dicts outside inference mode (other values kept)."""
     if isinstance(value, torch.Tensor):
@@ -163,14 +169,15 @@ def _wrapped_forwards(layers: list[nn.Module], wrap) -> Iterator[None]:
 
 
 def saved_tensor_copies(layers: list[nn.Module]):
-    """Each of these layers keeps copies of what it saves for the backward: blocks that add into tensors they saved
-    (Flux's add their output into their input in place) stay differentiable without gradient checkpointing."""
+    """Each of these layers keeps copies of the activations it saves for the backward: blocks that add into tensors
+    they saved (Flux's add their output into their input in place) stay differentiable without gradient
+    checkpointing; weights are not copied."""
     return _wrapped_forwards(layers, _saving_copies)
 
 
 def _saving_copies(forward):
     def run(*args, **kwargs):
-        with torch.autograd.graph.saved_tensors_hooks(torch.Tensor.clone, _identity):
+        with torch.autograd.graph.saved_tensors_hooks(_copy_if_differentiable, _identity):
             return forward(*args, **kwargs)
     return run
 
@@ -214,7 +221,7 @@ def _autograd_safe_patch(patch):
     """A block patch that gets its own copies of the tensors and keeps copies of what it saves for the backward:
     patches that edit tensors in place (FreeU_V2 scales half the channels of h in place) then stay differentiable."""
     def run(*args):
-        with torch.autograd.graph.saved_tensors_hooks(torch.Tensor.clone, _identity):
+        with torch.autograd.graph.saved_tensors_hooks(_copy_if_differentiable, _identity):
             return patch(*(_clone_tensors(a) for a in args))
     return run
 

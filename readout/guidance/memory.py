@@ -57,13 +57,22 @@ def head_pass_bytes(config, batch: int, height: int, width: int) -> int:
     return FLOAT32_BYTES * batch * height * width * per_pixel
 
 
-def guided_pass_bytes(base_model, heads: list, noise_shape, loss_chunks: int, checkpointing: bool) -> int:
+def weight_copy_bytes(layers: list, checkpointing: bool) -> int:
+    """The weights' private copies the backward keeps where ComfyUI casts them (dynamic VRAM, offloaded layers):
+    the largest checkpointed block's with gradient checkpointing, every block's without."""
+    sizes = [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers] or [0]
+    return max(sizes) if checkpointing else sum(sizes)
+
+
+def guided_pass_bytes(base_model, heads: list, noise_shape, loss_chunks: int, checkpointing: bool,
+                      layers: list) -> int:
     """Memory the guided pass needs beyond ComfyUI's own estimate for the sampler's calls: the heads' and the UNet's
-    backward on the loss chunks (an estimate by shapes; see README, Running on a GPU)."""
+    backward on the loss chunks, and the copies of the checkpointed `layers`' weights (an estimate by shapes; see
+    README, Running on a GPU)."""
     batch, height, width = noise_shape[0] * loss_chunks, noise_shape[-2], noise_shape[-1]
     heads_bytes = sum(head_pass_bytes(head.config, batch, height, width) for head in heads)
     unet = base_model.memory_required([batch] + list(noise_shape[1:]))
-    return int(heads_bytes + UNET_BACKWARD_FACTOR[checkpointing] * unet)
+    return int(heads_bytes + UNET_BACKWARD_FACTOR[checkpointing] * unet + weight_copy_bytes(layers, checkpointing))
 
 
 @contextmanager

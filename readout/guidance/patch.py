@@ -132,7 +132,8 @@ class ReadoutGuidancePatch:
         """Declare the guided pass's memory to ComfyUI while it loads (or offloads) the models for this run."""
         heads = list({id(head): head for target in self.targets for head in target.heads}.values())
         chunks = len(LOSS_BRANCHES[self.options.loss_branch])
-        extra = guided_pass_bytes(model.model, heads, noise_shape, chunks, self.options.gradient_checkpointing)
+        layers = backbone_for_config(model.model.model_config).checkpoint_layers(model.model.diffusion_model)
+        extra = guided_pass_bytes(model.model, heads, noise_shape, chunks, self.options.gradient_checkpointing, layers)
         with extra_memory_declared(model.model, extra):
             return executor(model, noise_shape, *args, **kwargs)
 

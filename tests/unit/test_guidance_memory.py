@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from readout.guidance.memory import (GuidanceOutOfMemory, extra_memory_declared, guided_pass_bytes, head_pass_bytes,
-                                     out_of_memory_explained)
+                                     out_of_memory_explained, weight_copy_bytes)
 from readout.guidance.patch import GuidanceOptions
 from readout.heads.architecture import HeadConfig
 
@@ -33,10 +33,14 @@ def test_head_bytes_grow_with_batch_and_area():
 
 def test_both_branches_and_no_checkpointing_declare_more():
     shape = (1, 4, 64, 64)
-    cond = guided_pass_bytes(Base(), [Head()], shape, 1, True)
-    assert guided_pass_bytes(Base(), [Head()], shape, 2, True) == 2 * cond
-    assert guided_pass_bytes(Base(), [Head()], shape, 1, False) > cond
-    assert guided_pass_bytes(Base(), [Head(), Head()], shape, 1, True) > cond
+    blocks = [torch.nn.Linear(100, 100), torch.nn.Linear(10, 10)]
+    cond = guided_pass_bytes(Base(), [Head()], shape, 1, True, blocks)
+    largest = 4 * (100 * 100 + 100)
+    assert guided_pass_bytes(Base(), [Head()], shape, 1, True, []) == cond - largest
+    assert guided_pass_bytes(Base(), [Head()], shape, 2, True, blocks) == 2 * cond - largest
+    assert guided_pass_bytes(Base(), [Head()], shape, 1, False, blocks) > cond
+    assert weight_copy_bytes(blocks, False) == largest + 4 * (10 * 10 + 10)
+    assert guided_pass_bytes(Base(), [Head(), Head()], shape, 1, True, blocks) > cond
 
 
 def test_the_estimate_is_raised_inside_and_restored_after():

@@ -65,7 +65,8 @@ class PointsEditor {
     this.canvas.addEventListener("pointermove", (e) => this.onPointerMove(e));
     this.canvas.addEventListener("lostpointercapture", () => (this.dragged = null));
     this.canvas.addEventListener("contextmenu", (e) => this.onContextMenu(e));
-    new ResizeObserver(() => this.draw()).observe(this.canvas);
+    this.resizeObserver = new ResizeObserver(() => this.draw());
+    this.resizeObserver.observe(this.canvas);
     const follow = () => {
       if (this.removed) return;
       this.refresh();
@@ -311,6 +312,7 @@ app.registerExtension({
     nodeType.prototype.onRemoved = function () {
       onRemoved?.apply(this, arguments);
       this.pointsEditor.removed = true;
+      this.pointsEditor.resizeObserver.disconnect();
     };
   },
 });
