@@ -69,7 +69,8 @@ def build(model_name: str, device: str):
     import comfy.supported_models as sm
     from testbed.nodes import call_node
     from tiny.dit import TINY_DIT_CLIP_L
-    from tiny.models import TINY_CHECKPOINT, init_weights
+    from tiny.models import TINY_CHECKPOINT
+    from tiny.parts import init_weights
 
     if model_name in DIT_LOADERS:
         unet, clip_type = DIT_LOADERS[model_name]

@@ -13,7 +13,8 @@ import torch
 from bench.guidance_cost import SD15_UNET, SDXL_UNET
 from testbed import MODELS_DIR, comfyui_path, import_comfyui_in_process
 from testbed.nodes import pack_module
-from tiny.models import TINY_CHECKPOINTS, init_weights
+from tiny.models import TINY_CHECKPOINTS
+from tiny.parts import init_weights
 
 UNET_PREFIX = "model.diffusion_model."
 

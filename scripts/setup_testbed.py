@@ -158,7 +158,7 @@ def ensure_tiny_models(comfy_dir: str) -> None:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
-    from tiny.models import write_tiny_models
+    from tiny.files import write_tiny_models
     from world.assemble import write_world_models
 
     own = write_tiny_models(os.path.join(comfy_dir, "models"), per_comfyui=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from tiny.models import TINY_SEED, _half_state_dict, build_clip_l, build_taesd_scaled, init_weights
+from tiny.parts import TINY_SEED, build_clip_l, build_taesd_scaled, half_state_dict, init_weights
 
 TINY_FLUX = "readout_tiny_flux.safetensors"
 TINY_SD3 = "readout_tiny_sd3.safetensors"
@@ -80,20 +80,20 @@ def build_sd3(seed: int = TINY_SEED) -> torch.nn.Module:
 
 
 def tiny_flux_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
-    return _half_state_dict(build_flux(seed + 30), "")
+    return half_state_dict(build_flux(seed + 30), "")
 
 
 def tiny_sd3_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
-    return _half_state_dict(build_sd3(seed + 31), "")
+    return half_state_dict(build_sd3(seed + 31), "")
 
 
 def tiny_dit_vae_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
     """A 16-channel TAESD (the Flux/SD3 latent) that VAELoader reads from vae/."""
-    return _half_state_dict(build_taesd_scaled(seed + 32, FLUX_LATENT_SCALE, DIT_LATENT_CHANNELS), "")
+    return half_state_dict(build_taesd_scaled(seed + 32, FLUX_LATENT_SCALE, DIT_LATENT_CHANNELS), "")
 
 
 def tiny_clip_l_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
     """The tiny CLIP-L as a text encoder file for CLIPLoader."""
-    sd = _half_state_dict(build_clip_l(seed + 2), "")
+    sd = half_state_dict(build_clip_l(seed + 2), "")
     sd.pop("text_projection.weight", None)
     return sd

@@ -1,17 +1,13 @@
 """Deterministic tiny SD1.5-family models for tests and the demo, built with ComfyUI's own modules."""
 from __future__ import annotations
 
-import json
 import math
-import os
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from readout.heads.architecture import DEFAULT_CONTROL_RANGES
+from tiny.parts import TINY_SEED, build_clip_l, build_taesd_scaled, generator, half_state_dict, init_weights
 
-TINY_SEED = 1234
 TINY_CHECKPOINT = "readout_tiny_sd15.safetensors"
 TINY_CONTROLNET = "readout_tiny_sd15_controlnet.safetensors"
 TINY_LORA = "readout_tiny_sd15_lora.safetensors"
@@ -55,30 +51,6 @@ TINY_CHECKPOINTS = {"sd15": TINY_CHECKPOINT, "sdxl": TINY_SDXL_CHECKPOINT}
 TINY_DECODER_DIMS_BY_FAMILY = {"sd15": TINY_DECODER_DIMS, "sdxl": TINY_SDXL_DECODER_DIMS, **TINY_DIT_DIMS}
 SD15_LATENT_SCALE = 0.18215
 """SD1.5's latent scale factor (ComfyUI's process_latent_in)."""
-TINY_VERSION = "3"
-"""Bumped when generated tiny files change, so that older copies are rewritten."""
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def init_weights(module: torch.nn.Module, seed: int) -> None:
-    """Fill every parameter deterministically: fan-in scaled normals for matrices, identity norms, zero biases."""
-    gen = _generator(seed)
-    with torch.no_grad():
-        for name, param in sorted(module.named_parameters(), key=lambda item: item[0]):
-            if param.ndim >= 2:
-                fan_in = param[0].numel()
-                param.copy_(torch.randn(param.shape, generator=gen) / math.sqrt(fan_in))
-            elif name.endswith("bias") or name.endswith("vae_shift"):
-                param.zero_()
-            else:
-                param.fill_(1.0)
-
-
-def _half_state_dict(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
-    return {prefix + k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items()}
 
 
 def build_unet(seed: int = TINY_SEED, config: dict = TINY_UNET_CONFIG) -> torch.nn.Module:
@@ -94,42 +66,6 @@ def build_unet(seed: int = TINY_SEED, config: dict = TINY_UNET_CONFIG) -> torch.
 def build_taesd(seed: int) -> torch.nn.Module:
     """A TAESD VAE (2.4M params) for the tiny SD1.5 checkpoint."""
     return build_taesd_scaled(seed, SD15_LATENT_SCALE)
-
-
-def build_taesd_scaled(seed: int, latent_scale: float, latent_channels: int = 4) -> torch.nn.Module:
-    """A TAESD VAE (2.4M params) that ComfyUI loads from inside a checkpoint, its `vae_scale` calibrated so that
-    latents have unit spread in the UNet's space (the family's latent scale; else the UNet would see noise only)."""
-    from comfy.taesd.taesd import TAESD
-
-    taesd = TAESD(latent_channels=latent_channels)
-    init_weights(taesd, seed)
-    gen = _generator(seed)
-    tiles = torch.rand(8, 3, 8, 8, generator=gen)
-    images = torch.nn.functional.interpolate(tiles, size=(64, 64), mode="bilinear", align_corners=False)
-    with torch.no_grad():
-        spread = taesd.taesd_encoder(images).std()
-        taesd.vae_scale.fill_(float(spread) * latent_scale)
-    return taesd
-
-
-def build_clip_text_model(seed: int, config_file: str) -> torch.nn.Module:
-    """A real-architecture CLIP text encoder from one of ComfyUI's config files (in `comfy/`), random weights."""
-    import comfy.clip_model
-    import comfy.ops
-
-    with open(os.path.join(os.path.dirname(comfy.clip_model.__file__), config_file), encoding="utf-8") as f:
-        config = json.load(f)
-    clip = comfy.clip_model.CLIPTextModel(config, torch.float32, "cpu", comfy.ops.disable_weight_init)
-    init_weights(clip, seed)
-    with torch.no_grad():
-        clip.text_model.embeddings.token_embedding.weight.mul_(0.5)
-        clip.text_model.embeddings.position_embedding.weight.mul_(0.1)
-    return clip
-
-
-def build_clip_l(seed: int) -> torch.nn.Module:
-    """A real-architecture SD1 CLIP-L text encoder with random weights."""
-    return build_clip_text_model(seed, "sd1_clip_config.json")
 
 
 def build_controlnet(seed: int) -> torch.nn.Module:
@@ -165,9 +101,9 @@ def build_t2i_adapter(seed: int) -> torch.nn.Module:
 
 def tiny_checkpoint_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
     """UNet, TAESD and CLIP-L in the original SD1.5 single-file layout."""
-    sd = _half_state_dict(build_unet(seed), "model.diffusion_model.")
-    sd.update(_half_state_dict(build_taesd(seed + 1), "first_stage_model."))
-    clip = _half_state_dict(build_clip_l(seed + 2), "cond_stage_model.transformer.")
+    sd = half_state_dict(build_unet(seed), "model.diffusion_model.")
+    sd.update(half_state_dict(build_taesd(seed + 1), "first_stage_model."))
+    clip = half_state_dict(build_clip_l(seed + 2), "cond_stage_model.transformer.")
     clip.pop("cond_stage_model.transformer.text_projection.weight", None)
     sd.update(clip)
     return sd
@@ -175,22 +111,22 @@ def tiny_checkpoint_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]
 
 def tiny_middle_unet_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
     """The tiny UNet with a middle block, as a bare diffusion model for UNETLoader."""
-    return _half_state_dict(build_unet(seed, TINY_MIDDLE_UNET_CONFIG), "")
+    return half_state_dict(build_unet(seed, TINY_MIDDLE_UNET_CONFIG), "")
 
 
 def tiny_controlnet_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
     """The tiny ControlNet in the original `control_model.` layout."""
-    return _half_state_dict(build_controlnet(seed + 3), "control_model.")
+    return half_state_dict(build_controlnet(seed + 3), "control_model.")
 
 
 def tiny_t2i_adapter_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
     """The tiny T2I adapter in the original (unprefixed) adapter layout."""
-    return _half_state_dict(build_t2i_adapter(seed + 5), "")
+    return half_state_dict(build_t2i_adapter(seed + 5), "")
 
 
 def tiny_lora_state_dict(seed: int = TINY_SEED, rank: int = 4) -> dict[str, torch.Tensor]:
     """A LoRA on the tiny UNet's attention projections, in ComfyUI's `diffusion_model.` key layout."""
-    gen = _generator(seed + 4)
+    gen = generator(seed + 4)
     unet = build_unet(seed)
     sd: dict[str, torch.Tensor] = {}
     for name, module in sorted(unet.named_modules(), key=lambda item: item[0]):
@@ -257,96 +193,3 @@ def official_head_checkpoint(config, state_dict: dict[str, torch.Tensor]) -> dic
         "aggregation_network": state_dict,
         "optimizer_state_dict": {},
     }
-
-
-@dataclass(frozen=True)
-class TinyFile:
-    """One generated model file: ComfyUI model folder, file name, and how to write it."""
-
-    folder: str
-    name: str
-    write: Callable[[str], None]
-    per_comfyui: bool = False
-    """Built from module layouts that differ between ComfyUI versions (0.33's Flux and MMDiT state dicts are not
-    detected by 0.3.75): written into each ComfyUI's own models folder, not the shared one."""
-
-
-def _tensors_file(make: Callable[[], dict[str, torch.Tensor]]) -> Callable[[str], None]:
-    def write(path: str) -> None:
-        from safetensors.torch import save_file
-
-        save_file(make(), path, metadata={"generator": "tiny.models", "seed": str(TINY_SEED), "version": TINY_VERSION})
-    return write
-
-
-def _head_file(kind: str, official: bool, family: str = "sd15") -> Callable[[str], None]:
-    def write(path: str) -> None:
-        from readout.heads.files import save_head_safetensors
-
-        config, state_dict = tiny_head_config(kind, family), tiny_head_state_dict(kind, family=family)
-        if official:
-            torch.save(official_head_checkpoint(config, state_dict), path)
-        else:
-            save_head_safetensors(path, config, state_dict)
-    return write
-
-
-def tiny_files() -> list[TinyFile]:
-    """Every tiny model file the tests and the demo need; extend here for new model kinds."""
-    files = [
-        TinyFile("checkpoints", TINY_CHECKPOINT, _tensors_file(tiny_checkpoint_state_dict)),
-        TinyFile("controlnet", TINY_CONTROLNET, _tensors_file(tiny_controlnet_state_dict)),
-        TinyFile("loras", TINY_LORA, _tensors_file(tiny_lora_state_dict)),
-        TinyFile("controlnet", TINY_T2I_ADAPTER, _tensors_file(tiny_t2i_adapter_state_dict)),
-        TinyFile("diffusion_models", TINY_MIDDLE_UNET, _tensors_file(tiny_middle_unet_state_dict)),
-    ]
-    from tiny.sdxl import tiny_sdxl_checkpoint_state_dict
-
-    files.append(TinyFile("checkpoints", TINY_SDXL_CHECKPOINT, _tensors_file(tiny_sdxl_checkpoint_state_dict)))
-    from tiny import dit
-
-    files += [TinyFile("diffusion_models", dit.TINY_FLUX, _tensors_file(dit.tiny_flux_state_dict), per_comfyui=True),
-              TinyFile("diffusion_models", dit.TINY_SD3, _tensors_file(dit.tiny_sd3_state_dict), per_comfyui=True),
-              TinyFile("vae", dit.TINY_DIT_VAE, _tensors_file(dit.tiny_dit_vae_state_dict)),
-              TinyFile("text_encoders", dit.TINY_DIT_CLIP_L, _tensors_file(dit.tiny_clip_l_state_dict))]
-    files += [TinyFile("readout_heads", tiny_head_name(k, family=f), _head_file(k, False, f))
-              for f in TINY_FAMILIES + TINY_DIT_FAMILIES for k in TINY_HEAD_KINDS]
-    files.append(TinyFile("readout_heads", tiny_head_name("pose", ".pt"), _head_file("pose", True)))
-    return files
-
-
-def _is_current(path: str) -> bool:
-    """False for a generated .safetensors model written by an older version of this module, or a tiny head whose
-    stored config is not the one its name now stands for (e.g. an older tiny SDXL head of other decoder dims)."""
-    if not path.endswith(".safetensors"):
-        return True
-    from safetensors import safe_open
-
-    from readout.heads.files import CONFIG_METADATA_KEY
-
-    with safe_open(path, framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    if CONFIG_METADATA_KEY in metadata:
-        expected = {tiny_head_name(k, family=f): tiny_head_config(k, f)
-                    for f in TINY_FAMILIES + TINY_DIT_FAMILIES for k in TINY_HEAD_KINDS}
-        config = expected.get(os.path.basename(path))
-        return config is None or json.loads(metadata[CONFIG_METADATA_KEY]) == config.to_dict()
-    return metadata.get("generator") != "tiny.models" or metadata.get("version") == TINY_VERSION
-
-
-def write_tiny_models(models_dir: str, force: bool = False, per_comfyui: bool | None = None) -> list[str]:
-    """Write missing tiny model files under a models folder (only those whose `per_comfyui` is this, when given);
-    return the paths written."""
-    written = []
-    for item in tiny_files():
-        if per_comfyui is not None and item.per_comfyui != per_comfyui:
-            continue
-        path = os.path.join(models_dir, item.folder, item.name)
-        if os.path.exists(path) and not force and _is_current(path):
-            continue
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".part"
-        item.write(tmp)
-        os.replace(tmp, path)
-        written.append(path)
-    return written

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from tiny.models import (TINY_SEED, _half_state_dict, build_clip_l, build_clip_text_model, build_taesd_scaled,
-                         init_weights)
+from tiny.parts import (TINY_SEED, build_clip_l, build_clip_text_model, build_taesd_scaled, half_state_dict,
+                        init_weights)
 
 SDXL_LATENT_SCALE = 0.13025
 """SDXL's latent scale factor (ComfyUI's latent_formats.SDXL)."""
@@ -66,6 +66,6 @@ def tiny_sdxl_checkpoint_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Te
     config = comfy.supported_models.SDXL(dict(TINY_SDXL_UNET_CONFIG))
     sd = {k: v.to(torch.float16).contiguous() for k, v in config.process_clip_state_dict_for_saving(clip).items()
           if v.is_floating_point()}
-    sd.update(_half_state_dict(build_sdxl_unet(seed), "model.diffusion_model."))
-    sd.update(_half_state_dict(build_taesd_scaled(seed + 1, SDXL_LATENT_SCALE), "first_stage_model."))
+    sd.update(half_state_dict(build_sdxl_unet(seed), "model.diffusion_model."))
+    sd.update(half_state_dict(build_taesd_scaled(seed + 1, SDXL_LATENT_SCALE), "first_stage_model."))
     return sd
