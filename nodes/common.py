@@ -9,16 +9,16 @@ from comfy_api.v0_0_2 import ComfyExtension, io  # noqa: F401  (the pinned API e
 from ..readout.backbones.base import LATENT_SCALE
 from ..readout.guidance.patch import LOSS_BRANCHES, RULES, GuidanceOptions
 from ..readout.guidance.precision import COMPUTE_DTYPES
-from ..readout.guidance.rule import OFFICIAL_WEIGHT
+from ..readout.guidance.run import OFFICIAL_WEIGHT
 from ..readout.targets.base import StepWindow
 from ..readout.train.progress import show_text
 
 CATEGORY = "readout_guidance"
 
-ReadoutHead = io.Custom("READOUT_HEAD")
-ReadoutGuidance = io.Custom("READOUT_GUIDANCE")
-Readout = io.Custom("READOUT")
-ReadoutReference = io.Custom("READOUT_REFERENCE")
+ReadoutHeadType = io.Custom("READOUT_HEAD")
+ReadoutGuidanceType = io.Custom("READOUT_GUIDANCE")
+ReadoutType = io.Custom("READOUT")
+ReadoutReferenceType = io.Custom("READOUT_REFERENCE")
 
 
 def weight_input(name: str = "weight") -> io.Float.Input:
@@ -57,11 +57,11 @@ class TargetNode(io.ComfyNode):
 
 def chain_input(tooltip: str = "Targets to chain this one after.") -> io.Input:
     """The optional incoming READOUT_GUIDANCE a target node appends to."""
-    return ReadoutGuidance.Input("guidance", optional=True, tooltip=tooltip)
+    return ReadoutGuidanceType.Input("guidance", optional=True, tooltip=tooltip)
 
 
 def guidance_output(tooltip: str) -> io.Output:
-    return ReadoutGuidance.Output(display_name="guidance", tooltip=tooltip)
+    return ReadoutGuidanceType.Output(display_name="guidance", tooltip=tooltip)
 
 
 def chained(previous, *targets) -> tuple:

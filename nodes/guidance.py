@@ -8,7 +8,7 @@ from ..readout.guidance.patch import apply_readout_guidance
 from ..readout.heads.readouts import spatial_to_unit
 from ..readout.guidance.sampling import sample_guided
 from ..readout.targets.spatial import SpatialTarget, StepWindow
-from .common import (CATEGORY, Readout, ReadoutGuidance, ReadoutHead, TargetNode, chain_input, chained,
+from .common import (CATEGORY, ReadoutType, ReadoutGuidanceType, ReadoutHeadType, TargetNode, chain_input, chained,
                      guidance_option_inputs, guidance_options, guidance_output, io, report_text, require_finite,
                      require_finite_map, seed_input, show_on_running_node, step_window_inputs, weight_input)
 
@@ -24,14 +24,14 @@ class ReadoutTarget(TargetNode):
             node_id="ReadoutTarget", display_name="Readout Target (spatial)", category=CATEGORY,
             description="Spatial control: steer sampling so a pose/depth/edge head reads this map.",
             inputs=[
-                ReadoutHead.Input("head", tooltip="A pose, depth or edge head from LoadReadoutHead."),
+                ReadoutHeadType.Input("head", tooltip="A pose, depth or edge head from LoadReadoutHead."),
                 weight_input(),
                 *step_window_inputs(),
                 io.Image.Input("target_image", optional=True, tooltip=(
                     "The map to reach, drawn like a ControlNet control image (any size: it is resized "
                     "to the latent). One image for the whole batch, or one per latent. Connect this or "
                     "target_readout.")),
-                Readout.Input("target_readout", optional=True, tooltip=(
+                ReadoutType.Input("target_readout", optional=True, tooltip=(
                     "Instead of target_image: a readout from ExtractReadout (e.g. the pose of a "
                     "reference picture).")),
                 io.Mask.Input("mask", optional=True,
@@ -85,7 +85,7 @@ def sampler_inputs() -> list[io.Input]:
         io.Latent.Input("latent_image", tooltip="The latent to denoise (an empty latent, or an encoded image)."),
         io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                        tooltip="How much of the schedule to run; below 1 keeps the input latent's structure."),
-        ReadoutGuidance.Input("guidance", tooltip="Targets from ReadoutTarget nodes."),
+        ReadoutGuidanceType.Input("guidance", tooltip="Targets from ReadoutTarget nodes."),
     ]
 
 
@@ -132,7 +132,7 @@ class ApplyReadoutGuidance(io.ComfyNode):
                          "could not act, a WARNING shows on the sampler node and in the log."),
             inputs=[
                 io.Model.Input("model", tooltip="The model to guide (after LoRA etc.); it is cloned, not changed."),
-                ReadoutGuidance.Input("guidance", tooltip="Targets from ReadoutTarget nodes."),
+                ReadoutGuidanceType.Input("guidance", tooltip="Targets from ReadoutTarget nodes."),
                 *guidance_option_inputs(),
             ],
             outputs=[io.Model.Output(tooltip="A clone of the model that samples with readout guidance.")],
@@ -140,8 +140,8 @@ class ApplyReadoutGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, guidance, **options) -> io.NodeOutput:
-        guided, patch = apply_readout_guidance(model, tuple(guidance), guidance_options(**options))
-        patch.report_to = show_on_running_node
+        guided, _ = apply_readout_guidance(model, tuple(guidance), guidance_options(**options),
+                                           report_to=show_on_running_node)
         return io.NodeOutput(guided)
 
 

@@ -12,7 +12,7 @@ from ..readout.heads.model_folder import FOLDER_NAME, head_file_names
 from ..readout.heads.readouts import render_readout
 from ..readout.backbones.evaluation import encode_empty_prompt
 from ..readout.backbones.registry import backbone_for
-from .common import CATEGORY, Readout, ReadoutHead, io, require_vae_size, seed_input
+from .common import CATEGORY, ReadoutType, ReadoutHeadType, io, require_vae_size, seed_input
 
 AUTO = "auto"
 EMBEDDING_CHOICES = {"E(t) (official guidance)": False, "E(1000-t) (official training)": True}
@@ -39,7 +39,7 @@ class LoadReadoutHead(io.ComfyNode):
                     "heads); their training fed E(1000-t). Heads from our trainer record their own.")),
             ],
             outputs=[
-                ReadoutHead.Output(display_name="head",
+                ReadoutHeadType.Output(display_name="head",
                                    tooltip="The loaded head, for ReadoutTarget and ExtractReadout."),
                 io.String.Output(display_name="info", tooltip="Kind, model family and layers."),
             ],
@@ -79,7 +79,7 @@ class ExtractReadout(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The SD1.5/SDXL model the head was trained on."),
                 io.Vae.Input("vae", tooltip="The VAE that encodes the image into the model's latent space."),
-                ReadoutHead.Input("head", tooltip="From LoadReadoutHead."),
+                ReadoutHeadType.Input("head", tooltip="From LoadReadoutHead."),
                 io.Int.Input("timestep", default=-1, min=-1, max=999, tooltip=(
                     "Noise level as a diffusion timestep (0 = clean, 999 = pure noise); "
                     "-1 uses the head's own (save_timestep of its config).")),
@@ -94,14 +94,15 @@ class ExtractReadout(io.ComfyNode):
                     "were trained); then connect clip.")),
                 io.Clip.Input("clip", optional=True,
                               tooltip="Encodes the empty prompt when positive is not connected."),
-                Readout.Input("colors_from", optional=True, tooltip=(
+                ReadoutType.Input("colors_from", optional=True, tooltip=(
                     "Relative heads: colour with this readout's principal components (same head), so "
                     "two images' readouts show the same feature in the same colour.")),
             ],
             outputs=[
                 io.Image.Output(display_name="readout_image", tooltip=(
                     "Spatial heads: the map as a control image. Relative heads: 3 principal components as colours.")),
-                Readout.Output(display_name="readout", tooltip="The raw readout and its metadata, usable as a target."),
+                ReadoutType.Output(display_name="readout",
+                                   tooltip="The raw readout and its metadata, usable as a target."),
             ],
         )
 

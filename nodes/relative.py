@@ -9,14 +9,14 @@ from ..readout.targets.inversion import invert_image
 from ..readout.targets.points import check_inside, parse_drag_pairs
 from ..readout.targets.relative import AppearanceTarget, CorrespondenceTarget
 from ..readout.targets.spatial import StepWindow
-from .common import (CATEGORY, ReadoutHead, ReadoutReference, TargetNode, chain_input, chained, guidance_output, io,
-                     require_finite, require_finite_map, require_vae_size, step_window_inputs, weight_input)
+from .common import (CATEGORY, ReadoutHeadType, ReadoutReferenceType, TargetNode, chain_input, chained,
+                     guidance_output, io, require_finite, require_finite_map, require_vae_size, step_window_inputs, weight_input)
 
 APPEARANCE_KINDS = ("appearance", "identity")
 
 
 def reference_input() -> io.Input:
-    return ReadoutReference.Input("reference", optional=True, tooltip=(
+    return ReadoutReferenceType.Input("reference", optional=True, tooltip=(
         "A real image brought back by ReadoutInvertImage. Leave empty to use a generated reference: "
         "an unguided image sampled from the same seed next to the edit."))
 
@@ -56,7 +56,7 @@ class ReadoutDragTarget(TargetNode):
             node_id="ReadoutDragTarget", display_name="Readout Drag Target", category=CATEGORY,
             description="Drag-based editing: correspondence at the moved points plus appearance elsewhere.",
             inputs=[
-                ReadoutHead.Input("correspondence_head",
+                ReadoutHeadType.Input("correspondence_head",
                                   tooltip="A correspondence head (drag_correspondence)."),
                 io.String.Input("points", default="[]", tooltip=(
                     'Point pairs in reference-image pixels: [{"source": [x, y], "target": [x, y]}, ...]. '
@@ -64,7 +64,7 @@ class ReadoutDragTarget(TargetNode):
                     "right-click to delete.")),
                 weight_input("drag_weight"),
                 *step_window_inputs(),
-                ReadoutHead.Input("appearance_head", optional=True, tooltip=(
+                ReadoutHeadType.Input("appearance_head", optional=True, tooltip=(
                     "An appearance head that keeps everything else looking like the reference.")),
                 appearance_weight_input(0.2, "Strength of the appearance-keeping term (0 turns it off)."),
                 io.Mask.Input("appearance_mask", optional=True,
@@ -116,7 +116,7 @@ class ReadoutAppearanceTarget(TargetNode):
             description=("Low weights keep colours and textures of the reference; high weights keep the same "
                          "object. The edited branch starts from its own noise (seed + 1 for a generated reference)."),
             inputs=[
-                ReadoutHead.Input("appearance_head", tooltip="An appearance head (drag_appearance)."),
+                ReadoutHeadType.Input("appearance_head", tooltip="An appearance head (drag_appearance)."),
                 weight_input(),
                 *step_window_inputs(),
                 io.Mask.Input("mask", optional=True,
@@ -146,13 +146,13 @@ class ReadoutIdentityTarget(TargetNode):
             node_id="ReadoutIdentityTarget", display_name="Readout Identity Target", category=CATEGORY,
             description="Identity-consistent generation: a reference portrait, a new prompt.",
             inputs=[
-                ReadoutHead.Input("identity_head", tooltip=(
+                ReadoutHeadType.Input("identity_head", tooltip=(
                     "An identity head from our trainer, or the released appearance head (no identity "
                     "head was released: the appearance head on the face region stands in).")),
                 io.Mask.Input("face_mask", tooltip="The face region (white); its bounding box is compared."),
                 weight_input(),
                 *step_window_inputs(),
-                ReadoutHead.Input("appearance_head", optional=True,
+                ReadoutHeadType.Input("appearance_head", optional=True,
                                   tooltip="An appearance head for everything outside the face."),
                 appearance_weight_input(0.0, "Strength outside the face (0 lets the new prompt decide)."),
                 reference_input(),
@@ -199,7 +199,7 @@ class ReadoutInvertImage(io.ComfyNode):
                     "Fixed-point iterations per step that make the inversion the exact inverse of the "
                     "ddim/euler sampler step (0 = plain DDIM inversion; each costs one UNet call per step).")),
             ],
-            outputs=[ReadoutReference.Output(display_name="reference",
+            outputs=[ReadoutReferenceType.Output(display_name="reference",
                                              tooltip="The inverted image, for drag, appearance and identity targets.")],
         )
 

@@ -7,7 +7,7 @@ from ..readout.backbones.base import LATENT_SCALE
 from ..readout.report.drawing import draw_pairs, heat, mark
 from ..readout.report.scores import score_readout
 from ..readout.report.word_attention import check_edit, word_maps
-from .common import CATEGORY, Readout, ReadoutGuidance, io, seed_input
+from .common import CATEGORY, ReadoutType, ReadoutGuidanceType, io, seed_input
 
 GUIDANCE_INPUT_TIP = "The guidance the image was sampled with (the same output that feeds the sampler)."
 
@@ -22,11 +22,11 @@ class ReadoutScore(io.ComfyNode):
             description=("Scores a readout against the targets that guided it: compare an unguided and a guided "
                          "image from the same seed to see what guidance did."),
             inputs=[
-                Readout.Input("readout", tooltip="From ExtractReadout on the image to score, with the head the "
+                ReadoutType.Input("readout", tooltip="From ExtractReadout on the image to score, with the head the "
                                                  "guidance uses."),
-                ReadoutGuidance.Input("guidance", tooltip=GUIDANCE_INPUT_TIP + " Targets of other heads are "
+                ReadoutGuidanceType.Input("guidance", tooltip=GUIDANCE_INPUT_TIP + " Targets of other heads are "
                                                           "ignored."),
-                Readout.Input("reference", optional=True, tooltip=(
+                ReadoutType.Input("reference", optional=True, tooltip=(
                     "Drag, appearance, identity: ExtractReadout of the reference image with the same "
                     "head (the targets compare with it).")),
             ],
@@ -57,7 +57,7 @@ class DrawDragPoints(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="The image to draw on, e.g. the reference or its readout; points "
                                                 "are scaled from the reference image's size to this one."),
-                ReadoutGuidance.Input("guidance", tooltip="Guidance with a Readout Drag Target: its points are "
+                ReadoutGuidanceType.Input("guidance", tooltip="Guidance with a Readout Drag Target: its points are "
                                                           "drawn."),
             ],
             outputs=[io.Image.Output(tooltip="The image with sources (red dots), arrows and targets (green rings).")],
@@ -85,7 +85,7 @@ class WordAttentionMap(io.ComfyNode):
                                                           "come from."),
                 io.Latent.Input("samples", tooltip="The latent to read (e.g. the guided sampler's output); for an "
                                                    "image, VAEEncode it first."),
-                ReadoutGuidance.Input("guidance", tooltip=GUIDANCE_INPUT_TIP + " Its Self-Guidance Target gives "
+                ReadoutGuidanceType.Input("guidance", tooltip=GUIDANCE_INPUT_TIP + " Its Self-Guidance Target gives "
                                                           "the words and the goal."),
                 io.Int.Input("timestep", default=500, min=0, max=999, tooltip=(
                     "Noise level the latent is read at (0 = clean, 999 = pure noise); "

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..readout.targets.prompt_tokens import clip_family, word_token_positions
 from ..readout.targets.self_guidance import SELF_GUIDANCE_EDITS, SelfGuidanceTarget as Target
 from ..readout.targets.spatial import StepWindow
-from .common import (CATEGORY, ReadoutReference, TargetNode, chain_input, chained, guidance_output, io,
+from .common import (CATEGORY, ReadoutReferenceType, TargetNode, chain_input, chained, guidance_output, io,
                      require_finite, step_window_inputs, weight_input)
 
 
@@ -41,7 +41,7 @@ class SelfGuidanceTarget(TargetNode):
                                tooltip="scale_size: how much bigger (> 1) or smaller (< 1)."),
                 weight_input(),
                 *step_window_inputs(),
-                ReadoutReference.Input("reference", optional=True, tooltip=(
+                ReadoutReferenceType.Input("reference", optional=True, tooltip=(
                     "keep_appearance: a real image from ReadoutInvertImage whose appearance the words take "
                     "on. Leave empty to compare with the unguided image from the same seed.")),
                 chain_input("Targets to chain this one after (learned heads too)."),

@@ -11,9 +11,9 @@ from ..readout.train.dataset_folder import DatasetFolder, dataset_names
 from ..readout.train.progress import GraphProgress
 from ..readout.train.in_graph import EXISTING_CHOICES, RESUME, GraphTraining, loss_plot, summary, train_in_graph
 from ..readout.train.warps import WARP_MODES, random_warped_pair
-from .common import CATEGORY, ReadoutHead, io, require_finite, seed_input
+from .common import CATEGORY, ReadoutHeadType, io, require_finite, seed_input
 
-ReadoutDataset = io.Custom("READOUT_DATASET")
+ReadoutDatasetType = io.Custom("READOUT_DATASET")
 TRIPLET_KINDS = ("appearance", "identity")
 DATASET_OUTPUT_TIP = "The dataset (its folder under models/readout_datasets), for Train Readout Head."
 
@@ -28,7 +28,7 @@ def dataset_schema(node_id: str, display_name: str, description: str, inputs: li
     """A dataset node: it writes to disk (an output node) and outputs the dataset."""
     return io.Schema(node_id=node_id, display_name=display_name, category=CATEGORY, is_output_node=True,
                      description=description, inputs=inputs,
-                     outputs=[ReadoutDataset.Output(display_name="dataset", tooltip=DATASET_OUTPUT_TIP)])
+                     outputs=[ReadoutDatasetType.Output(display_name="dataset", tooltip=DATASET_OUTPUT_TIP)])
 
 
 def dataset_result(folder: DatasetFolder) -> io.NodeOutput:
@@ -196,7 +196,7 @@ class LoadReadoutDataset(io.ComfyNode):
             description="Loads a dataset folder from models/readout_datasets.",
             inputs=[io.Combo.Input("dataset_name", options=dataset_names(datasets_root()),
                                    tooltip="A dataset built by a Readout Dataset node.")],
-            outputs=[ReadoutDataset.Output(display_name="dataset", tooltip=DATASET_OUTPUT_TIP)],
+            outputs=[ReadoutDatasetType.Output(display_name="dataset", tooltip=DATASET_OUTPUT_TIP)],
         )
 
     @classmethod
@@ -226,7 +226,7 @@ class TrainReadoutHead(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model the head will guide (SD1.5 or SDXL family)."),
                 io.Vae.Input("vae", tooltip="The model's VAE: encodes the dataset's images."),
                 io.Clip.Input("clip", tooltip="The model's text encoder: the head trains on the empty prompt."),
-                ReadoutDataset.Input("dataset", tooltip="From a Readout Dataset node or Load Readout Dataset."),
+                ReadoutDatasetType.Input("dataset", tooltip="From a Readout Dataset node or Load Readout Dataset."),
                 io.Combo.Input("kind", options=list(HEAD_KINDS), default="edge",
                                tooltip="What the head reads out; must be the dataset's kind."),
                 io.String.Input("head_name", default="my_edge_head", tooltip=(
@@ -249,7 +249,7 @@ class TrainReadoutHead(io.ComfyNode):
                              tooltip="Head width (the official heads: 384)."),
             ],
             outputs=[
-                ReadoutHead.Output(display_name="head", tooltip="The trained head, for ReadoutTarget and "
+                ReadoutHeadType.Output(display_name="head", tooltip="The trained head, for ReadoutTarget and "
                                                                 "ExtractReadout (also listed in Load Readout Head)."),
                 io.Image.Output(display_name="loss_plot", tooltip="Training and validation loss by step."),
             ],

@@ -136,7 +136,7 @@ def test_flux_guides_alike_with_and_without_gradient_checkpointing(dit):
 def test_flux_weight_is_scaled_to_the_flow_parameterization():
     """One weight, one strength: the flow families multiply it by FLOW_WEIGHT / OFFICIAL_WEIGHT, the UNets by 1."""
     dit = pack_module("readout.backbones.dit")
-    rule = pack_module("readout.guidance.rule")
+    rule = pack_module("readout.guidance.run")
     assert registry.FAMILIES["flux"].weight_scale == registry.FAMILIES["sd3"].weight_scale
     assert registry.FAMILIES["flux"].weight_scale * rule.OFFICIAL_WEIGHT == pytest.approx(dit.FLOW_WEIGHT)
     assert registry.FAMILIES["sd15"].weight_scale == 1.0

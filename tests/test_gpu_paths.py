@@ -172,7 +172,7 @@ def test_free_memory_changing_between_forward_and_recompute(bed, reference, monk
 
 
 def test_out_of_memory_in_the_guided_pass_names_what_to_lower(bed, monkeypatch):
-    rule = pack_module("readout.guidance.fast").FastRule
+    rule = pack_module("readout.guidance.rules.fast").FastRule
     memory = pack_module("readout.guidance.memory")
 
     def out_of_memory(*args, **kwargs):

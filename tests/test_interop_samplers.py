@@ -235,3 +235,18 @@ def test_dual_cfg_guider_loss_reads_cond1(bed, monkeypatch):
     monkeypatch.setattr(patch, "_grad_pass", spy)
     custom_advanced("DualCFGGuider")(bed, model, None, True)
     assert read and all(c.shape[0] == 1 and torch.equal(c[0], bed.pos[0][0][0]) for c in read)
+
+
+def test_the_guidance_is_the_guided_models_attachment_shared_by_its_clones(bed):
+    """Apply Readout Guidance attaches its patch to the clone it returns (ComfyUI's attachments): the clones a
+    sampler makes share it, the input model carries none, and chaining a second node makes a new patch with both
+    targets while the first node's model keeps its own."""
+    patch_module = pack_module("readout.guidance.patch")
+    first = guided_model(bed.model, bed.target())
+    patch = first.get_attachment(patch_module.PATCH_KEY)
+    assert isinstance(patch, patch_module.ReadoutGuidancePatch) and len(patch.targets) == 1
+    assert first.clone().get_attachment(patch_module.PATCH_KEY) is patch
+    assert bed.model.get_attachment(patch_module.PATCH_KEY) is None
+    second = guided_model(first, bed.target(weight=0.5))
+    chained = second.get_attachment(patch_module.PATCH_KEY)
+    assert chained is not patch and len(chained.targets) == 2 and len(patch.targets) == 1

@@ -138,7 +138,7 @@ def test_three_official_ddim_steps_match_the_description(bed):
     """Plain DDIM: the description and ComfyUI agree bit for bit. Guided: to 1e-5 (measured: equal). Taking the loss
     over the positive half only (as fast does by default) is far outside that tolerance."""
     weight = 1.0
-    lr = 2e-2 * weight / pack_module("readout.guidance.rule").OFFICIAL_WEIGHT
+    lr = 2e-2 * weight / pack_module("readout.guidance.run").OFFICIAL_WEIGHT
     reference = Reference(bed, lr)
     plain = bed.ksampler(bed.model)
     assert torch.equal(reference.sample(guided_steps=0), plain)
@@ -231,15 +231,15 @@ def test_official_drag_points_are_floored_to_their_cell():
 def test_official_normalizes_the_combined_gradient_once():
     """One target: a fresh Adam step is our first normalized step. Two targets: ours normalizes each (opposite
     signs cancel), the official step normalizes their sum (it moves along the sign of the sum)."""
-    official = pack_module("readout.guidance.official")
-    rule = pack_module("readout.guidance.rule")
+    official = pack_module("readout.guidance.rules.official")
+    rule = pack_module("readout.guidance.run")
     generator = torch.Generator().manual_seed(3)
     first, second = torch.randn(2, 1, 4, 8, 8, generator=generator)
     second = 3 * second
     zero = torch.zeros_like(first)
     torch.testing.assert_close(official.fresh_adam_step(zero, first, 0.02),
                                -0.02 * rule.NormalizedGradient()(first, torch.tensor(True)))
-    fast = rule.GuidanceRun.fresh(2)
+    fast = rule.GuidanceRun.fresh([(0.0, 1.0)] * 2)
     for index, grad in enumerate((first, second)):
         fast.add_direction(index, 1.0, grad)
     disagree = first.sign() != second.sign()
@@ -250,8 +250,8 @@ def test_official_normalizes_the_combined_gradient_once():
 
 
 def test_official_lr_follows_the_largest_weight():
-    official = pack_module("readout.guidance.official")
-    weight = pack_module("readout.guidance.rule").OFFICIAL_WEIGHT
+    official = pack_module("readout.guidance.rules.official")
+    weight = pack_module("readout.guidance.run").OFFICIAL_WEIGHT
     assert official.learning_rate([weight]) == pytest.approx(2e-2)
     assert official.learning_rate([weight / 2, 2 * weight]) == pytest.approx(4e-2)
     assert list(official.step_window(0.0, 0.5, 100)) == list(range(50))

@@ -97,7 +97,7 @@ class Backbone(ABC):
 
     weight_scale: float = 1.0
     """Multiplies a target's weight in the fast rule, so that one weight means one strength in every family (the
-    calibration of the default weight, rule.py, in this family's parameterization)."""
+    calibration of the default weight, run.py, in this family's parameterization)."""
 
     @contextmanager
     def capture_attention(self, diffusion_model: nn.Module, token_indices: list[int]) -> Iterator[AttentionStore]:

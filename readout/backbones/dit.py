@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..guidance.rule import OFFICIAL_WEIGHT
+from ..guidance.run import OFFICIAL_WEIGHT
 from .base import Backbone, LayerFeatures, UnsupportedModel
 from .cross_attention import AttentionStore
 from .joint_attention import AttentionTap, capture_joint_attention, rotated

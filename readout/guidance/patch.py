@@ -22,14 +22,14 @@ from .batch_split import BatchSplit
 from .compatibility import check_compatible
 from ..backbones.registry import backbone_for_config
 from ..targets.base import Readings
-from .fast import FastRule
 from .memory import extra_memory_declared, guided_pass_bytes, out_of_memory_explained
 from .grad_pass import (autograd_safe_weights, saved_tensor_copies, differentiable_kernels, gradient_checkpointing,
                         grad_pass_options, normal_copies)
-from .official import OfficialRule
 from .precision import COMPUTE_DTYPES, check_compute_dtype, compute_autocast, model_compute_dtype
-from .rule import GuidanceRun
-from .strategy import GuidanceRule
+from .rules.base import CallResult, GuidanceRule, GuidedCall
+from .rules.fast import FastRule
+from .rules.official import OfficialRule
+from .run import GuidanceRun
 from ..targets.reference import InvertedReference
 
 PATCH_KEY = "readout_guidance"
@@ -46,7 +46,7 @@ RULES = tuple(RULE_CLASSES)
 @dataclass(frozen=True)
 class GuidanceOptions:
     """How the guided pass runs: which CFG branch feeds the loss, checkpointing, compute dtype, and the rule
-    (fast: ours; official: the official code's step, see official.py)."""
+    (fast: ours; official: the official code's step, see rules/official.py)."""
 
     loss_branch: str = "cond"
     gradient_checkpointing: bool = True
@@ -63,43 +63,57 @@ class GuidanceOptions:
 
 
 @dataclass
-class _Evaluation:
-    """Raw gradients and losses of the current model evaluation, summed over its UNet calls."""
+class EvaluationGradients:
+    """What the rule returned for the current model evaluation, summed over its guided UNet calls."""
 
     grads: dict[int, torch.Tensor] = field(default_factory=dict)
     losses: dict[int, torch.Tensor] = field(default_factory=dict)
+    joint: torch.Tensor | None = None
     sigma: float = 0.0
     skipped_crop: bool = False
     wanted: set[int] = field(default_factory=set)
     guided: set[int] = field(default_factory=set)
 
-    def add(self, index: int, grad: torch.Tensor, loss: torch.Tensor) -> None:
-        self.grads[index] = grad if index not in self.grads else self.grads[index] + grad
-        self.losses[index] = loss if index not in self.losses else self.losses[index] + loss
+    def add(self, result: CallResult) -> None:
+        for index, grad in result.gradients.items():
+            self.grads[index] = grad if index not in self.grads else self.grads[index] + grad
+        for index, loss in result.losses.items():
+            self.losses[index] = loss if index not in self.losses else self.losses[index] + loss
+        if result.joint_gradient is not None:
+            self.joint = result.joint_gradient if self.joint is None else self.joint + result.joint_gradient
 
 
 class ReadoutGuidancePatch:
-    """The guidance of one guided MODEL: its targets, options and per-run state (reset when a run starts).
+    """The guidance of one guided MODEL: its targets, options and relative branch, given when it is made, and the
+    state of the run in progress (fresh at each run). It is the MODEL's attachment under PATCH_KEY: clones of the
+    model, and copies of its options, share it (`on_model_patcher_clone`, `__deepcopy__`); ComfyUI samples one run
+    at a time."""
 
-    Clones of the guided model share this object (deepcopy returns it) so wrapper and post-CFG
-    function always meet; ComfyUI samples one run at a time and each run starts fresh."""
-
-    def __init__(self, targets: tuple, options: GuidanceOptions) -> None:
+    def __init__(self, targets: tuple, options: GuidanceOptions, branch_split: int | None = None,
+                 reference: InvertedReference | None = None,
+                 report_to: Callable[[tuple[list[str], list[str]]], None] | None = None) -> None:
+        """`branch_split`: the batch size of each half when a reference half rides along in the batch (relative
+        targets), `reference`: the inverted real image that half follows, `report_to`: where the report goes after
+        each run (besides `last_report`)."""
         self.rule = RULE_CLASSES[options.rule]()
         self.rule.check_targets(targets)
         self.targets = targets
         self.options = self.rule.options_for(options)
-        self.branch_split: int | None = None
-        self.reference: InvertedReference | None = None
+        self.branch_split = branch_split
+        self.reference = reference
+        self.report_to = report_to
         self.latent_size: tuple[int, int] | None = None
         self.cond_names: dict[object, str] = {}
-        self.run = GuidanceRun.fresh(len(targets))
+        self.run = GuidanceRun.fresh([(0.0, 0.0)] * len(targets))
         self.last_run = self.run
         self.last_report: tuple[list[str], list[str]] = ([], [])
-        self.report_to: Callable[[tuple[list[str], list[str]]], None] | None = None
-        self.evaluation = _Evaluation()
+        self.evaluation = EvaluationGradients()
+        self.joint_gradient: tuple[torch.Tensor, torch.Tensor] | None = None
         self._evaluation_open = False
         self._guiding = False
+
+    def on_model_patcher_clone(self) -> ReadoutGuidancePatch:
+        return self
 
     def __deepcopy__(self, memo: dict) -> ReadoutGuidancePatch:
         return self
@@ -114,15 +128,15 @@ class ReadoutGuidancePatch:
         check_compatible(executor.class_obj.model_options)
         patcher = executor.class_obj.model_patcher
         check_compute_dtype(self.options.compute_dtype, patcher.load_device, model_compute_dtype(patcher.model))
-        self.run = GuidanceRun.fresh(len(self.targets))
-        self.evaluation = _Evaluation()
+        self.run = GuidanceRun.fresh(step_windows(self.targets, patcher.get_model_object("model_sampling")))
+        self.evaluation, self.joint_gradient = EvaluationGradients(), None
         try:
             for target in self.targets:
                 target.check_latent_size(self.latent_size)
             return executor(*args, **kwargs)
         finally:
             self.last_run = self.run
-            self.evaluation = _Evaluation()
+            self.evaluation, self.joint_gradient = EvaluationGradients(), None
             self.latent_size, self.cond_names = None, {}
             self.last_report = self.run.report(self.targets, self.options.loss_branch)
             if self.report_to is not None:
@@ -176,9 +190,8 @@ class ReadoutGuidancePatch:
         """Run the sampler's UNet call, with grad for the loss branch, and collect each active target's gradient
         w.r.t. x; chunks outside the loss branch, and calls on an area of the latent (ConditioningSetArea), run
         without autograd: the targets read the whole latent."""
-        base = executor.class_obj
         sigma = float(t[0])
-        active = self.rule.active_targets(self, base.model_sampling, sigma) if self._guiding else []
+        active = self.rule.active_targets(self.targets, self.run.windows, sigma) if self._guiding else []
         cond_or_uncond = transformer_options.get("cond_or_uncond", [])
         grad_chunks = self._loss_chunks(self._roles(transformer_options), x.shape[0]) if active else ()
         self.evaluation.wanted.update(active)
@@ -231,7 +244,8 @@ class ReadoutGuidancePatch:
                                grad_pass_options(transformer_options), **kwargs)
             readings = Readings(store.complete(), attention, tuple(x.shape[-2:]),
                                 backbone.head_timesteps(base.model_sampling, t_copy), backbone, diffusion_model, autocast)
-            self.rule.backprop(self, active, readings, x_grad, chunks)
+            self.evaluation.add(self.rule.backprop(GuidedCall(self.targets, active, readings, x_grad,
+                                                              self.evaluation.sigma, chunks, self.branch_split)))
             store.clear()
         return out.detach()
 
@@ -243,34 +257,42 @@ class ReadoutGuidancePatch:
                 x[chunk.start:chunk.start + self.branch_split] = latent
         return x
 
-    def chunk_losses(self, target, readout: torch.Tensor, chunks: list[slice], loss) -> torch.Tensor:
-        """(chunks, B) losses of one target, chunk by chunk: on the edited half when a reference half rides along
-        in the batch; `loss(target, edited, reference)` is the rule's loss."""
-        def chunk_loss(part: torch.Tensor) -> torch.Tensor:
-            if not self.branch_split:
-                return loss(target, part, None)
-            return loss(target, part[self.branch_split:], part[:self.branch_split].detach())
-        return torch.stack([chunk_loss(readout[chunk]) for chunk in chunks])
-
     def post_cfg_function(self, args: dict) -> torch.Tensor:
         """denoised' = denoised - sigma * s * sum_k w_k n_k from this evaluation's gradients (s: the family's
         weight_scale)."""
         denoised = args["denoised"]
-        evaluation, self.evaluation = self.evaluation, _Evaluation()
+        evaluation, self.evaluation = self.evaluation, EvaluationGradients()
         for index in evaluation.wanted - evaluation.guided:
             self.run.targets[index].missed += 1
+        if evaluation.skipped_crop and not evaluation.losses:
+            raise ValueError(AREA_ONLY_ERROR.format(branch=self.options.loss_branch))
+        for index, loss in evaluation.losses.items():
+            self.run.record_loss(index, evaluation.sigma, loss)
+        if evaluation.joint is not None:
+            finite = torch.isfinite(evaluation.joint).all()
+            self.run.record_finite(sorted(evaluation.losses), finite)
+            self.joint_gradient = (evaluation.joint, finite)
         if not evaluation.grads:
-            if evaluation.skipped_crop:
-                raise ValueError(AREA_ONLY_ERROR.format(branch=self.options.loss_branch))
             return denoised
         scale = backbone_for_config(args["model"].model_config).weight_scale
         for index, grad in evaluation.grads.items():
-            self.run.record_loss(index, evaluation.sigma, evaluation.losses[index])
             self.run.add_direction(index, self.targets[index].weight * scale, grad)
         correction = self.run.take_correction(args["sigma"], denoised)
         if correction is None:
             return denoised
         return denoised + correction
+
+
+    def take_joint_gradient(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The joint gradient the last guided evaluation left (rule official) and whether it is finite, once."""
+        left, self.joint_gradient = self.joint_gradient, None
+        return left
+
+
+def step_windows(targets: tuple, model_sampling) -> list[tuple[float, float]]:
+    """Each target's step window as the sigma range (low, high) it guides in."""
+    return [(model_sampling.percent_to_sigma(t.window.end_percent),
+             model_sampling.percent_to_sigma(t.window.start_percent)) for t in targets]
 
 
 def chunks_of(batch: int, transformer_options: dict) -> list[slice]:
@@ -280,8 +302,11 @@ def chunks_of(batch: int, transformer_options: dict) -> list[slice]:
     return [slice(i * size, (i + 1) * size) for i in range(count)]
 
 
-def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allow_relative: bool = False):
-    """A clone of model that samples with these targets (added to any guidance it already carries)."""
+def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allow_relative: bool = False,
+                           branch_split: int | None = None, reference: InvertedReference | None = None,
+                           report_to: Callable | None = None):
+    """A clone of model that samples with these targets (added to any guidance it already carries), and its patch
+    (ReadoutGuidancePatch's arguments)."""
     import comfy.patcher_extension as pe
 
     relative = [t.label for t in targets if t.relative]
@@ -298,7 +323,8 @@ def apply_readout_guidance(model, targets: tuple, options: GuidanceOptions, allo
             fn for fn in guided.model_options.get("sampler_post_cfg_function", [])
             if getattr(fn, "__self__", None) is not previous
         ]
-    patch = ReadoutGuidancePatch(tuple(targets), options)
+    patch = ReadoutGuidancePatch(tuple(targets), options, branch_split, reference, report_to)
+    guided.set_attachments(PATCH_KEY, patch)
     wrappers = {
         pe.WrappersMP.OUTER_SAMPLE: patch.outer_sample_wrapper,
         pe.WrappersMP.PREPARE_SAMPLING: patch.prepare_sampling_wrapper,
@@ -328,11 +354,5 @@ def check_targets_fit(model, targets: tuple, options: GuidanceOptions) -> None:
 
 
 def find_patch(model) -> ReadoutGuidancePatch | None:
-    """The guidance a MODEL already carries, if any."""
-    import comfy.patcher_extension as pe
-
-    for wrapper in model.wrappers.get(pe.WrappersMP.APPLY_MODEL, {}).get(PATCH_KEY, []):
-        owner = getattr(wrapper, "__self__", None)
-        if isinstance(owner, ReadoutGuidancePatch):
-            return owner
-    return None
+    """The guidance a MODEL already carries, if any (its attachment)."""
+    return model.get_attachment(PATCH_KEY)

@@ -53,10 +53,10 @@ def sample_guided(model, seed: int, steps: int, cfg: float, sampler_name: str, s
     import nodes
 
     if options.rule == "official":
-        from .official import check_official_sampler
+        from .rules.official import check_official_sampler
         check_official_sampler(sampler_name)
-    guided, patch = apply_readout_guidance(model, targets, options, allow_relative=True)
     if not any(t.relative for t in targets):
+        guided, patch = apply_readout_guidance(model, targets, options)
         edited = nodes.common_ksampler(guided, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                        latent, denoise=denoise)[0]["samples"]
         return GuidedResult(edited, edited, patch)
@@ -64,15 +64,16 @@ def sample_guided(model, seed: int, steps: int, cfg: float, sampler_name: str, s
         raise ValueError("latent_image: relative guidance (drag, appearance, identity) does not take a noise mask "
                          "(inpainting latent) yet: use a latent without a mask")
     reference = common_reference(targets)
-    samples = comfy.sample.fix_empty_latent_channels(guided, latent["samples"])
-    sigmas = comfy.samplers.KSampler(guided, steps=steps, device="cpu", sampler=sampler_name, scheduler=scheduler,
-                                     denoise=denoise, model_options=guided.model_options).sigmas
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    sigmas = comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler=sampler_name, scheduler=scheduler,
+                                     denoise=denoise, model_options=model.model_options).sigmas
     if reference is not None:
         reference.check_latent_size(tuple(samples.shape[-2:]))
         reference.check_schedule(sigmas, steps, scheduler)
+    guided, patch = apply_readout_guidance(model, targets, options, allow_relative=True,
+                                           branch_split=samples.shape[0], reference=reference)
     share_noise = any(t.shares_reference_noise for t in targets)
     noise, start = _start_noise(guided, samples, seed, reference, share_noise, sigmas)
-    patch.branch_split, patch.reference = samples.shape[0], reference
     callback = latent_preview.prepare_callback(guided, steps)
     out = comfy.sample.sample(guided, noise, steps, cfg, sampler_name, scheduler, positive, negative, start,
                               denoise=denoise, callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,

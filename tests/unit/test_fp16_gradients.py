@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from readout.guidance.fast import gradient_scale
+from readout.guidance.rules.base import gradient_scale
 from readout.heads.architecture import HeadConfig, ReadoutHead
 from readout.targets.spatial import spatial_map_loss
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from readout.guidance.rule import ADAM_BETA2, GuidanceRun, NormalizedGradient
+from readout.guidance.run import ADAM_BETA2, GuidanceRun, NormalizedGradient
 from readout.targets.base import StepWindow
 
 
@@ -45,7 +45,7 @@ def test_a_new_shape_restarts_the_normalization():
 
 
 def test_the_correction_sums_weighted_directions_in_denoised_units_and_is_taken_once():
-    run = GuidanceRun.fresh(2)
+    run = GuidanceRun.fresh([(0.0, 1.0)] * 2)
     run.add_direction(0, 0.5, torch.ones(1, 2, 2))
     run.add_direction(1, 2.0, -torch.ones(1, 2, 2))
     like = torch.zeros(1, 2, 2, dtype=torch.float64)
@@ -66,7 +66,7 @@ class _Target:
 
 
 def test_report_names_skipped_steps_a_missing_branch_and_an_empty_window(caplog):
-    run = GuidanceRun.fresh(4)
+    run = GuidanceRun.fresh([(0.0, 1.0)] * 4)
     for index in (0, 1):
         run.record_loss(index, 1.0, torch.tensor([0.5]))
         run.add_direction(index, 1.0, torch.ones(2))

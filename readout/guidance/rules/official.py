@@ -17,9 +17,8 @@ from functools import partial
 
 import torch
 
-from .rule import ADAM_BETA2, ADAM_EPS, OFFICIAL_WEIGHT
-from .strategy import GuidanceRule, gradient_scale
-from ..targets.base import Readings
+from ..run import ADAM_BETA2, ADAM_EPS, OFFICIAL_WEIGHT
+from .base import CallResult, GuidanceRule, GuidedCall, gradient_scale
 
 OFFICIAL_LR = 2e-2
 ADAM_BETA1 = 0.9
@@ -71,11 +70,10 @@ def _official_step_loss(width: torch.Tensor):
 class OfficialRule(GuidanceRule):
     """Guidance that moves the latent before the sampler's step, as the official code does (module docstring; on flow-matching
     models x is already x_t).
-    Per run state: the targets of the step being guided and the gradient its model evaluation left."""
+    Per run state: the targets of the step being guided (the gradient its model evaluation leaves is the patch's)."""
 
     def __init__(self) -> None:
         self.step_targets: list[int] = []
-        self.joint_grad: torch.Tensor | None = None
         self.vp_scale = lambda sigma: math.sqrt(1 + sigma * sigma)
         """The model family's x -> x_t scale (Backbone.vp_scale), taken from the evaluation's readings."""
 
@@ -89,26 +87,25 @@ class OfficialRule(GuidanceRule):
             raise ValueError(f"rule: official has no self-guidance ({', '.join(unsupported)}); the official code "
                              "guides with readout heads only: use rule fast")
 
-    def active_targets(self, patch, model_sampling, sigma: float) -> list[int]:
+    def active_targets(self, targets: tuple, windows: list[tuple[float, float]], sigma: float) -> list[int]:
         return self.step_targets
 
-    def backprop(self, patch, active: list[int], readings: Readings, x_grad: torch.Tensor, chunks: list[slice]) -> None:
+    def backprop(self, call: GuidedCall) -> CallResult:
         """One backward of the weighted sum of the official losses over the active targets and all CFG chunks."""
-        sigma = patch.evaluation.sigma
-        self.vp_scale = readings.backbone.vp_scale
-        x_t = x_grad.detach() / self.vp_scale(sigma)
+        self.vp_scale = call.readings.backbone.vp_scale
+        x_t = call.x.detach() / self.vp_scale(call.sigma)
         loss = _official_step_loss(x_t.max() - x_t.min())
-        top = max(patch.targets[index].weight for index in active)
-        total = x_grad.new_zeros(())
-        for index in active:
-            target = patch.targets[index]
-            losses = patch.chunk_losses(target, target.read(readings), chunks, loss)
-            patch.run.record_loss(index, sigma, losses.detach().sum(dim=0))
+        top = max(call.targets[index].weight for index in call.active)
+        result = CallResult()
+        total = call.x.new_zeros(())
+        for index in call.active:
+            target = call.targets[index]
+            losses = call.chunk_losses(target, target.read(call.readings), loss)
+            result.losses[index] = losses.detach().sum(dim=0)
             total = total + target.weight / top * losses.sum()
-        scale = gradient_scale(x_grad)
-        grad = torch.autograd.grad(total * scale, x_grad)[0] / scale
-        folded = sum(grad[chunk] for chunk in chunks).detach()
-        self.joint_grad = folded if self.joint_grad is None else self.joint_grad + folded
+        scale = gradient_scale(call.x)
+        result.joint_gradient = call.fold(torch.autograd.grad(total * scale, call.x)[0] / scale)
+        return result
 
     def sampler_sample_wrapper(self, patch):
         return partial(self._sampler_sample, patch)
@@ -149,17 +146,15 @@ class OfficialRule(GuidanceRule):
                   and step in step_window(target.window.start_percent, target.window.end_percent, steps)]
         if not active:
             return x
-        self.step_targets, self.joint_grad = active, None
+        self.step_targets = active
         try:
             model(x, sigma * x.new_ones([x.shape[0]]), **extra_args)
         finally:
             self.step_targets = []
-        grad, self.joint_grad = self.joint_grad, None
-        if grad is None:
+        left = patch.take_joint_gradient()
+        if left is None:
             return x
-        finite = torch.isfinite(grad).all()
-        for index in active:
-            patch.run.targets[index].finite.append(finite)
+        grad, finite = left
         scale = self.vp_scale(float(sigma))
         lr = learning_rate([patch.targets[index].weight for index in active])
         updated = fresh_adam_step(x / scale, grad.to(x) * scale, lr) * scale

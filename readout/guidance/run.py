@@ -1,4 +1,5 @@
-"""The normalized-gradient guidance rule and its per-run state.
+"""The state of one guided run: per target, the normalized-gradient step (rule fast), losses and what could not act;
+the report after the run.
 
 Rule (eps form): eps' = eps + w * n, where n is the loss gradient w.r.t. the latent normalized
 elementwise like Adam without momentum: n = g / (sqrt(v_hat) + eps_adam), v an exponential average
@@ -60,12 +61,13 @@ class GuidanceRun:
     """Per-run state of a guided sampling: per-target normalizers and losses, and the pending correction."""
 
     targets: list[TargetRun]
+    windows: list[tuple[float, float]]
+    """Each target's step window as a sigma range (low, high)."""
     pending: torch.Tensor | None = None
-    windows: list[tuple[float, float]] | None = None
 
     @classmethod
-    def fresh(cls, count: int) -> GuidanceRun:
-        return cls([TargetRun() for _ in range(count)])
+    def fresh(cls, windows: list[tuple[float, float]]) -> GuidanceRun:
+        return cls([TargetRun() for _ in windows], list(windows))
 
     def add_direction(self, index: int, weight: float, grad: torch.Tensor) -> None:
         """Normalize one target's gradient and add weight * n to this evaluation's correction (eps units).
@@ -106,6 +108,11 @@ class GuidanceRun:
 
     def record_loss(self, index: int, sigma: float, loss: torch.Tensor) -> None:
         self.targets[index].losses.append((sigma, loss.detach().float().sum()))
+
+    def record_finite(self, indices, finite: torch.Tensor) -> None:
+        """Whether the gradient these targets shared at a guided evaluation was finite (rule official's joint one)."""
+        for index in indices:
+            self.targets[index].finite.append(finite)
 
     def take_correction(self, sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
         """The denoised-space correction -sigma * sum_k w_k n_k for this evaluation, or None."""
