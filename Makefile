@@ -4,7 +4,7 @@
 #   serving the newest frontend, on ComfyUI 0.3.75 the tests marked every_comfyui or every_frontend (what depends on
 #   the version or the frontend), and the every_frontend browser tests on 0.33.0's own frontend (scripts/test_legs);
 #   without it, the whole suite on 0.3.75. Each phase prints its seconds.
-# make demo: the same setup, then run every workflow in workflows/ on a real ComfyUI server, and guide the
+# make demo: the same setup, then run every workflow in example_workflows/ on a real ComfyUI server, and guide the
 #   learned world model (world/) next to the same seeds unguided; with ComfyUI 0.33's source in $(SHARED), the
 #   world's Flux too (demo-flux).
 # make world: retrain the learned world model and its heads (about an hour on 2 CPU cores).
@@ -21,6 +21,8 @@ CONSTRAINTS := scripts/torch-constraints.txt
 PIP_INSTALL = -m pip install --disable-pip-version-check -q -c $(CONSTRAINTS)
 PYTEST_ARGS ?=
 SELECT ?=
+COMFY_CLI := comfy-cli==1.23.0
+# the registry's packer, which the unit tier's package test runs (tests/unit/test_registry_package.py)
 
 SHARED ?= ../shared
 COMFYUI_033_TARBALL := $(SHARED)/comfyui/ComfyUI-0.33.0.tar.gz
@@ -51,8 +53,8 @@ test:
 test-unit: $(VENV)/.unit-ok
 	$(PY) -m pytest tests/unit -q
 
-$(VENV)/.unit-ok: $(VENV)/.torch-ok requirements.txt
-	$(PY) $(PIP_INSTALL) -r requirements.txt pytest
+$(VENV)/.unit-ok: $(VENV)/.torch-ok requirements.txt Makefile
+	$(PY) $(PIP_INSTALL) -r requirements.txt pytest $(COMFY_CLI)
 	touch $@
 
 test-comfyui-0375: setup

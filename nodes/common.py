@@ -39,8 +39,8 @@ def step_window_inputs() -> list[io.Float.Input]:
     ]
 
 
-class TargetNode(io.ComfyNode):
-    """A node that builds targets acting in a step window (start_percent / end_percent)."""
+class StepWindowCheck:
+    """Mixed into a target node (before `io.ComfyNode`): checks its step window (start_percent / end_percent)."""
 
     @classmethod
     def validate_inputs(cls, start_percent: float | None = None, end_percent: float | None = None) -> bool | str:

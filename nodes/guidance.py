@@ -8,14 +8,14 @@ from ..readout.guidance.patch import apply_readout_guidance
 from ..readout.heads.readouts import spatial_to_unit
 from ..readout.guidance.sampling import sample_guided
 from ..readout.targets.spatial import SpatialTarget, StepWindow
-from .common import (CATEGORY, ReadoutType, ReadoutGuidanceType, ReadoutHeadType, TargetNode, chain_input, chained,
+from .common import (CATEGORY, ReadoutType, ReadoutGuidanceType, ReadoutHeadType, StepWindowCheck, chain_input, chained,
                      guidance_option_inputs, guidance_options, guidance_output, io, report_text, require_finite,
                      require_finite_map, seed_input, show_on_running_node, step_window_inputs, weight_input)
 
 APPLIES_TO = "The chained targets, for ReadoutGuidedKSampler or ApplyReadoutGuidance."
 
 
-class ReadoutTarget(TargetNode):
+class ReadoutTarget(StepWindowCheck, io.ComfyNode):
     """A spatial target: the pose/depth/edge map the head's readout should become."""
 
     @classmethod

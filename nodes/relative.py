@@ -9,7 +9,7 @@ from ..readout.targets.inversion import invert_image
 from ..readout.targets.points import check_inside, parse_drag_pairs
 from ..readout.targets.relative import AppearanceTarget, CorrespondenceTarget
 from ..readout.targets.spatial import StepWindow
-from .common import (CATEGORY, ReadoutHeadType, ReadoutReferenceType, TargetNode, chain_input, chained,
+from .common import (CATEGORY, ReadoutHeadType, ReadoutReferenceType, StepWindowCheck, chain_input, chained,
                      guidance_output, io, require_finite, require_finite_map, require_vae_size, step_window_inputs, weight_input)
 
 APPEARANCE_KINDS = ("appearance", "identity")
@@ -47,7 +47,7 @@ def save_reference_preview(image) -> list[dict]:
     return comfy_nodes.PreviewImage().save_images(image[:1], filename_prefix="readout_drag_reference")["ui"]["images"]
 
 
-class ReadoutDragTarget(TargetNode):
+class ReadoutDragTarget(StepWindowCheck, io.ComfyNode):
     """Drag: move image content from source points to target points, keeping the rest of the appearance."""
 
     @classmethod
@@ -106,7 +106,7 @@ class ReadoutDragTarget(TargetNode):
                              ui={"reference_preview": save_reference_preview(size_image)})
 
 
-class ReadoutAppearanceTarget(TargetNode):
+class ReadoutAppearanceTarget(StepWindowCheck, io.ComfyNode):
     """Appearance variation: a new image that keeps the reference's colours, textures or whole object."""
 
     @classmethod
@@ -137,7 +137,7 @@ class ReadoutAppearanceTarget(TargetNode):
         return io.NodeOutput(chained(guidance, target))
 
 
-class ReadoutIdentityTarget(TargetNode):
+class ReadoutIdentityTarget(StepWindowCheck, io.ComfyNode):
     """Identity: the face region reads like the reference's face; optionally the rest keeps its appearance."""
 
     @classmethod

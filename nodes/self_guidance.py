@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..readout.targets.prompt_tokens import clip_family, word_token_positions
 from ..readout.targets.self_guidance import SELF_GUIDANCE_EDITS, SelfGuidanceTarget as Target
 from ..readout.targets.spatial import StepWindow
-from .common import (CATEGORY, ReadoutReferenceType, TargetNode, chain_input, chained, guidance_output, io,
+from .common import (CATEGORY, ReadoutReferenceType, StepWindowCheck, chain_input, chained, guidance_output, io,
                      require_finite, step_window_inputs, weight_input)
 
 
@@ -12,7 +12,7 @@ def _fraction(name: str, default: float, low: float, tooltip: str) -> io.Float.I
     return io.Float.Input(name, default=default, min=low, max=1.0, step=0.01, tooltip=tooltip)
 
 
-class SelfGuidanceTarget(TargetNode):
+class SelfGuidanceTarget(StepWindowCheck, io.ComfyNode):
     """Move, resize or hold the shape of what a prompt word draws, read from the UNet's cross-attention."""
 
     @classmethod
@@ -27,7 +27,7 @@ class SelfGuidanceTarget(TargetNode):
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="The positive prompt text, exactly as it is encoded for the sampler."),
                 io.String.Input("words", default="",
-                                tooltip="The word(s) of the prompt to steer, e.g. 'cat' or 'red car'."),
+                                tooltip="The word or words of the prompt to steer, e.g. 'cat' or 'red car'."),
                 io.Combo.Input("edit", options=list(SELF_GUIDANCE_EDITS), default="move_by", tooltip=(
                     "move_by: shift the words' attention centroid by (dx, dy) from where the unguided "
                     "image puts it; move_to: bring it to (x, y); scale_size: multiply its attention "

@@ -24,11 +24,10 @@ def dataset_name_input(default: str) -> io.String.Input:
         "images to grow it); a new name starts a new dataset."))
 
 
-def dataset_schema(node_id: str, display_name: str, description: str, inputs: list[io.Input]) -> io.Schema:
-    """A dataset node: it writes to disk (an output node) and outputs the dataset."""
-    return io.Schema(node_id=node_id, display_name=display_name, category=CATEGORY, is_output_node=True,
-                     description=description, inputs=inputs,
-                     outputs=[ReadoutDatasetType.Output(display_name="dataset", tooltip=DATASET_OUTPUT_TIP)])
+def dataset_schema_parts(display_name: str, description: str, inputs: list[io.Input]) -> dict:
+    """The schema of a dataset node but its id: it writes to disk (an output node) and outputs the dataset."""
+    return dict(display_name=display_name, category=CATEGORY, is_output_node=True, description=description,
+                inputs=inputs, outputs=[ReadoutDatasetType.Output(display_name="dataset", tooltip=DATASET_OUTPUT_TIP)])
 
 
 def dataset_result(folder: DatasetFolder) -> io.NodeOutput:
@@ -55,8 +54,8 @@ class ReadoutSpatialDataset(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return dataset_schema(
-            "ReadoutSpatialDataset", "Readout Dataset (Spatial)",
+        return io.Schema(node_id="ReadoutSpatialDataset", **dataset_schema_parts(
+            "Readout Dataset (Spatial)",
             "Appends images and their label maps (e.g. from Canny or a depth preprocessor) to a dataset for a pose, "
             "depth or edge head.",
             [
@@ -70,7 +69,7 @@ class ReadoutSpatialDataset(io.ComfyNode):
                     "depth is a dense map. A new control (line art, segmentation) trains as edge if sparse, "
                     "as depth if dense.")),
             ],
-        )
+        ))
 
     @classmethod
     def execute(cls, images: torch.Tensor, labels: torch.Tensor, dataset_name: str, kind: str) -> io.NodeOutput:
@@ -85,8 +84,8 @@ class ReadoutCorrespondenceDataset(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return dataset_schema(
-            "ReadoutCorrespondenceDataset", "Readout Dataset (Correspondence)",
+        return io.Schema(node_id="ReadoutCorrespondenceDataset", **dataset_schema_parts(
+            "Readout Dataset (Correspondence)",
             "Appends image pairs with matched points to a dataset for a correspondence (drag) head: each image and "
             "a random warp of it (exact matches), or two frames and their points.",
             [
@@ -107,7 +106,7 @@ class ReadoutCorrespondenceDataset(io.ComfyNode):
                     'With second_images: the matches as [{"source": [x, y], "target": [x, y]}, ...], source in '
                     "the first frame, target in the second (pixels; the points editor's format).")),
             ],
-        )
+        ))
 
     @classmethod
     def execute(cls, images: torch.Tensor, dataset_name: str, warp: str, strength: float, pairs_per_image: int,
@@ -153,8 +152,8 @@ class ReadoutTripletDataset(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return dataset_schema(
-            "ReadoutTripletDataset", "Readout Dataset (Appearance / Identity)",
+        return io.Schema(node_id="ReadoutTripletDataset", **dataset_schema_parts(
+            "Readout Dataset (Appearance / Identity)",
             "Appends triplets to a dataset for an appearance or identity head: the positive looks like the anchor, "
             "the negative does not.",
             [
@@ -169,7 +168,7 @@ class ReadoutTripletDataset(io.ComfyNode):
                     "One per anchor, of another appearance. Not connected: each anchor's negative is the next "
                     "anchor of the batch (needs at least 2 anchors).")),
             ],
-        )
+        ))
 
     @classmethod
     def execute(cls, anchors: torch.Tensor, positives: torch.Tensor, dataset_name: str, kind: str,

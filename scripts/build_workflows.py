@@ -1,4 +1,4 @@
-"""Write the example workflows in workflows/ in the editor's UI format, from the registered node definitions.
+"""Write the example workflows in example_workflows/ in the editor's UI format, from the registered node definitions.
 
 Run with the test bed's Python: `.venv/bin/python -m scripts.build_workflows` (needs the pack loaded in ComfyUI).
 """
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from testbed.demo_roles import GUIDED_SCORE, GUIDED_VIEW, LOSS_PLOT, REFERENCE_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW
 from testbed import REPO, comfyui_path, import_comfyui_in_process
 from testbed.workflow_api import WIDGET_TYPES
+from readout.heads.official import official_head_url
 
 SEED_NAMES = {"seed", "noise_seed"}
 SD15 = "v1-5-pruned-emaonly.safetensors"
@@ -41,6 +42,16 @@ def node_outputs(cls) -> list[tuple[str, str]]:
         return [(o.display_name or o.get_io_type(), o.get_io_type()) for o in cls.GET_SCHEMA().outputs]
     names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
     return list(zip(names, cls.RETURN_TYPES))
+
+
+def node_properties(node: Node) -> dict:
+    """The editor's node properties; an official head's loader also names its file, folder and download address,
+    which the editor's missing-models dialog offers to a user who lacks it."""
+    properties = {"Node name for S&R": node.type}
+    url = official_head_url(node.widgets.get("head_name", "")) if node.type == "LoadReadoutHead" else None
+    if url:
+        properties["models"] = [{"name": node.widgets["head_name"], "url": url, "directory": "readout_heads"}]
+    return properties
 
 
 IMAGE_SAVERS = {"SaveImage", "PreviewImage"}
@@ -128,7 +139,7 @@ class Workflow:
         by_target = {(link[3], link[4]): link for link in links}
         for order, node in enumerate(self.nodes):
             entry = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": size_of(node.type),
-                     "flags": {}, "order": order, "mode": 0, "properties": {"Node name for S&R": node.type},
+                     "flags": {}, "order": order, "mode": 0, "properties": node_properties(node),
                      "widgets_values": self._widget_values(node)}
             if node.type == "Note":
                 entry.update(inputs=[], outputs=[], color="#432", bgcolor="#653")
@@ -546,14 +557,14 @@ WORKFLOWS = {
 
 
 def workflow_text(classes: dict, name: str) -> str:
-    """The file text of one example workflow, as committed in workflows/."""
+    """The file text of one example workflow, as committed in example_workflows/."""
     return json.dumps(WORKFLOWS[name](classes), indent=1) + "\n"
 
 
 def main() -> None:
     classes = import_comfyui_in_process(comfyui_path()).NODE_CLASS_MAPPINGS
     for name in WORKFLOWS:
-        path = os.path.join(REPO, "workflows", name)
+        path = os.path.join(REPO, "example_workflows", name)
         with open(path, "w", encoding="utf-8") as f:
             f.write(workflow_text(classes, name))
         print(path)

@@ -123,7 +123,7 @@ def guidance_failures(panels: list[Panel]) -> list[str]:
 
 
 def main(names: list[str]) -> int:
-    workflows = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
+    workflows = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")))
     workflows = [w for w in workflows if not names or os.path.basename(w) in names]
     if not workflows:
         print(f"[demo] no workflows in workflows/ {' '.join(names)}", file=sys.stderr)

@@ -14,7 +14,6 @@ import sys
 import tempfile
 import zipfile
 
-from testbed.example_images import write_example_images
 from testbed import (MODELS_DIR, REPO, TestbedError, add_comfyui_to_sys_path, check_comfyui, comfyui_path, pack_dir_in,
                      write_model_paths)
 
@@ -165,8 +164,6 @@ def ensure_tiny_models(comfy_dir: str) -> None:
     for path in write_tiny_models(MODELS_DIR, per_comfyui=False) + write_world_models(MODELS_DIR) + own:
         log(f"wrote {path}")
     log(f"models in {MODELS_DIR}, listed by {write_model_paths(comfy_dir)}")
-    for path in write_example_images(os.path.join(comfy_dir, "input")):
-        log(f"wrote {path}")
 
 
 def main() -> int:

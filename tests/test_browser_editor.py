@@ -25,11 +25,11 @@ from testbed.workflow_api import ui_to_api
 ActionChains = pytest.importorskip("selenium.webdriver.common.action_chains").ActionChains
 BLANK_SIZE = 512  # image px the points editor shows without a reference image
 EXAMPLE_PHOTO = "readout_example_photo.png"  # 512x512, in ComfyUI's input folder (scripts/example_images.py)
-WORKFLOWS = sorted(f for f in os.listdir(os.path.join(REPO, "workflows")) if f.endswith(".json"))
+WORKFLOWS = sorted(f for f in os.listdir(os.path.join(REPO, "example_workflows")) if f.endswith(".json"))
 
 
 def read_workflow(name: str) -> dict:
-    with open(os.path.join(REPO, "workflows", name), encoding="utf-8") as f:
+    with open(os.path.join(REPO, "example_workflows", name), encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -49,12 +49,13 @@ def show_whole_graph(browser) -> None:
 
 
 def save_thumbnail(shot: str, name: str) -> None:
-    """With UPDATE_WORKFLOW_THUMBNAILS=1, keep a small copy of the screenshot as workflows/<name>.png."""
+    """With UPDATE_WORKFLOW_THUMBNAILS=1, keep a small copy of the screenshot as example_workflows/<name>.jpg, the
+    thumbnail the editor's template browser asks for."""
     if os.environ.get("UPDATE_WORKFLOW_THUMBNAILS") != "1":
         return
     image = Image.open(shot).convert("RGB")
     image.thumbnail((800, 800))
-    image.save(os.path.join(REPO, "workflows", name.replace(".json", ".png")), optimize=True)
+    image.save(os.path.join(REPO, "example_workflows", name.replace(".json", ".jpg")), quality=85, optimize=True)
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
@@ -68,7 +69,7 @@ def test_workflow_loads_and_converts_in_the_editor(browser, comfy_server, name):
     assert missing_node_types(browser) == []
     show_whole_graph(browser)
     save_thumbnail(screenshot(browser, name.replace(".json", "_loaded")), name)
-    assert os.path.exists(os.path.join(REPO, "workflows", name.replace(".json", ".png"))), "thumbnail missing"
+    assert os.path.exists(os.path.join(REPO, "example_workflows", name.replace(".json", ".jpg"))), "thumbnail missing"
 
     prompt = for_tiny_models(graph_to_prompt(browser))
     ours = for_tiny_models(ui_to_api(workflow, comfy_server.get("/object_info")))
@@ -243,7 +244,7 @@ def report_in_view(browser, node_id, widget: str, timeout: float = 60) -> str:
         assert time.time() < deadline, f"node {node_id} shows no {widget} box after the run"
 
 
-REPORT_WIDGETS = {"LoadReadoutHead": "head_info", "ReadoutGuidedKSampler": "guidance_report"}  # web/js/head_info.js
+REPORT_WIDGETS = {"LoadReadoutHead": "head_info", "ReadoutGuidedKSampler": "guidance_report"}  # web/head_info.js
 
 
 @pytest.mark.every_frontend

@@ -15,7 +15,7 @@ DEMO_SIZE, DEMO_STEPS = 64, 10
 
 
 def test_demo_page_shows_every_panel_with_its_images_scores_and_caption(browser, comfy_server, tmp_path):
-    paths = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
+    paths = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")))
     panels, failures = run_workflows(comfy_server, paths, str(tmp_path), DEMO_SIZE, DEMO_STEPS)
     assert failures == 0
     names = [os.path.basename(p) for p in paths]

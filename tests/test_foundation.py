@@ -91,7 +91,7 @@ def test_text_to_image_over_http(comfy_server):
 
 @pytest.mark.every_comfyui
 def test_ui_workflow_converts_like_the_editor(comfy_server):
-    with open(os.path.join(REPO, "workflows", "text_to_image.json"), encoding="utf-8") as f:
+    with open(os.path.join(REPO, "example_workflows", "text_to_image.json"), encoding="utf-8") as f:
         prompt = ui_to_api(json.load(f), comfy_server.get("/object_info"))
     assert "8" not in prompt, "the Note node is frontend-only"
     ksampler = prompt["5"]["inputs"]

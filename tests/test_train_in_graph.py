@@ -283,7 +283,7 @@ def train_workflow(comfy_server, head_name: str, dataset_name: str, steps: int) 
     from testbed.tiny_names import fit_for_cpu
     from testbed.workflow_api import ui_to_api
 
-    with open(os.path.join(REPO, "workflows", "train_edge_head.json"), encoding="utf-8") as f:
+    with open(os.path.join(REPO, "example_workflows", "train_edge_head.json"), encoding="utf-8") as f:
         prompt = fit_for_cpu(ui_to_api(json.load(f), comfy_server.get("/object_info")), SIZE, 4)
     for node in prompt.values():
         if node["class_type"] == "TrainReadoutHead":

@@ -2,6 +2,7 @@
 node ids, inputs, outputs and defaults, so its workflows load and run unchanged."""
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import os
@@ -154,15 +155,62 @@ def test_a_reversed_step_window_is_refused_when_the_prompt_is_queued(comfy_serve
 
 def test_the_example_workflows_are_what_the_builder_writes():
     """scripts/build_workflows.py reads every node's V3 schema (classic nodes' INPUT_TYPES); each committed example
-    workflow in workflows/ is exactly its output."""
+    workflow in example_workflows/ is exactly its output."""
     import nodes
 
     from scripts.build_workflows import WORKFLOWS, workflow_text
 
-    folder = os.path.join(REPO, "workflows")
+    folder = os.path.join(REPO, "example_workflows")
     stale = []
     for name in WORKFLOWS:
         with open(os.path.join(folder, name), encoding="utf-8") as f:
             if f.read() != workflow_text(nodes.NODE_CLASS_MAPPINGS, name):
                 stale.append(name)
     assert not stale, f"{stale} differ from what they are built from: run .venv/bin/python -m scripts.build_workflows"
+
+
+def test_every_node_has_its_help_page_as_the_builder_writes_it():
+    """web/docs/<node id>.md, which the editor's help panel serves, exists for every node and is what
+    scripts/build_help_pages.py writes from the node's schema (every input and output with its tooltip)."""
+    from scripts.build_help_pages import HELP_FOLDER, help_page
+
+    stale = []
+    for node in pack_module("nodes").NODES:
+        path = os.path.join(HELP_FOLDER, f"{node.GET_SCHEMA().node_id}.md")
+        if not os.path.exists(path):
+            stale.append(node.GET_SCHEMA().node_id)
+            continue
+        with open(path, encoding="utf-8") as f:
+            if f.read() != help_page(node):
+                stale.append(node.GET_SCHEMA().node_id)
+    assert not stale, f"{stale}: missing or stale: run .venv/bin/python -m scripts.build_help_pages"
+
+
+def schema_node_ids(source: str) -> set[str]:
+    """The node ids ComfyUI-Manager's scanner reads in a file: a class with a ComfyNode base (`ComfyNode` or
+    `io.ComfyNode`) whose define_schema calls Schema(...) with node_id a string literal."""
+    found = set()
+    for cls in ast.walk(ast.parse(source)):
+        if not isinstance(cls, ast.ClassDef) or not any(
+                (isinstance(b, ast.Name) and b.id == "ComfyNode") or (isinstance(b, ast.Attribute) and b.attr == "ComfyNode")
+                for b in cls.bases):
+            continue
+        for method in (m for m in cls.body if isinstance(m, ast.FunctionDef) and m.name == "define_schema"):
+            for call in (c for c in ast.walk(method) if isinstance(c, ast.Call)):
+                name = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", None)
+                found |= {k.value.value for k in call.keywords if name == "Schema" and k.arg == "node_id"
+                          and isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)}
+    return found
+
+
+def test_comfyui_manager_scanner_finds_every_node_id():
+    """ComfyUI-Manager's scanner maps node ids to packs from the source alone ("install missing nodes"): the ids it
+    reads in the pack's files are exactly the registered ones."""
+    found = set()
+    for folder, _, files in os.walk(REPO):
+        if "/." in folder or "__pycache__" in folder:
+            continue
+        for name in (f for f in files if f.endswith(".py")):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                found |= schema_node_ids(f.read())
+    assert found == set(pack_node_ids())

@@ -72,7 +72,7 @@ def build_head(config: HeadConfig, state_dict: Mapping[str, torch.Tensor]) -> Re
             head = ReadoutHead(config)
         head.to_empty(device="cpu").load_state_dict(state_dict, strict=True)
     head.requires_grad_(False)
-    return head.eval()
+    return head.train(False)
 
 
 def check_state_dict(config: HeadConfig, state_dict: Mapping[str, torch.Tensor]) -> None:

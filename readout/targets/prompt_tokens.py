@@ -31,7 +31,7 @@ def word_token_positions(clip, prompt: str, words: str) -> tuple[int, ...]:
     """Positions in the encoded prompt of the first occurrence of `words` (one or more words, in order)."""
     clip_family(clip)
     if not words.strip():
-        raise ValueError("words: name the word(s) of the prompt to guide, e.g. 'cat'")
+        raise ValueError("words: name the word or words of the prompt to guide, e.g. 'cat'")
     special = _special_tokens(clip)
     wanted = [token for chunk in _token_ids(clip, words) for token in chunk if token not in special]
     if not wanted:
@@ -44,5 +44,5 @@ def word_token_positions(clip, prompt: str, words: str) -> tuple[int, ...]:
     for start in range(len(tokens) - len(wanted) + 1):
         if tokens[start:start + len(wanted)] == wanted:
             return tuple(positions[start:start + len(wanted)])
-    raise ValueError(f"words: {words.strip()!r} is not in the prompt {prompt.strip()!r}: use word(s) of the "
+    raise ValueError(f"words: {words.strip()!r} is not in the prompt {prompt.strip()!r}: use a word or words of the "
                      "positive prompt text, as it is written")

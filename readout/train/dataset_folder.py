@@ -16,7 +16,7 @@ from ..heads.architecture import HEAD_KINDS, SPATIAL_KINDS
 from .data import DataError, PairDataset, SpatialDataset, TripletDataset
 
 DATASET_FILE = "readout_dataset.json"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
 TRIPLET_ROLES = ("anchor", "positive", "negative")
 
 
@@ -30,7 +30,7 @@ def layout_of(kind: str) -> str:
 def check_name(name: str, input_name: str, example: str) -> str:
     """A dataset or head name is one file or folder name: letters, digits, '_', '-', '.'."""
     name = (name or "").strip()
-    if not NAME_PATTERN.match(name) or ".." in name:
+    if not re.fullmatch(NAME_PATTERN, name) or ".." in name:
         raise DataError(f"{input_name}: {name!r} is not a usable name; use letters, digits, '_', '-' or '.' "
                         f"(no slashes), e.g. {example}")
     return name

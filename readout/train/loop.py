@@ -156,7 +156,7 @@ class Trainer:
         """Mean loss over the validation examples at fixed timesteps and noise (comparable between calls)."""
         generator = torch.Generator().manual_seed(self.options.seed + VALIDATION_SEED_OFFSET)
         loader = DataLoader(val_set, batch_size=self.options.batch_size, collate_fn=collate)
-        self.head.eval()
+        self.head.train(False)
         total, count = 0.0, 0
         with torch.no_grad():
             for batch in loader:
