@@ -90,7 +90,7 @@ def guidance_option_inputs() -> list[io.Input]:
             "prediction (about 2x faster per guided step). official: the official code's step, a fresh "
             "Adam step on the latent from the loss over both CFG halves (loss_branch is ignored), then "
             "the sampler's step from the moved latent; needs sampler ddim, euler or euler_ancestral. "
-            "README, Fidelity, lists every difference.")),
+            "docs/measurements.md, Fidelity, lists every difference.")),
     ]
 
 

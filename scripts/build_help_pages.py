@@ -106,7 +106,7 @@ def help_page(node) -> str:
              *input_rows(schema), ""]
     if schema.outputs:
         lines += ["## Outputs", "", "| output | type | what it is |", "|---|---|---|", *output_rows(schema), ""]
-    lines += ["More: the pack's README (Readout Guidance for ComfyUI).", ""]
+    lines += ["More: the pack's README and docs/usage.md (Readout Guidance for ComfyUI).", ""]
     return "\n".join(lines)
 
 

@@ -50,7 +50,8 @@ WHAT_TO_LOOK_FOR = {
                            "head involved: the object should move toward the goal on the opposite side of the canvas. "
                            "Score: the share of the distance to the goal its detected centroid closed.",
 }
-WORLD_NOTE = ("Measured over 16 seeds in README, Measured on a learned model; this panel shows the demo's seed.")
+WORLD_NOTE = ("Measured over 16 seeds in docs/measurements.md, Measured on a learned model; this panel shows the "
+              "demo's seed.")
 ASSERTED_KINDS = ("spatial", "drag", "self_guidance")
 
 

@@ -68,7 +68,7 @@ def guided_pass_bytes(base_model, heads: list, noise_shape, loss_chunks: int, ch
                       layers: list) -> int:
     """Memory the guided pass needs beyond ComfyUI's own estimate for the sampler's calls: the heads' and the UNet's
     backward on the loss chunks, and the copies of the checkpointed `layers`' weights (an estimate by shapes; see
-    README, Running on a GPU)."""
+    docs/compatibility.md, Running on a GPU)."""
     batch, height, width = noise_shape[0] * loss_chunks, noise_shape[-2], noise_shape[-1]
     heads_bytes = sum(head_pass_bytes(head.config, batch, height, width) for head in heads)
     unet = base_model.memory_required([batch] + list(noise_shape[1:]))
