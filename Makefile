@@ -69,7 +69,7 @@ demo: setup
 		echo "[demo] the world's Flux panel skipped: it needs ComfyUI 0.33 ($(COMFYUI_033_TARBALL) not found)"; fi
 
 demo-flux: setup-comfyui-033
-	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.demo_world 3 --family flux
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.demo_world --family flux
 
 setup: $(VENV)/.torch-ok
 	$(PY) -m scripts.setup_testbed

@@ -1,5 +1,6 @@
 """`make demo`: run every workflow in workflows/ on a real ComfyUI server with the tiny models, and show what
-guidance did: output/index.html has one panel per workflow, from the workflows' own comparison nodes.
+guidance did: output/index.html gets one panel per workflow, from the workflows' own comparison nodes, in its last
+part, after the learned worlds' panels (scripts/demo_world.py; those of an earlier run are kept).
 
 `python -m scripts.demo NAME.json ...` runs only those workflows; DEMO_OUTPUT sets the folder (default output/).
 Model and head file names are swapped for the tiny ones, the canvas is capped at DEMO_SIZE pixels
@@ -18,7 +19,7 @@ import urllib.parse
 import urllib.request
 
 from testbed.server import ComfyServer, PromptFailed, start_server, stop_server
-from testbed.demo_page import ASSERTED_KINDS, Panel, panel_png, write_page
+from testbed.demo_page import ASSERTED_KINDS, TINY_PART, Panel, panel_png, write_part
 from testbed.demo_roles import GUIDED_SCORE, TARGET_MAP, UNGUIDED_SCORE
 from testbed import REPO, comfyui_path
 from testbed.tiny_names import fit_for_cpu
@@ -90,7 +91,8 @@ def contact_sheet(images: list[str], path: str, cell: int = 160) -> None:
 
 
 def run_workflows(server: ComfyServer, workflows: list[str], dest: str, size: int, steps: int) -> tuple[list[Panel], int]:
-    """Run the workflows, write their panels, index.html and contact_sheet.png; the panels and the failure count."""
+    """Run the workflows, write their panels, index.html (in place of the tiny models' panels of an earlier run) and
+    contact_sheet.png; the panels and the failure count."""
     os.makedirs(dest, exist_ok=True)
     object_info = server.get("/object_info")
     panels, saved, failures = [], [], 0
@@ -112,7 +114,7 @@ def run_workflows(server: ComfyServer, workflows: list[str], dest: str, size: in
     if saved:
         contact_sheet(saved, os.path.join(dest, "contact_sheet.png"))
     if panels:
-        print(f"[demo] page: {write_page(panels, dest)}", flush=True)
+        print(f"[demo] page: {write_part(panels, dest, TINY_PART)}", flush=True)
     return panels, failures
 
 

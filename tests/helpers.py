@@ -157,14 +157,16 @@ def comfy_server() -> Iterator[ComfyServer]:
     """The real ComfyUI server with this pack, for the whole test session.
 
     Its user folder is fresh: the editor's settings are the defaults, except that the first-run templates
-    dialog has been seen (it would cover the canvas).
+    dialog has been seen (it would cover the canvas). Its temp folder is its own: a server that starts on the same
+    ComfyUI (CI runs two test processes at once) wipes ComfyUI's temp folder, and with it this one's previews.
     """
     out = tempfile.mkdtemp(prefix="rg-server-out-")
     user_dir = tempfile.mkdtemp(prefix="rg-server-user-")
     os.makedirs(os.path.join(user_dir, "default"))
     with open(os.path.join(user_dir, "default", "comfy.settings.json"), "w", encoding="utf-8") as f:
         json.dump({"Comfy.TutorialCompleted": True}, f)
-    server = start_server(comfyui_path(), out, os.path.join(out, "server.log"), user_dir=user_dir)
+    server = start_server(comfyui_path(), out, os.path.join(out, "server.log"), user_dir=user_dir,
+                          temp_dir=tempfile.mkdtemp(prefix="rg-server-temp-"))
     RUNNING_SERVERS.append(server)
     try:
         yield server

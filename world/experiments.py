@@ -142,6 +142,12 @@ def drag_points(blob: Blob, dx: float, dy: float) -> str:
                        for x, y in sources])
 
 
+def drag_arrow(blob: Blob, dx: float, dy: float) -> dict:
+    """The drag as a record shows it: from the blob's centroid (x, y) to where the drag asks it to go."""
+    x, y = (float(v) for v in blob.centroid)
+    return {"source": (x, y), "target": (x + dx, y + dy)}
+
+
 def drag_measures(before: np.ndarray, after: np.ndarray, colour: str, dx: float, dy: float) -> dict:
     """How far the object of a colour moved along (dx, dy), whether it kept its colour, what stayed at its source."""
     start, end = largest(detect(before), colour), largest(detect(after), colour)
@@ -174,7 +180,7 @@ def drag_generated(world: World, seed: int, rule: str = "fast", weight: float | 
                     reference_image=to_image(before))[0]
     (after, reference), seconds = _timed(lambda: world.guided(seed, scene.caption, guidance, rule))
     return {"seed": seed, **drag_measures(reference, after, blob.colour, dx, dy), "seconds": seconds,
-            "images": (reference, after)}
+            "images": (reference, after), **drag_arrow(blob, dx, dy)}
 
 
 def drag_real(world: World, seed: int) -> dict:
@@ -195,7 +201,7 @@ def drag_real(world: World, seed: int) -> dict:
     before = run(0.0)
     after, seconds = _timed(lambda: run(_default_weight()))
     return {"seed": seed, **drag_measures(before, after, blob.colour, dx, dy), "seconds": seconds,
-            "images": (before, after)}
+            "images": (before, after), **drag_arrow(blob, dx, dy)}
 
 
 def colour_similarity(reference: np.ndarray, image: np.ndarray) -> float:
@@ -246,7 +252,8 @@ def self_guidance(world: World, seed: int, edit: str) -> dict:
         target = np.array(goal) * SIZE
         before = float(np.linalg.norm(np.array(start.centroid) - target))
         after = before if end is None else float(np.linalg.norm(np.array(end.centroid) - target))
-        return {**record, "closed": 1 - after / before}
+        return {**record, "closed": 1 - after / before, "start": tuple(float(v) for v in start.centroid),
+                "goal": tuple(float(v) for v in target)}
     return {**record, "area_ratio": 0.0 if end is None else end.area / start.area}
 
 
