@@ -207,9 +207,8 @@ def test_comfyui_manager_scanner_finds_every_node_id():
     """ComfyUI-Manager's scanner maps node ids to packs from the source alone ("install missing nodes"): the ids it
     reads in the pack's files are exactly the registered ones."""
     found = set()
-    for folder, _, files in os.walk(REPO):
-        if "/." in folder or "__pycache__" in folder:
-            continue
+    for folder, subfolders, files in os.walk(REPO):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d not in ("__pycache__", "output")]
         for name in (f for f in files if f.endswith(".py")):
             with open(os.path.join(folder, name), encoding="utf-8") as f:
                 found |= schema_node_ids(f.read())
