@@ -2,8 +2,7 @@
 #   seconds once the venv exists. Run it after every change to readout/.
 # make test: what CI runs. The unit tier; then, with ComfyUI 0.33's source in $(SHARED), the whole suite on 0.33.0
 #   serving the newest frontend, on ComfyUI 0.3.75 the tests marked every_comfyui or every_frontend (what depends on
-#   the version or the frontend), and the every_frontend browser tests on 0.33.0's own frontend (scripts/test_legs:
-#   the browser tests run beside the learned-world tests);
+#   the version or the frontend), and the every_frontend browser tests on 0.33.0's own frontend (scripts/test_legs);
 #   without it, the whole suite on 0.3.75. Each phase prints its seconds.
 # make demo: the same setup, then run every workflow in example_workflows/ on a real ComfyUI server, and guide the
 #   learned world model (world/) next to the same seeds unguided; with ComfyUI 0.33's source in $(SHARED), the
@@ -35,8 +34,7 @@ FRONTEND_NEW_DIR := .frontend-$(FRONTEND_NEW)
 SUITE ?= tests --ignore=tests/unit
 TIMED := scripts/timed
 CHOSEN = $(if $(SELECT),-k "$(SELECT)")
-ON_0375_VERSION = every_comfyui and (not sdxl_family or each_family_on_every_comfyui)
-ON_0375 = every_frontend or $(ON_0375_VERSION)
+ON_0375 = every_frontend or every_comfyui and (not sdxl_family or each_family_on_every_comfyui)
 # what ComfyUI 0.3.75 runs: browser tests for its frontend, version-dependent tests (SD1.5 runs; SDXL for detection)
 
 .PHONY: test test-unit demo demo-flux setup world world-flux test-comfyui-033 test-comfyui-0375 setup-comfyui-033 \
