@@ -191,9 +191,8 @@ def schema_node_ids(source: str) -> set[str]:
     `io.ComfyNode`) whose define_schema calls Schema(...) with node_id a string literal."""
     found = set()
     for cls in ast.walk(ast.parse(source)):
-        if not isinstance(cls, ast.ClassDef) or not any(
-                (isinstance(b, ast.Name) and b.id == "ComfyNode") or (isinstance(b, ast.Attribute) and b.attr == "ComfyNode")
-                for b in cls.bases):
+        bases = [b.id if isinstance(b, ast.Name) else getattr(b, "attr", None) for b in getattr(cls, "bases", [])]
+        if not isinstance(cls, ast.ClassDef) or "ComfyNode" not in bases:
             continue
         for method in (m for m in cls.body if isinstance(m, ast.FunctionDef) and m.name == "define_schema"):
             for call in (c for c in ast.walk(method) if isinstance(c, ast.Call)):

@@ -2,7 +2,6 @@
 five kinds for SD1.5 and SDXL, and where each downloads from."""
 from __future__ import annotations
 
-OFFICIAL_HEADS_PAGE = "https://huggingface.co/g-luo/readout-guidance/tree/main/weights"
 OFFICIAL_KINDS = ("spatial_pose", "spatial_depth", "spatial_edge", "drag_correspondence", "drag_appearance")
 OFFICIAL_HEAD_NAMES = tuple(f"readout_{family}_{kind}.pt" for family in ("sdv15", "sdxl") for kind in OFFICIAL_KINDS)
 
