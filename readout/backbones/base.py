@@ -48,6 +48,8 @@ class Backbone(ABC):
     """The name users know, e.g. 'SD1.5'."""
     latent_channels: int = 4
     latent_scale: int = LATENT_SCALE
+    single_frame: bool = False
+    """Whether the family samples video-shaped latents (batch, channels, 1, H, W): Wan's latent format."""
     tokenizer_key: str = "l"
     """The tokenizer whose token positions index the conditioning's tokens."""
 
@@ -91,6 +93,9 @@ class Backbone(ABC):
         """x / vp_scale is the variance-preserving latent x_t the official step acts on: sqrt(1 + sigma^2) for
         ComfyUI's EPS models (x = x0 + sigma eps); 1 for flow matching, whose x is already x_t."""
         return math.sqrt(1 + sigma * sigma)
+
+    self_guidance: bool = True
+    """Whether Self-Guidance can read this family's prompt attention (its word positions and attention maps)."""
 
     blocks_add_in_place: bool = False
     """Whether the model's blocks add into tensors they saved for the backward (the grad pass then keeps copies)."""
@@ -151,12 +156,15 @@ class Backbone(ABC):
         sampling = base.model_sampling
         device = next((buffer.device for buffer in sampling.buffers()), latent.device)
         sigma = sampling.sigma(self.sampling_timesteps(timesteps.float().to(device))).float()
+        if self.single_frame and latent.ndim == 4:
+            latent, noise = latent.unsqueeze(2), noise.unsqueeze(2)
         x = sampling.noise_scaling(sigma, noise.float().to(device), base.process_latent_in(latent.float().to(device)))
         return x, sigma
 
     def check_latent(self, latent: torch.Tensor, name: str) -> None:
         """A ValueError naming the input unless it is a (batch, channels, H, W) latent of this family."""
-        if latent.ndim != 4 or latent.shape[1] != self.latent_channels:
+        frame = self.single_frame and latent.ndim == 5 and latent.shape[2] == 1
+        if (latent.ndim != 4 and not frame) or latent.shape[1] != self.latent_channels:
             raise ValueError(f"{name}: it holds latents of shape {tuple(latent.shape)}; {self.label} readout heads "
                              f"read {self.label} image latents (batch, {self.latent_channels}, height, width): connect "
                              "a latent of this model (VAE Encode or a sampler's LATENT output)")

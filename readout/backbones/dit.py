@@ -177,6 +177,25 @@ class DiTBackbone(Backbone):
                 handle.remove()
 
 
+class ConfigClassBackbone(DiTBackbone):
+    """A DiT family ComfyUI detects as one model config class (and its subclasses), named so that a ComfyUI without
+    it never matches; Self-Guidance does not read it yet (no CLIP is this family's)."""
+
+    config_class: str
+    """The class's name in comfy.supported_models."""
+    timestep_scale = float(HEAD_TIMESTEPS)
+    self_guidance = False
+
+    def matches(self, model_config) -> bool:
+        import comfy.supported_models as sm
+
+        config = getattr(sm, self.config_class, None)
+        return config is not None and isinstance(model_config, config)
+
+    def matches_clip(self, clip) -> bool:
+        return False
+
+
 class FluxBackbone(DiTBackbone):
     """Flux.1 (dev, schnell, Kontext and fine-tunes ComfyUI detects as Flux): features from the image half of the
     double-stream blocks and the image span of the single-stream blocks (text tokens come first there)."""

@@ -3,15 +3,20 @@ from __future__ import annotations
 
 from .base import Backbone, UnsupportedModel
 from .dit import FluxBackbone, SD3Backbone
+from .flux2 import Flux2Backbone
+from .krea2 import Krea2Backbone
+from .lumina import Lumina2Backbone
+from .qwen_image import QwenImageBackbone
 from .unet import SD15Backbone, SDXLBackbone
 
-BACKBONES: tuple[Backbone, ...] = (SD15Backbone(), SDXLBackbone(), FluxBackbone(), SD3Backbone())
+BACKBONES: tuple[Backbone, ...] = (SD15Backbone(), SDXLBackbone(), FluxBackbone(), Flux2Backbone(), SD3Backbone(),
+                                   Lumina2Backbone(), QwenImageBackbone(), Krea2Backbone())
 """Tried in order by backbone_for and clip_backbone; a family whose configs subclass another's goes first."""
 FAMILIES = {backbone.family: backbone for backbone in BACKBONES}
 
 
-def _names() -> str:
-    return " or ".join(backbone.label for backbone in BACKBONES)
+def _names(backbones: tuple[Backbone, ...] = BACKBONES) -> str:
+    return ", ".join(backbone.label for backbone in backbones[:-1]) + f" or {backbones[-1].label}"
 
 
 def backbone_for(model_patcher) -> Backbone:
@@ -33,5 +38,6 @@ def clip_backbone(clip) -> Backbone:
     for backbone in BACKBONES:
         if backbone.matches_clip(clip):
             return backbone
-    raise ValueError(f"clip: self-guidance needs an {_names()} CLIP; got "
+    readable = tuple(backbone for backbone in BACKBONES if backbone.self_guidance)
+    raise ValueError(f"clip: self-guidance needs an {_names(readable)} CLIP; got "
                      f"{type(getattr(clip, 'tokenizer', None)).__name__}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbones.registry import backbone_for
+from ..backbones.registry import BACKBONES, backbone_for
 from .base import Readings, StepWindow, Target
 from .reference import InvertedReference
 
@@ -96,6 +96,11 @@ class SelfGuidanceTarget(Target):
     def check_model(self, model_patcher, loss_branch: str) -> None:
         """The words must be tokenized by this model family's CLIP, and read from the prompt's (cond) half."""
         backbone = backbone_for(model_patcher)
+        if not backbone.self_guidance:
+            readable = ", ".join(b.label for b in BACKBONES if b.self_guidance)
+            raise ValueError(f"model: self-guidance reads the prompt's attention of {readable} models; on "
+                             f"{backbone.label} it is not supported yet: use a spatial, drag, appearance or identity "
+                             "target")
         if not backbone.reads_prompt_of(self.family, model_patcher.model.diffusion_model):
             raise ValueError(f"clip: the words {self.words!r} were tokenized with an {self.family} CLIP but the "
                              f"model is {backbone.family}: connect the CLIP that encodes this model's prompt")

@@ -1,0 +1,47 @@
+"""Z-Image (Turbo and base) and Lumina 2: ComfyUI's NextDiT. Noise and caption refiner blocks run apart, then the
+main layers run single-stream over [caption; image], the image tokens last.
+
+Heads read the image tokens of the main layers at a quarter, half and three quarters of their depth. The model is
+fed t = 1 - sigma (times Z-Image's time scale): the heads' embedding is the model's own embedding of that time.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .dit import ConfigClassBackbone, TokenLayout
+
+
+class Lumina2Backbone(ConfigClassBackbone):
+    """Z-Image and Lumina 2 (ComfyUI's Lumina2 configs and those that subclass it, ZImage among them; not the
+    pixel-space Z-Image, whose latent is the image)."""
+
+    family, label, config_class = "lumina2", "Z-Image/Lumina 2", "Lumina2"
+
+    def matches(self, model_config) -> bool:
+        import comfy.supported_models as sm
+
+        pixel_space = getattr(sm, "ZImagePixelSpace", None)
+        return super().matches(model_config) and not (pixel_space and isinstance(model_config, pixel_space))
+
+    def blocks(self, diffusion_model: nn.Module) -> list[nn.Module]:
+        return list(getattr(diffusion_model, "layers", []))
+
+    def checkpoint_layers(self, diffusion_model: nn.Module) -> list[nn.Module]:
+        return [*diffusion_model.noise_refiner, *diffusion_model.context_refiner, *self.blocks(diffusion_model)]
+
+    def hidden_size(self, diffusion_model: nn.Module) -> int:
+        return int(diffusion_model.dim)
+
+    def embedding_dim(self, diffusion_model: nn.Module) -> int:
+        return int(diffusion_model.t_embedder.mlp[-1].out_features)
+
+    def image_tokens(self, layer: nn.Module, output: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        return layout.image_grid(output, self.normalize, start=output.shape[1] - layout.image_tokens)
+
+    def timestep_embedding(self, diffusion_model: nn.Module, timesteps: torch.Tensor) -> torch.Tensor:
+        embedder = diffusion_model.t_embedder
+        weight = embedder.mlp[0].weight
+        dtype = weight.dtype if weight.dtype.is_floating_point and weight.dtype.itemsize >= 2 else torch.float32
+        time = 1.0 - timesteps / self.timestep_scale
+        return embedder(time * diffusion_model.time_scale, dtype=dtype)
