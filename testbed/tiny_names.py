@@ -4,16 +4,21 @@ from __future__ import annotations
 import json
 
 from tiny.dit import TINY_DIT_CLIP_L, TINY_DIT_VAE, TINY_FLUX, TINY_SD3
+from tiny.families import TAEF2, TINY_FLUX2, TINY_LUMINA2
 from tiny.models import (TINY_CHECKPOINTS, TINY_CONTROLNET, TINY_HEAD_KINDS, TINY_LORA,
                          tiny_head_name)
 
 CHECKPOINT_FAMILIES = {"v1-5-pruned-emaonly.safetensors": "sd15", "sd_xl_base_1.0.safetensors": "sdxl"}
 """The checkpoints our example workflows name, by the family of their tiny stand-in."""
-DIFFUSION_MODEL_FAMILIES = {"flux1-dev.safetensors": "flux", "sd3.5_large.safetensors": "sd3"}
+DIFFUSION_MODEL_FAMILIES = {"flux1-dev.safetensors": "flux", "sd3.5_large.safetensors": "sd3",
+                            "z_image_turbo_bf16.safetensors": "lumina2", "flux2_dev_fp8mixed.safetensors": "flux2"}
 """The diffusion models (UNETLoader) our DiT example workflows name, by the family of their tiny stand-in."""
-TINY_DIFFUSION_MODELS = {"flux": TINY_FLUX, "sd3": TINY_SD3}
-TINY_CLIP_TYPES = {"flux": "stable_diffusion", "sd3": "sd3"}
-"""How the tiny DiTs' one text encoder (CLIP-L) loads in place of a DualCLIPLoader / TripleCLIPLoader."""
+TINY_DIFFUSION_MODELS = {"flux": TINY_FLUX, "sd3": TINY_SD3, "lumina2": TINY_LUMINA2, "flux2": TINY_FLUX2}
+TINY_CLIP_TYPES = {"flux": "stable_diffusion", "sd3": "sd3", "lumina2": "stable_diffusion", "flux2": "stable_diffusion"}
+"""How the tiny DiTs' one text encoder (CLIP-L) loads in place of the family's text encoders (DualCLIPLoader,
+TripleCLIPLoader, or CLIPLoader of Qwen3 or Mistral, which no tiny model stands in for)."""
+TINY_VAES = {"flux2": TAEF2}
+"""The tiny VAE of a DiT family whose latent is not the 16-channel one (Flux.2's 128 channels: a tiny TAEF2)."""
 HEAD_FILE_FAMILIES = {"sdv15": "sd15", "sdxl": "sdxl"}
 """The family an official head file names (readout_{sdv15,sdxl}_...)."""
 TINY_BY_INPUT = {"control_net_name": {"sd15": TINY_CONTROLNET}, "lora_name": {"sd15": TINY_LORA}}
@@ -88,14 +93,14 @@ def swap_model_names(prompt: dict) -> dict:
 
 
 def swap_dit_loaders(node: dict, family: str) -> None:
-    """A DiT graph's loaders on the tiny DiT: its diffusion model, the 16-channel VAE, and its one CLIP-L in place of
-    the family's dual or triple text encoders."""
+    """A DiT graph's loaders on the tiny DiT: its diffusion model, its tiny VAE, and its one CLIP-L in place of the
+    family's text encoders."""
     inputs = node["inputs"]
     if isinstance(inputs.get("unet_name"), str):
         inputs["unet_name"] = TINY_DIFFUSION_MODELS[family]
     if isinstance(inputs.get("vae_name"), str):
-        inputs["vae_name"] = TINY_DIT_VAE
-    if node["class_type"] in ("DualCLIPLoader", "TripleCLIPLoader"):
+        inputs["vae_name"] = TINY_VAES.get(family, TINY_DIT_VAE)
+    if node["class_type"] in ("DualCLIPLoader", "TripleCLIPLoader", "CLIPLoader"):
         node["class_type"] = "CLIPLoader"
         node["inputs"] = {"clip_name": TINY_DIT_CLIP_L, "type": TINY_CLIP_TYPES[family]}
 

@@ -2,15 +2,16 @@
 built with ComfyUI's own modules and loaded the way users load these families: UNETLoader (diffusion_models/),
 CLIPLoader (text_encoders/) and VAELoader (vae/).
 
-ComfyUI 0.3.75 detects a Flux model with 24 heads of 128 channels whatever its width, so the tiny Flux keeps Flux's
-3072-wide stream (one double- and one single-stream block); it reads CLIP-L (768-d tokens and pooled vector), as
-detection takes txt_in's and vector_in's widths from the weights. The tiny SD3 is an SD3.5-style MMDiT (RMS q/k norm,
+The tiny Flux has one double- and one single-stream block. ComfyUI 0.3.75 detects a Flux model with 24 heads of 128
+channels whatever its width, so there it keeps Flux's 3072-wide stream; 0.33 counts the heads from the width, so there
+it is 256 wide (two heads; 13 MB instead of 980 MB). It reads CLIP-L (768-d tokens and pooled vector), as detection
+takes txt_in's and vector_in's widths from the weights. The tiny SD3 is an SD3.5-style MMDiT (RMS q/k norm,
 one MMDiT-X self-attention block) four blocks deep, 256 wide; its CLIP is CLIP-L loaded as type sd3."""
 from __future__ import annotations
 
 import torch
 
-from tiny.parts import TINY_SEED, build_clip_l, build_taesd_scaled, half_state_dict, init_weights
+from tiny.parts import TINY_SEED, build_clip_l, build_taesd_scaled, comfyui_version, half_state_dict, init_weights
 
 TINY_FLUX = "readout_tiny_flux.safetensors"
 TINY_SD3 = "readout_tiny_sd3.safetensors"
@@ -21,10 +22,12 @@ FLUX_LATENT_SCALE = 0.3611
 DIT_LATENT_CHANNELS = 16
 
 TINY_FLUX_CONFIG = {
-    "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 768, "hidden_size": 3072,
-    "mlp_ratio": 4.0, "num_heads": 24, "depth": 1, "depth_single_blocks": 1, "axes_dim": [16, 56, 56],
-    "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
+    "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 768, "mlp_ratio": 4.0, "depth": 1,
+    "depth_single_blocks": 1, "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True,
+    "guidance_embed": True,
 }
+FLUX_HEAD_WIDTH = 128
+"""Channels per attention head: the sum of Flux's rotary axes."""
 TINY_SD3_DEPTH = 4
 TINY_SD3_CONFIG = {
     "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": TINY_SD3_DEPTH, "adm_in_channels": 2048,
@@ -37,6 +40,11 @@ MODULATION_GAIN = 0.1
 """Scales the random AdaLN modulation weights: at full scale the random shift and scale swamp the tokens."""
 
 
+def tiny_flux_width() -> int:
+    """The tiny Flux's stream width on the ComfyUI on sys.path: the narrowest its detection sizes right."""
+    return 256 if comfyui_version() >= (0, 33, 0) else 3072
+
+
 def _flux_params() -> dict:
     """The tiny Flux config, with the fields this ComfyUI's FluxParams adds (0.33 names the text id axes)."""
     import dataclasses
@@ -44,7 +52,9 @@ def _flux_params() -> dict:
     from comfy.ldm.flux.model import FluxParams
 
     fields = {field.name for field in dataclasses.fields(FluxParams)}
-    return {**TINY_FLUX_CONFIG, **({"txt_ids_dims": []} if "txt_ids_dims" in fields else {})}
+    width = tiny_flux_width()
+    return {**TINY_FLUX_CONFIG, "hidden_size": width, "num_heads": width // FLUX_HEAD_WIDTH,
+            **({"txt_ids_dims": []} if "txt_ids_dims" in fields else {})}
 
 
 def _tame_modulation(model: torch.nn.Module) -> None:

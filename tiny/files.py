@@ -9,15 +9,17 @@ from typing import Callable
 
 import torch
 
-from tiny import dit
-from tiny.models import (TINY_CHECKPOINT, TINY_CONTROLNET, TINY_DIT_FAMILIES, TINY_FAMILIES, TINY_HEAD_KINDS, TINY_LORA,
+from tiny import dit, families
+from tiny.models import (TINY_2026_FAMILIES, TINY_2026_HEAD_KINDS, TINY_CHECKPOINT, TINY_CONTROLNET,
+                         TINY_DIT_FAMILIES, TINY_FAMILIES, TINY_HEAD_KINDS, TINY_LORA,
                          TINY_MIDDLE_UNET, TINY_SDXL_CHECKPOINT, TINY_SEED, TINY_T2I_ADAPTER, official_head_checkpoint,
                          tiny_checkpoint_state_dict, tiny_controlnet_state_dict, tiny_head_config, tiny_head_name,
                          tiny_head_state_dict, tiny_lora_state_dict, tiny_middle_unet_state_dict,
                          tiny_t2i_adapter_state_dict)
+from tiny.parts import comfyui_version
 from tiny.sdxl import tiny_sdxl_checkpoint_state_dict
 
-TINY_VERSION = "3"
+TINY_VERSION = "4"
 """Bumped when generated tiny files change, so that older copies are rewritten."""
 
 
@@ -31,6 +33,8 @@ class TinyFile:
     per_comfyui: bool = False
     """Built from module layouts that differ between ComfyUI versions (0.33's Flux and MMDiT state dicts are not
     detected by 0.3.75): written into each ComfyUI's own models folder, not the shared one."""
+    since: tuple[int, ...] = (0,)
+    """The first ComfyUI version that detects it (older ones skip it)."""
 
 
 def _tensors_file(make: Callable[[], dict[str, torch.Tensor]]) -> Callable[[str], None]:
@@ -67,8 +71,18 @@ def tiny_files() -> list[TinyFile]:
               TinyFile("diffusion_models", dit.TINY_SD3, _tensors_file(dit.tiny_sd3_state_dict), per_comfyui=True),
               TinyFile("vae", dit.TINY_DIT_VAE, _tensors_file(dit.tiny_dit_vae_state_dict)),
               TinyFile("text_encoders", dit.TINY_DIT_CLIP_L, _tensors_file(dit.tiny_clip_l_state_dict))]
-    files += [TinyFile("readout_heads", tiny_head_name(k, family=f), _head_file(k, False, f))
+    files += [TinyFile("diffusion_models", name, _tensors_file(make), per_comfyui=True, since=families.DETECTED_SINCE)
+              for name, make in ((families.TINY_FLUX2, families.tiny_flux2_state_dict),
+                                 (families.TINY_LUMINA2, families.tiny_lumina2_state_dict),
+                                 (families.TINY_QWEN_IMAGE, families.tiny_qwen_image_state_dict),
+                                 (families.TINY_KREA2, families.tiny_krea2_state_dict))]
+    files += [TinyFile("vae_approx", f"{families.TAEF2}_{part}.safetensors",
+                       _tensors_file(lambda index=index: families.tiny_taef2_state_dicts()[index]))
+              for index, part in enumerate(("encoder", "decoder"))]
+    files += [TinyFile("readout_heads", tiny_head_name(k, family=f), _head_file(k, False, f), per_comfyui=f == "flux")
               for f in TINY_FAMILIES + TINY_DIT_FAMILIES for k in TINY_HEAD_KINDS]
+    files += [TinyFile("readout_heads", tiny_head_name(k, family=f), _head_file(k, False, f))
+              for f in TINY_2026_FAMILIES for k in TINY_2026_HEAD_KINDS]
     files.append(TinyFile("readout_heads", tiny_head_name("pose", ".pt"), _head_file("pose", True)))
     return files
 
@@ -86,7 +100,7 @@ def _is_current(path: str) -> bool:
         metadata = handle.metadata() or {}
     if CONFIG_METADATA_KEY in metadata:
         expected = {tiny_head_name(k, family=f): tiny_head_config(k, f)
-                    for f in TINY_FAMILIES + TINY_DIT_FAMILIES for k in TINY_HEAD_KINDS}
+                    for f in TINY_FAMILIES + TINY_DIT_FAMILIES + TINY_2026_FAMILIES for k in TINY_HEAD_KINDS}
         config = expected.get(os.path.basename(path))
         return config is None or json.loads(metadata[CONFIG_METADATA_KEY]) == config.to_dict()
     return metadata.get("generator") != "tiny.models" or metadata.get("version") == TINY_VERSION
@@ -98,6 +112,8 @@ def write_tiny_models(models_dir: str, force: bool = False, per_comfyui: bool | 
     written = []
     for item in tiny_files():
         if per_comfyui is not None and item.per_comfyui != per_comfyui:
+            continue
+        if item.per_comfyui and comfyui_version() < item.since:
             continue
         path = os.path.join(models_dir, item.folder, item.name)
         if os.path.exists(path) and not force and _is_current(path):

@@ -44,11 +44,34 @@ TINY_FAMILIES = ("sd15", "sdxl")
 """The UNet families: every family-parametrized test runs on each."""
 TINY_DIT_FAMILIES = ("flux", "sd3")
 """The DiT families (tiny/dit.py): their own tests, through UNETLoader, CLIPLoader and VAELoader."""
-TINY_DIT_DIMS = {"flux": [3072, 3072], "sd3": [256] * 3}
-"""The channels of the readout blocks the DiT backbones pick on the tiny DiT models."""
-TINY_EMB_DIMS = {"sd15": 1280, "sdxl": 1280, "flux": 3072, "sd3": 256}
+TINY_2026_FAMILIES = ("flux2", "lumina2", "qwen_image", "krea2")
+"""The families of late 2026 (tiny/families.py): a smoke set each, on ComfyUI 0.33."""
+TINY_2026_HEAD_KINDS = ("depth", "correspondence")
+"""Their tiny heads: one spatial and one drag kind."""
+TINY_DIT_DIMS = {"sd3": [256] * 3, "flux2": [256, 256], "lumina2": [2304], "qwen_image": [3072], "krea2": [256] * 3}
+"""The channels of the readout blocks the DiT backbones pick on the tiny DiT models (Flux's: readout_dims)."""
+TINY_EMB_DIMS = {"sd15": 1280, "sdxl": 1280, "sd3": 256, "flux2": 256, "lumina2": 1024, "qwen_image": 3072,
+                 "krea2": 256}
 TINY_CHECKPOINTS = {"sd15": TINY_CHECKPOINT, "sdxl": TINY_SDXL_CHECKPOINT}
 TINY_DECODER_DIMS_BY_FAMILY = {"sd15": TINY_DECODER_DIMS, "sdxl": TINY_SDXL_DECODER_DIMS, **TINY_DIT_DIMS}
+
+
+def readout_dims(family: str) -> list[int]:
+    """The channels of the readout layers the family's backbone picks on its tiny model (on this ComfyUI)."""
+    if family == "flux":
+        from tiny.dit import tiny_flux_width
+
+        return [tiny_flux_width()] * 2
+    return TINY_DECODER_DIMS_BY_FAMILY[family]
+
+
+def embedding_width(family: str) -> int:
+    """The width of the timestep embedding heads are fed on the family's tiny model (on this ComfyUI)."""
+    if family == "flux":
+        from tiny.dit import tiny_flux_width
+
+        return tiny_flux_width()
+    return TINY_EMB_DIMS[family]
 SD15_LATENT_SCALE = 0.18215
 """SD1.5's latent scale factor (ComfyUI's process_latent_in)."""
 
@@ -157,7 +180,7 @@ def tiny_head_config(kind: str, family: str = "sd15"):
 
     spatial = kind in DEFAULT_CONTROL_RANGES
     return HeadConfig(
-        kind=kind, family=family, dims=tuple(TINY_DECODER_DIMS_BY_FAMILY[family]), emb_dim=TINY_EMB_DIMS[family],
+        kind=kind, family=family, dims=tuple(readout_dims(family)), emb_dim=embedding_width(family),
         use_output_head=spatial,
         control_range=DEFAULT_CONTROL_RANGES.get(kind, (-1.0, 1.0)), sparse_loss=kind in ("pose", "edge"),
         use_emb=kind != "correspondence",
@@ -169,7 +192,8 @@ def tiny_head_state_dict(kind: str, seed: int = TINY_SEED, family: str = "sd15")
     from readout.heads.architecture import ReadoutHead
 
     head = ReadoutHead(tiny_head_config(kind, family))
-    init_weights(head, seed + 10 + TINY_HEAD_KINDS.index(kind) + 20 * (TINY_FAMILIES + TINY_DIT_FAMILIES).index(family))
+    families = TINY_FAMILIES + TINY_DIT_FAMILIES + TINY_2026_FAMILIES
+    init_weights(head, seed + 10 + TINY_HEAD_KINDS.index(kind) + 20 * families.index(family))
     if head.output_head is not None:
         with torch.no_grad():
             head.output_head[4].weight.mul_(TINY_OUTPUT_GAIN)

@@ -11,6 +11,13 @@ import torch
 TINY_SEED = 1234
 
 
+def comfyui_version() -> tuple[int, ...]:
+    """The version of the ComfyUI on sys.path, e.g. (0, 33, 0)."""
+    import comfyui_version as version
+
+    return tuple(int(part) for part in version.__version__.split(".")[:3])
+
+
 def generator(seed: int) -> torch.Generator:
     """A CPU generator seeded for one tiny part."""
     return torch.Generator().manual_seed(seed)
