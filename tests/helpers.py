@@ -282,6 +282,61 @@ def assert_lowered(bed: SpatialBed, guidance, samples: torch.Tensor, plain: torc
     assert bed.loss(guidance, samples) < 0.9 * bed.loss(guidance, plain)
 
 
+def assert_model_is_the_family_with_its_widths(model, family: str) -> None:
+    """The loaded tiny model's backbone is the family, with the tiny model's readout and embedding widths, and its
+    timestep embedding tells two timesteps apart."""
+    from tiny.models import embedding_width, readout_dims
+
+    backbone = pack_module("readout.backbones.registry").backbone_for(model)
+    diffusion_model = model.model.diffusion_model
+    assert backbone.family == family
+    assert backbone.feature_dims(diffusion_model) == readout_dims(family)
+    assert backbone.embedding_dim(diffusion_model) == embedding_width(family)
+    with torch.inference_mode():
+        emb = backbone.timestep_embedding(diffusion_model, torch.tensor([0.0, 500.0]))
+    assert emb.shape == (2, embedding_width(family)) and not torch.allclose(emb[0], emb[1])
+
+
+def assert_features_are_image_tokens_on_the_grid(model, conditioning, channels: int, patch: int, width: int) -> None:
+    """A change in one corner of a (1, channels, 4 * patch, 6 * patch) latent changes the readout features most at
+    that corner's patch, in every readout block: the image tokens laid out row by row on the 4x6 patch grid."""
+    evaluation = pack_module("readout.backbones.evaluation")
+    latent = torch.randn(1, channels, 4 * patch, 6 * patch, generator=torch.Generator().manual_seed(0))
+    poked = latent.clone()
+    poked[:, :, -patch:, -patch:] += 3.0
+    noise = torch.zeros_like(latent)
+
+    def features(x):
+        return evaluation.hooked_evaluation(model, x, torch.tensor([0.0]), noise, conditioning).features
+
+    for before, after in zip(features(latent), features(poked)):
+        assert before.shape == (1, width, 4, 6)
+        change = (after - before).norm(dim=1)[0]
+        assert int(change.argmax()) == 4 * 6 - 1, change
+
+
+def assert_drag_lowers_the_drag_loss(bed, size: int, seed: int = 3) -> None:
+    """A drag of a DiT bed's generated image (`bed`: head(kind), sample(seed=, guidance=), readout(samples, head))
+    ends with a lower drag loss than the same seed's run at drag weight 0, both read against the run's reference."""
+    corr = bed.head("correspondence")
+    y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    image = torch.stack([x, y, 1 - x * y], dim=-1)[None]
+    points = json.dumps([{"source": [16, 16], "target": [44, 40]}])
+
+    def drag(weight: float):
+        return call_node("ReadoutDragTarget", correspondence_head=corr, points=points, drag_weight=weight,
+                         start_percent=0.0, end_percent=1.0, reference_image=image)[0]
+
+    guidance = drag(1.0)
+    edited, _, reference = bed.sample(seed=seed, guidance=guidance)
+    unguided = bed.sample(seed=seed, guidance=drag(0.0))[0]
+
+    def drag_loss(samples):
+        return float(guidance[0].loss(bed.readout(samples["samples"], corr),
+                                      bed.readout(reference["samples"], corr)).sum())
+    assert drag_loss(edited) < drag_loss(unguided)
+
+
 def assert_plot_shows_losses(plot: torch.Tensor, labels: list[str]) -> None:
     """The loss plot draws a curve per target: more pixels of the first target's colour than the plot of the same
     targets with no guided steps (whose frame, axis text and labels are drawn too)."""

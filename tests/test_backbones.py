@@ -9,7 +9,7 @@ import torch
 
 from helpers import call_node, every_family, pack_module
 from testbed import REPO
-from tiny.models import TINY_DECODER_DIMS_BY_FAMILY
+from tiny.models import readout_dims
 
 MODEL_INTERNALS = re.compile(r"\b(output_blocks|input_blocks|time_embed|out_layers)\b")
 
@@ -41,7 +41,7 @@ def test_each_tiny_checkpoint_is_its_family_with_its_decoder_dims(tiny, family):
     config_class, label = FAMILY_CLASSES[family]
     assert type(tiny[0].model.model_config).__name__ == config_class
     assert (backbone.family, backbone.label) == (family, label)
-    assert backbone.feature_dims(unet) == TINY_DECODER_DIMS_BY_FAMILY[family]
+    assert backbone.feature_dims(unet) == readout_dims(family)
     assert backbone.feature_dims(unet) == [block[0].out_channels for block in unet.output_blocks]
     assert len(backbone.cross_attentions(unet)) > 0 and len(backbone.checkpoint_layers(unet)) > len(unet.output_blocks)
 

@@ -112,9 +112,11 @@ def with_input(class_type: str, name: str, value):
 
 
 NODE_ERRORS = {  # workflow, the user's mistake, the nodes that may fail first, what the editor must show
-    "sd15_head_on_sdxl": ("sdxl_spatial.json", with_input("LoadReadoutHead", "head_name", tiny_head_name("pose")),
-                   ("KSampler (Readout Guidance)", "Extract Readout"),  # both read the head; executors order them
-                   f"head '{tiny_head_name('pose')}' expects SD1.5 features (4 decoder layers), but the model is SDXL"),
+    "sdxl_head_on_sd15": ("spatial_pose.json",
+                          with_input("LoadReadoutHead", "head_name", tiny_head_name("pose", family="sdxl")),
+                          ("KSampler (Readout Guidance)", "Extract Readout"),  # both read the head; executors order them
+                          f"head '{tiny_head_name('pose', family='sdxl')}' expects SDXL features (9 decoder layers), "
+                          "but the model is SD1.5"),
     "bad_points_json": ("drag_generated.json", with_input("ReadoutDragTarget", "points", '[{"source": [10, 10], '),
                         ("Readout Drag Target",),
                         "points: not valid JSON (Expecting property name enclosed in double quotes at character 21)"),

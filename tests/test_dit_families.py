@@ -2,14 +2,14 @@
 VAELoader): detection, token-grid features, heads, guidance at cfg 1 (Flux) and with CFG (SD3), drag, training."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 
-from helpers import call_node, node_output, pack_module, tiny_head_name
+from helpers import (assert_drag_lowers_the_drag_loss, assert_features_are_image_tokens_on_the_grid,
+                     assert_model_is_the_family_with_its_widths, call_node, node_output, pack_module, tiny_head_name)
 from tiny.dit import TINY_DIT_CLIP_L, TINY_DIT_VAE, TINY_FLUX, TINY_SD3
-from tiny.models import TINY_DIT_DIMS, TINY_EMB_DIMS
+from tiny.models import embedding_width, readout_dims
 
 registry = pack_module("readout.backbones.registry")
 evaluation = pack_module("readout.backbones.evaluation")
@@ -62,14 +62,7 @@ def dit(request) -> DiTBed:
 @pytest.mark.every_comfyui
 @dit_family
 def test_loaders_give_a_model_of_the_family_with_its_block_widths(dit):
-    backbone = registry.backbone_for(dit.model)
-    diffusion_model = dit.model.model.diffusion_model
-    assert backbone.family == dit.family
-    assert backbone.feature_dims(diffusion_model) == TINY_DIT_DIMS[dit.family]
-    assert backbone.embedding_dim(diffusion_model) == TINY_EMB_DIMS[dit.family]
-    with torch.inference_mode():
-        emb = backbone.timestep_embedding(diffusion_model, torch.tensor([0.0, 500.0]))
-    assert emb.shape == (2, TINY_EMB_DIMS[dit.family]) and not torch.allclose(emb[0], emb[1])
+    assert_model_is_the_family_with_its_widths(dit.model, dit.family)
 
 
 @pytest.mark.every_comfyui
@@ -77,18 +70,7 @@ def test_loaders_give_a_model_of_the_family_with_its_block_widths(dit):
 def test_features_are_the_image_tokens_on_the_patch_grid(dit):
     """A change in one corner of the latent changes the features most at that corner's patch, in every readout
     block: the image tokens (after Flux's text tokens in single-stream blocks) laid out row by row."""
-    latent = torch.randn(1, 16, 8, 12, generator=torch.Generator().manual_seed(0))
-    poked = latent.clone()
-    poked[:, :, 6:, 10:] += 3.0
-    noise = torch.zeros_like(latent)
-
-    def features(x):
-        return evaluation.hooked_evaluation(dit.model, x, torch.tensor([0.0]), noise, dit.neg).features
-
-    for before, after in zip(features(latent), features(poked)):
-        assert before.shape == (1, TINY_DIT_DIMS[dit.family][0], 4, 6)
-        change = (after - before).norm(dim=1)[0]
-        assert int(change.argmax()) == 4 * 6 - 1, change
+    assert_features_are_image_tokens_on_the_grid(dit.model, dit.neg, 16, 2, readout_dims(dit.family)[0])
 
 
 @dit_family
@@ -145,23 +127,7 @@ def test_flux_weight_is_scaled_to_the_flow_parameterization():
 
 @dit_family
 def test_drag_lowers_the_drag_loss(dit):
-    corr = dit.head("correspondence")
-    y, x = torch.meshgrid(torch.linspace(0, 1, SIZE), torch.linspace(0, 1, SIZE), indexing="ij")
-    image = torch.stack([x, y, 1 - x * y], dim=-1)[None]
-    points = json.dumps([{"source": [16, 16], "target": [44, 40]}])
-
-    def drag(weight: float):
-        return call_node("ReadoutDragTarget", correspondence_head=corr, points=points, drag_weight=weight,
-                         start_percent=0.0, end_percent=1.0, reference_image=image)[0]
-
-    guidance = drag(1.0)
-    edited, _, reference = dit.sample(seed=3, guidance=guidance)
-    unguided = dit.sample(seed=3, guidance=drag(0.0))[0]
-
-    def drag_loss(samples):
-        return float(guidance[0].loss(dit.readout(samples["samples"], corr),
-                                      dit.readout(reference["samples"], corr)).sum())
-    assert drag_loss(edited) < drag_loss(unguided)
+    assert_drag_lowers_the_drag_loss(dit, SIZE)
 
 
 @dit_family
@@ -225,8 +191,8 @@ def test_node_and_command_line_train_a_head_of_the_family_from_the_dit_loaders(d
                       head_name=f"{dit.family}_edge", steps=2, kind="edge", learning_rate=1e-3, batch_size=2,
                       resolution=SIZE, seed=0, projection_dim=128, validation_fraction=0.0)
     head = out["result"][0]
-    assert head.config.family == dit.family and list(head.config.dims) == TINY_DIT_DIMS[dit.family]
-    assert head.config.emb_dim == TINY_EMB_DIMS[dit.family]
+    assert head.config.family == dit.family and list(head.config.dims) == readout_dims(dit.family)
+    assert head.config.emb_dim == embedding_width(dit.family)
     readout = dit.readout(dit.latent["samples"], head)
     assert readout.shape[1] == 3 and bool(torch.isfinite(readout).all())
 

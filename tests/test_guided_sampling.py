@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import (STEPS, TINY_CKPT, TINY_LORA, SpatialBed, assert_lowered, assert_model_untouched,
-                     assert_plot_shows_losses, call_node, every_family, model_state, pack_module, schema_inputs,
+                     assert_plot_shows_losses, call_node, model_state, pack_module, schema_inputs,
                      with_tiny_controlnet)
 from tiny.models import tiny_head_name
 
@@ -24,7 +24,6 @@ def bed(family) -> SpatialBed:
 
 
 @pytest.mark.every_comfyui
-@every_family
 def test_weight_zero_or_no_targets_is_bit_identical_to_ksampler(bed):
     plain = bed.ksampler(bed.model)
     assert torch.equal(bed.guided(bed.target(weight=0.0))[0], plain)

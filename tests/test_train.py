@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from helpers import TINY_CHECKPOINTS, TINY_CKPT, call_node, every_family, pack_module
-from tiny.models import TINY_DECODER_DIMS_BY_FAMILY
+from tiny.models import readout_dims
 
 files, data, loop = (pack_module(f"readout.{name}") for name in ("heads.files", "train.data", "train.loop"))
 load_head_file, save_head_safetensors = files.load_head_file, files.save_head_safetensors
@@ -106,7 +106,7 @@ def test_spatial_head_validation_loss_falls(depth_run, family):
     assert trained < 0.75 * untrained
     config, state = load_head_file(result.output)
     assert (config.kind, config.family, config.control_range) == ("depth", family, (-1.0, 1.0))
-    assert list(config.dims) == TINY_DECODER_DIMS_BY_FAMILY[family]
+    assert list(config.dims) == readout_dims(family)
     assert not config.reverse_timestep and config.use_output_head
 
 

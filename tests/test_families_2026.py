@@ -1,0 +1,140 @@
+"""The families users sample with in late 2026 (Flux.2, Z-Image's NextDiT, Qwen-Image, Krea 2) on their tiny models
+through UNETLoader, at CFG 1 as their distilled models sample: a smoke set each (detection and readout widths,
+features on the patch grid, a spatial target lowers the head's loss at CFG 1 and with CFG, a drag lowers the drag
+loss, training). ComfyUI 0.33 only: 0.3.75 detects Flux.2 only at full width (tiny/families.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import (assert_drag_lowers_the_drag_loss, assert_features_are_image_tokens_on_the_grid,
+                     assert_model_is_the_family_with_its_widths, call_node, node_output, pack_module, tiny_head_name)
+from tiny.dit import TINY_DIT_CLIP_L, TINY_DIT_VAE
+from tiny.families import (DETECTED_SINCE, KREA2_TEXT_WIDTH, TAEF2, QWEN_TEXT_WIDTH, TINY_FLUX2, TINY_KREA2,
+                           TINY_LUMINA2, TINY_QWEN_IMAGE, text_conditioning)
+from tiny.parts import comfyui_version
+from tiny.models import readout_dims
+
+registry = pack_module("readout.backbones.registry")
+
+FAMILIES = {"flux2": TINY_FLUX2, "lumina2": TINY_LUMINA2, "qwen_image": TINY_QWEN_IMAGE, "krea2": TINY_KREA2}
+LATENT = {"flux2": ("EmptyFlux2LatentImage", 128, 16), "lumina2": ("EmptySD3LatentImage", 16, 8),
+          "qwen_image": ("EmptySD3LatentImage", 16, 8), "krea2": ("EmptySD3LatentImage", 16, 8)}
+"""The empty-latent node each family's templates use, its channels and pixels per latent cell."""
+TEXT_WIDTH = {"lumina2": 768, "qwen_image": QWEN_TEXT_WIDTH, "krea2": KREA2_TEXT_WIDTH}
+"""The families whose tests build CONDITIONING directly, at their text width (the others encode with the tiny
+CLIP-L)."""
+PATCH = {"flux2": 1, "lumina2": 2, "qwen_image": 2, "krea2": 2}
+SIZE, STEPS, PROMPT = 64, 8, "a red cube on a table"
+TINY_WEIGHT = 0.3
+"""The spatial weight on these random tiny models: at 1.0 their latents grow threefold in 8 steps (a calibration per
+family needs real latents' statistics; see docs/families.md)."""
+family = pytest.mark.parametrize("bed", list(FAMILIES), indirect=True)
+
+
+class FamilyBed:
+    """The user's graph for a family: Load Diffusion Model, the prompt's conditioning (encoded by the tiny CLIP-L, or
+    built directly), the family's empty latent, few steps at CFG 1."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self.model = call_node("UNETLoader", unet_name=FAMILIES[family], weight_dtype="default")[0]
+        if family in TEXT_WIDTH:
+            self.pos, self.neg = (text_conditioning(text, TEXT_WIDTH[family]) for text in (PROMPT, ""))
+        else:
+            clip = call_node("CLIPLoader", clip_name=TINY_DIT_CLIP_L, type="stable_diffusion")[0]
+            self.pos = call_node("CLIPTextEncode", text=PROMPT, clip=clip)[0]
+            self.neg = call_node("CLIPTextEncode", text="", clip=clip)[0]
+        if family == "flux2":
+            self.pos = call_node("FluxGuidance", conditioning=self.pos, guidance=4.0)[0]
+        node, self.channels, self.scale = LATENT[family]
+        self.latent = call_node(node, width=SIZE, height=SIZE, batch_size=1)[0]
+
+    def head(self, kind: str):
+        return call_node("LoadReadoutHead", head_name=tiny_head_name(kind, family=self.family))[0]
+
+    def sample(self, seed: int = 1, cfg: float = 1.0, guidance=None):
+        inputs = dict(seed=seed, steps=STEPS, cfg=cfg, sampler_name="euler", scheduler="simple", positive=self.pos,
+                      negative=self.neg, latent_image=self.latent, denoise=1.0)
+        if guidance is None:
+            return call_node("KSampler", model=self.model, **inputs)[0]["samples"]
+        return call_node("ReadoutGuidedKSampler", model=self.model, guidance=guidance, **inputs)
+
+    def depth_target(self) -> tuple:
+        """The depth head and a reachable target image: its readout of another seed's sample (made once)."""
+        if not hasattr(self, "_depth_target"):
+            head = self.head("depth")
+            target_map = self.readout(self.sample(seed=7), head)
+            readouts = pack_module("readout.heads.readouts")
+            self._depth_target = head, readouts.spatial_to_unit(target_map, head.config.control_range).movedim(1, -1)
+        return self._depth_target
+
+    def readout(self, samples: torch.Tensor, head) -> torch.Tensor:
+        with torch.inference_mode():
+            return pack_module("readout.heads.extract").latent_readout(self.model, head, samples, self.neg, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def bed(request) -> FamilyBed:
+    if comfyui_version() < DETECTED_SINCE:
+        pytest.skip(f"this ComfyUI's detection does not size the tiny {request.param} model")
+    return FamilyBed(request.param)
+
+
+@family
+def test_loaders_give_a_model_of_the_family_with_its_block_widths(bed):
+    assert_model_is_the_family_with_its_widths(bed.model, bed.family)
+
+
+@family
+def test_features_are_the_generated_image_tokens_on_the_patch_grid(bed):
+    """A change in one corner of the latent changes the features most at that corner's patch in every readout block:
+    the generated image's tokens (not the text's, wherever the family puts them) laid out row by row."""
+    assert_features_are_image_tokens_on_the_grid(bed.model, bed.neg, bed.channels, PATCH[bed.family],
+                                                 readout_dims(bed.family)[0])
+
+
+@family
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_spatial_guidance_lowers_the_head_loss_in_few_steps(bed, cfg):
+    head, unit = bed.depth_target()
+    guidance = call_node("ReadoutTarget", head=head, weight=TINY_WEIGHT, start_percent=0.0, end_percent=1.0,
+                         target_image=unit)[0]
+    plain = bed.sample(seed=1, cfg=cfg)
+    guided = bed.sample(seed=1, cfg=cfg, guidance=guidance)[0]["samples"]
+    loss = guidance[0].loss
+    assert torch.isfinite(guided).all()
+    assert float(loss(bed.readout(guided, head)).sum()) < 0.9 * float(loss(bed.readout(plain, head)).sum())
+
+
+@family
+def test_drag_lowers_the_drag_loss_in_few_steps(bed):
+    assert_drag_lowers_the_drag_loss(bed, SIZE)
+
+
+@family
+def test_self_guidance_is_refused_by_name(bed):
+    clip = call_node("CLIPLoader", clip_name=TINY_DIT_CLIP_L, type="stable_diffusion")[0]
+    target = call_node("SelfGuidanceTarget", clip=clip, prompt=PROMPT, words="cube", edit="move_to", dx=0.0, dy=0.0,
+                       x=0.2, y=0.8, size_factor=1.0, weight=1.0, start_percent=0.0, end_percent=1.0)[0]
+    label = registry.FAMILIES[bed.family].label
+    with pytest.raises(ValueError, match=f"model: self-guidance .* on {label} it is not supported yet"):
+        target[0].check_model(bed.model, "cond")
+
+
+@pytest.mark.parametrize("bed", ["flux2", "lumina2"], indirect=True)
+def test_node_trains_a_head_of_the_family(bed, model_folders):
+    """Train Readout Head on the family's model, its VAE (Flux.2's TAEF2, the 16-channel one for NextDiT) and the CLIP
+    that encodes its prompt. (Qwen-Image and Krea 2 read text encoders no tiny CLIP can stand in for.)"""
+    vae = call_node("VAELoader", vae_name=TAEF2 if bed.family == "flux2" else TINY_DIT_VAE)[0]
+    clip = call_node("CLIPLoader", clip_name=TINY_DIT_CLIP_L, type="stable_diffusion")[0]
+    images = torch.rand(4, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0))
+    dataset = call_node("ReadoutSpatialDataset", images=images, labels=(images > 0.5).float(),
+                        dataset_name=f"{bed.family}_edges", kind="edge")[0]
+    out = node_output("TrainReadoutHead", model=bed.model, vae=vae, clip=clip, dataset=dataset,
+                      head_name=f"{bed.family}_edge", steps=2, kind="edge", learning_rate=1e-3, batch_size=2,
+                      resolution=SIZE, seed=0, projection_dim=128, validation_fraction=0.0)
+    head = out["result"][0]
+    assert head.config.family == bed.family and list(head.config.dims) == readout_dims(bed.family)
+    readout = bed.readout(bed.sample(seed=2), head)
+    assert readout.shape[1] == 3 and bool(torch.isfinite(readout).all())
