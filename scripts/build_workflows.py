@@ -291,8 +291,16 @@ DIT_MODELS = {
             "clip": ("TripleCLIPLoader", {"clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors",
                                           "clip_name3": "t5xxl_fp16.safetensors"}),
             "sampler": {"seed": 42, "steps": 28, "cfg": 4.5, "sampler_name": "euler", "scheduler": "sgm_uniform"}},
+    "zimage": {"label": "Z-Image Turbo", "unet": "z_image_turbo_bf16.safetensors", "vae": "ae.safetensors",
+               "clip": ("CLIPLoader", {"clip_name": "qwen_3_4b.safetensors", "type": "lumina2"}),
+               "sampler": {"seed": 42, "steps": 8, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"}},
+    "flux2": {"label": "Flux.2 dev", "unet": "flux2_dev_fp8mixed.safetensors", "vae": "flux2-vae.safetensors",
+              "clip": ("CLIPLoader", {"clip_name": "mistral_3_small_flux2_fp8.safetensors", "type": "flux2"}),
+              "latent": "EmptyFlux2LatentImage", "guidance": 4.0,
+              "sampler": {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"}},
 }
-"""The DiT examples: loaded as their model cards say (diffusion model, text encoders, VAE: three loaders)."""
+"""The DiT examples: loaded as their model cards and ComfyUI's templates say (diffusion model, text encoders, VAE:
+three loaders), sampled at their own steps and CFG (the distilled ones at CFG 1)."""
 
 
 def dit_base_graph(wf: Workflow, family: str, prompt: str, size: int = 1024):
@@ -304,12 +312,14 @@ def dit_base_graph(wf: Workflow, family: str, prompt: str, size: int = 1024):
     vae = wf.add("VAELoader", (0, 330), {"vae_name": spec["vae"]})
     loader = Loaders((unet, "MODEL"), (clip, "CLIP"), (vae, "VAE"))
     positive = wf.add("CLIPTextEncode", (360, 0), {"text": prompt}, clip=loader.clip)
-    negative = wf.add("CLIPTextEncode", (360, 200), {"text": "" if family == "flux" else NEGATIVE}, clip=loader.clip)
+    cfg_one = spec["sampler"]["cfg"] == 1.0
+    negative = wf.add("CLIPTextEncode", (360, 200), {"text": "" if cfg_one else NEGATIVE}, clip=loader.clip)
     conditioning = (positive, "CONDITIONING")
-    if family == "flux":
-        conditioning = (wf.add("FluxGuidance", (360, 400), {"guidance": 3.5}, conditioning=conditioning),
-                        "CONDITIONING")
-    latent = wf.add("EmptySD3LatentImage", (360, 560), {"width": size, "height": size, "batch_size": 1})
+    if family in ("flux", "flux2"):
+        conditioning = (wf.add("FluxGuidance", (360, 400), {"guidance": spec.get("guidance", 3.5)},
+                               conditioning=conditioning), "CONDITIONING")
+    latent = wf.add(spec.get("latent", "EmptySD3LatentImage"), (360, 560),
+                    {"width": size, "height": size, "batch_size": 1})
     return loader, conditioning, (negative, "CONDITIONING"), latent
 
 
@@ -327,7 +337,7 @@ def dit_spatial(classes, family: str, kind: str = "depth") -> dict:
     finish(wf, loader, sampler, f"readout_{family}_{kind}")
     wf.note((0, 900), f"Spatial control of {spec['label']} with a {kind} readout head.\n"
             f"No official heads exist for {spec['label']}: train one on your model with Train Readout Head "
-            f"(workflows/train_edge_head.json, with these three loaders) and pick it in Load Readout Head "
+            f"(example_workflows/train_edge_head.json, with these three loaders) and pick it in Load Readout Head "
             f"({head_file} here).\nweight 0.43 is the official strength in every family (the pack rescales it to "
             "the flow-matching parameterization). The loss plot shows the readout loss falling.")
     main_group(wf)
@@ -553,6 +563,8 @@ WORKFLOWS = {
     "train_edge_head.json": train_edge_head,
     "flux_spatial.json": lambda c: dit_spatial(c, "flux"),
     "sd35_spatial.json": lambda c: dit_spatial(c, "sd3"),
+    "z_image_turbo_spatial.json": lambda c: dit_spatial(c, "zimage"),
+    "flux2_spatial.json": lambda c: dit_spatial(c, "flux2"),
 }
 
 
