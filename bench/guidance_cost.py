@@ -3,8 +3,10 @@
     .venv/bin/python -m bench.guidance_cost                       # tiny SD1.5 model on the CPU, 64 px
     .venv/bin/python -m bench.guidance_cost --model sd15 --size 512 --device cuda
     .venv/bin/python -m bench.guidance_cost --model sdxl --size 1024 --device cuda
-    .venv/bin/python -m bench.guidance_cost --model tiny_flux       # tiny Flux (3072 wide, 2 blocks), cfg 1
+    .venv/bin/python -m bench.guidance_cost --model tiny_flux       # tiny Flux (2 blocks; 3072 wide on 0.3.75), cfg 1
     .venv/bin/python -m bench.guidance_cost --model tiny_sd3        # tiny SD3.5-style MMDiT, cfg 4.5
+    COMFYUI_PATH=.comfyui033/ComfyUI-0.33.0 .venv-comfyui033/bin/python -m bench.guidance_cost --model tiny_lumina2
+                                                  # also tiny_flux2, tiny_qwen_image, tiny_krea2 (ComfyUI 0.33), cfg 1
 
 Each configuration runs in a fresh process so its peak memory is its own (CUDA: max allocated;
 CPU: peak resident set). sd15/sdxl are UNets of ComfyUI's real configs with random weights
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import time
 
+from tiny.families import KREA2_TEXT_WIDTH, QWEN_TEXT_WIDTH, TINY_LUMINA2_CONFIG
 
 TARGETS = {"per_guided_step": 2.2, "first_half_run": 1.7, "memory_with_checkpointing": 1.3}
 SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
@@ -54,10 +57,18 @@ OFFICIAL_VS_FAST = {"per guided step": ("official_all_steps", "all_steps", 1.7),
 
 
 DIT_LOADERS = {"tiny_flux": ("readout_tiny_flux.safetensors", "stable_diffusion"),
-               "tiny_sd3": ("readout_tiny_sd3.safetensors", "sd3")}
-"""The tiny DiTs (tiny/dit.py) by UNETLoader file and CLIPLoader type; they sample a 16-channel latent at their
-own CFG (Flux dev: 1, so only the conditional half runs; SD3.5: 4.5)."""
-DIT_CFG = {"tiny_flux": 1.0, "tiny_sd3": 4.5}
+               "tiny_sd3": ("readout_tiny_sd3.safetensors", "sd3"),
+               "tiny_flux2": ("readout_tiny_flux2.safetensors", "stable_diffusion"),
+               "tiny_lumina2": ("readout_tiny_lumina2.safetensors", TINY_LUMINA2_CONFIG["cap_feat_dim"]),
+               "tiny_qwen_image": ("readout_tiny_qwen_image.safetensors", QWEN_TEXT_WIDTH),
+               "tiny_krea2": ("readout_tiny_krea2.safetensors", KREA2_TEXT_WIDTH)}
+"""The tiny DiTs (tiny/dit.py, tiny/families.py) by UNETLoader file and CLIPLoader type, or the text width of the
+CONDITIONING built for those no tiny CLIP reads (as their tests do). They sample at their own CFG (Flux dev and the
+distilled families of late 2026: 1, so only the conditional half runs; SD3.5: 4.5)."""
+DIT_CFG = {"tiny_flux": 1.0, "tiny_sd3": 4.5, "tiny_flux2": 1.0, "tiny_lumina2": 1.0, "tiny_qwen_image": 1.0,
+           "tiny_krea2": 1.0}
+DIT_LATENT = {"tiny_flux2": "EmptyFlux2LatentImage"}
+"""The empty-latent node of a DiT whose latent is not SD3's 16 channels at 1/8."""
 
 
 def build(model_name: str, device: str):
@@ -69,13 +80,16 @@ def build(model_name: str, device: str):
     import comfy.supported_models as sm
     from testbed.nodes import call_node
     from tiny.dit import TINY_DIT_CLIP_L
+    from tiny.families import text_conditioning
     from tiny.models import TINY_CHECKPOINT
     from tiny.parts import init_weights
 
     if model_name in DIT_LOADERS:
-        unet, clip_type = DIT_LOADERS[model_name]
+        unet, text = DIT_LOADERS[model_name]
         model = call_node("UNETLoader", unet_name=unet, weight_dtype="default")[0]
-        clip = call_node("CLIPLoader", clip_name=TINY_DIT_CLIP_L, type=clip_type)[0]
+        if isinstance(text, int):
+            return model, text_conditioning("a photo", text), text_conditioning("", text)
+        clip = call_node("CLIPLoader", clip_name=TINY_DIT_CLIP_L, type=text)[0]
         return model, call_node("CLIPTextEncode", text="a photo", clip=clip)[0], call_node(
             "CLIPTextEncode", text="", clip=clip)[0]
     if model_name == "tiny":
@@ -113,7 +127,7 @@ def run_one(args, name: str) -> dict:
     import comfy.model_management as mm
 
     model, pos, neg = build(args.model, args.device)
-    empty = "EmptySD3LatentImage" if args.model in DIT_LOADERS else "EmptyLatentImage"
+    empty = DIT_LATENT.get(args.model, "EmptySD3LatentImage" if args.model in DIT_LOADERS else "EmptyLatentImage")
     latent = call_node(empty, width=args.size, height=args.size, batch_size=1)[0]
     config = CONFIGS[name]
     sample = dict(model=model, seed=1, steps=args.steps, cfg=DIT_CFG.get(args.model, 7.5), sampler_name="ddim",

@@ -41,8 +41,11 @@ class World:
     heads: dict[str, Any]
     sampler: tuple[str, str] = SAMPLER
     latent_node: str = "EmptyLatentImage"
-    unguided_images: dict[tuple[int, str], np.ndarray] = field(default_factory=dict, repr=False)
-    """Unguided samples by (seed, prompt): experiments on the same seed and caption share one KSampler run."""
+    steps: int = STEPS
+    cfg: float = CFG
+    unguided_images: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
+    """Unguided samples by (seed, prompt, steps, cfg): experiments on the same seed and caption share one KSampler
+    run."""
 
     @classmethod
     def load(cls, family: str = "sd15") -> "World":
@@ -75,22 +78,23 @@ class World:
 
     def sample(self, seed: int, prompt: str) -> dict:
         """KSampler's latent, unguided."""
-        return call_node("KSampler", model=self.model, seed=seed, steps=STEPS, cfg=CFG, sampler_name=self.sampler[0],
-                    scheduler=self.sampler[1], positive=self.encode(prompt), negative=self.encode(""),
-                    latent_image=self.latent(), denoise=1.0)[0]
+        return call_node("KSampler", model=self.model, seed=seed, steps=self.steps, cfg=self.cfg,
+                         sampler_name=self.sampler[0], scheduler=self.sampler[1], positive=self.encode(prompt),
+                         negative=self.encode(""), latent_image=self.latent(), denoise=1.0)[0]
 
     def unguided(self, seed: int, prompt: str) -> np.ndarray:
-        if (seed, prompt) not in self.unguided_images:
-            self.unguided_images[seed, prompt] = self.decode(self.sample(seed, prompt))
-        return self.unguided_images[seed, prompt]
+        key = (seed, prompt, self.steps, self.cfg)
+        if key not in self.unguided_images:
+            self.unguided_images[key] = self.decode(self.sample(seed, prompt))
+        return self.unguided_images[key]
 
     def guided(self, seed: int, prompt: str, guidance: tuple, rule: str = "fast",
                latent: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The guided image and its reference branch's image."""
-        out = call_node("ReadoutGuidedKSampler", model=self.model, seed=seed, steps=STEPS, cfg=CFG, sampler_name=self.sampler[0],
-                   scheduler=self.sampler[1], positive=self.encode(prompt), negative=self.encode(""),
-                   latent_image=latent or self.latent(), denoise=1.0, guidance=guidance, rule=rule,
-                   gradient_checkpointing=False)
+        out = call_node("ReadoutGuidedKSampler", model=self.model, seed=seed, steps=self.steps, cfg=self.cfg,
+                        sampler_name=self.sampler[0], scheduler=self.sampler[1], positive=self.encode(prompt),
+                        negative=self.encode(""), latent_image=latent or self.latent(), denoise=1.0,
+                        guidance=guidance, rule=rule, gradient_checkpointing=False)
         return self.decode(out[0]), self.decode(out[2])
 
 
@@ -99,13 +103,14 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return fn(), time.time() - start
 
 
-def spatial(world: World, kind: str, seed: int, weight: float | None = None, rule: str = "fast") -> dict:
+def spatial(world: World, kind: str, seed: int, weight: float | None = None, rule: str = "fast",
+            end_percent: float = 0.5) -> dict:
     """A depth or edge map of a scene, its caption as the prompt, another seed: foreground IoU with the scene."""
     scene = random_scene(EVAL_SCENE_BASE + seed)
     truth = np.any(scene.visible_masks(), axis=0)
     target = scene.depth() if kind == "depth" else scene.edges()
     extra = {} if weight is None else {"weight": weight}
-    guidance = call_node("ReadoutTarget", head=world.heads[kind], start_percent=0.0, end_percent=0.5,
+    guidance = call_node("ReadoutTarget", head=world.heads[kind], start_percent=0.0, end_percent=end_percent,
                     target_image=to_image(target), **{"weight": _default_weight(), **extra})[0]
     plain = world.unguided(seed, scene.caption)
     (guided, _), seconds = _timed(lambda: world.guided(seed, scene.caption, guidance, rule))
@@ -162,7 +167,8 @@ def drag_measures(before: np.ndarray, after: np.ndarray, colour: str, dx: float,
     return {"moved": moved, "colour_kept": kept, "ghost": still}
 
 
-def drag_generated(world: World, seed: int, rule: str = "fast", weight: float | None = None) -> dict:
+def drag_generated(world: World, seed: int, rule: str = "fast", weight: float | None = None,
+                   end_percent: float = 0.5) -> dict:
     """Drag the object of a one-object prompt's own generated image by 24-40 px."""
     scene = random_scene(EVAL_SCENE_BASE + seed, num_objects=1)
     before = world.unguided(seed, scene.caption)
@@ -176,7 +182,7 @@ def drag_generated(world: World, seed: int, rule: str = "fast", weight: float | 
     extra = {} if weight is None else {"drag_weight": weight}
     guidance = call_node("ReadoutDragTarget", correspondence_head=world.heads["correspondence"],
                     points=drag_points(blob, dx, dy), **{"drag_weight": _default_weight(), **extra},
-                    start_percent=0.0, end_percent=0.5, appearance_head=world.heads["appearance"],
+                    start_percent=0.0, end_percent=end_percent, appearance_head=world.heads["appearance"],
                     reference_image=to_image(before))[0]
     (after, reference), seconds = _timed(lambda: world.guided(seed, scene.caption, guidance, rule))
     return {"seed": seed, **drag_measures(reference, after, blob.colour, dx, dy), "seconds": seconds,
@@ -188,7 +194,8 @@ def drag_real(world: World, seed: int) -> dict:
     scene = random_scene(EVAL_SCENE_BASE + seed, num_objects=1)
     image = to_image(scene.image())
     reference = call_node("ReadoutInvertImage", model=world.model, vae=world.vae, image=image,
-                     positive=world.encode(scene.caption), steps=STEPS, scheduler=world.sampler[1], refinements=2)[0]
+                     positive=world.encode(scene.caption), steps=world.steps, scheduler=world.sampler[1],
+                     refinements=2)[0]
     blob = largest(detect(scene.image()), scene.shapes[0].colour)
     dx, dy = drag_vector(blob, np.random.default_rng(seed))
 
