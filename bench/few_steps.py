@@ -1,8 +1,10 @@
 """Readout guidance in few steps at CFG 1, as distilled models sample: on the learned world models, the depth map's
 object IoU gain over the same seed unguided and the drag's share of the requested displacement moved, at 4, 8, 12
-and 20 steps, for step windows ending at 50% (the default) and at 100% of the steps.
+and 20 steps, for step windows ending at 50% (the default) and at 100% of the steps, with 1 or more guided passes per
+step (recurrence).
 
-    .venv/bin/python -m bench.few_steps [--family sd15|flux] [--seeds 8] [--steps 4 8 12 20] [--out FILE]
+    .venv/bin/python -m bench.few_steps [--family sd15|flux] [--seeds 8] [--steps 4 8 12 20] [--windows 0.5 1]
+        [--recurrence 1 2] [--measures depth drag] [--out FILE]
 
 Prints one markdown row per (steps, window) and writes every record as JSON. Scored on pixels by world/detector.py
 (no head involved). The world's Flux has no drag heads: it runs the depth rows only.
@@ -19,7 +21,7 @@ import numpy as np
 from testbed import REPO
 
 WINDOWS = (0.5, 1.0)
-"""Where the guided step window ends (start 0): the default, and every step."""
+"""Where the guided step window ends (start 0) by default: the default window, and every step."""
 
 
 def main() -> None:
@@ -28,6 +30,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--steps", type=int, nargs="+", default=[4, 8, 12, 20])
     parser.add_argument("--cfg", type=float, default=1.0)
+    parser.add_argument("--windows", type=float, nargs="+", default=list(WINDOWS))
+    parser.add_argument("--recurrence", type=int, nargs="+", default=[1])
+    parser.add_argument("--measures", nargs="+", default=["depth", "drag"])
     parser.add_argument("--out", help="the JSON of every record (default: output/few_steps_<family>.json)")
     args = parser.parse_args()
     args.out = args.out or os.path.join(REPO, "output", f"few_steps_{args.family}.json")
@@ -39,36 +44,41 @@ def main() -> None:
     world = ex.World.load(args.family)
     world.cfg = args.cfg
     measures = {"depth": (lambda seed, end: ex.spatial(world, "depth", seed, end_percent=end), "guided", "unguided")}
-    if "correspondence" in world.heads:
+    if "depth" not in args.measures:
+        measures.clear()
+    if "correspondence" in world.heads and "drag" in args.measures:
         measures["drag"] = (lambda seed, end: ex.drag_generated(world, seed, end_percent=end), "moved", None)
     results: dict[str, dict] = {}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     print(f"{args.family} world, cfg {args.cfg}, {args.seeds} seeds\n"
-          "| measure | steps | window end | unguided | guided | gain or moved | improved | s/run |\n"
-          "|---|---|---|---|---|---|---|---|")
+          "| measure | steps | window end | recurrence | unguided | guided | gain or moved | improved | s/run |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for steps in args.steps:
         world.steps = steps
         for name, (run, key, baseline) in measures.items():
-            for end in WINDOWS:
-                started = time.time()
-                records = [run(seed, end) for seed in range(args.seeds)]
-                for record in records:
-                    record.pop("images", None)
-                stats = ex.summary(records, key, baseline)
-                results[f"{name}_{steps}_{end}"] = {"stats": stats, "records": records}
-                print(row(name, steps, end, stats, records, (time.time() - started) / max(1, len(records))),
-                      flush=True)
-                with open(args.out, "w", encoding="utf-8") as f:
-                    json.dump(results, f, indent=1, default=float)
+            for end in args.windows:
+                for recurrence in args.recurrence:
+                    world.recurrence = recurrence
+                    started = time.time()
+                    records = [run(seed, end) for seed in range(args.seeds)]
+                    for record in records:
+                        record.pop("images", None)
+                    stats = ex.summary(records, key, baseline)
+                    results[f"{name}_{steps}_{end}_{recurrence}"] = {"stats": stats, "records": records}
+                    seconds = (time.time() - started) / max(1, len(records))
+                    print(row(name, steps, end, recurrence, stats, records, seconds), flush=True)
+                    with open(args.out, "w", encoding="utf-8") as f:
+                        json.dump(results, f, indent=1, default=float)
 
 
-def row(name: str, steps: int, end: float, stats: dict, records: list[dict], seconds: float) -> str:
+def row(name: str, steps: int, end: float, recurrence: int, stats: dict, records: list[dict], seconds: float) -> str:
+    head = f"| {name} {'IoU' if 'baseline_mean' in stats else 'moved'} | {steps} | {end:.0%} | {recurrence} |"
     if "baseline_mean" in stats:
         gains = np.array([r["guided"] - r["unguided"] for r in records if "skipped" not in r])
-        return (f"| {name} IoU | {steps} | {end:.0%} | {stats['baseline_mean']:.3f} | {stats['mean']:.3f} | "
+        return (f"{head} {stats['baseline_mean']:.3f} | {stats['mean']:.3f} | "
                 f"{gains.mean():+.3f} +- {gains.std():.3f} | {stats['improved']:.0%} | {seconds:.1f} |")
-    return (f"| {name} moved | {steps} | {end:.0%} | - | - | {stats['mean']:.3f} +- {stats['std']:.3f} | - | "
-            f"{seconds:.1f} |")
+    skipped = sum("skipped" in r for r in records)
+    return (f"{head} - | - | {stats['mean']:.3f} +- {stats['std']:.3f} ({skipped} skipped) | - | {seconds:.1f} |")
 
 
 if __name__ == "__main__":

@@ -303,6 +303,10 @@ DIT_MODELS = {
 three loaders), sampled at their own steps and CFG (the distilled ones at CFG 1)."""
 
 
+FEW_STEPS_NOTE = ("\nAt 8 steps or fewer the sampler's recurrence (0, auto) guides each guided step twice: on the "
+                  "learned test model that raised the effect by half at 8 steps and doubled it at 4.")
+
+
 def dit_base_graph(wf: Workflow, family: str, prompt: str, size: int = 1024):
     """Load Diffusion Model, the family's CLIP loader and Load VAE, prompts (FluxGuidance on Flux), an empty latent."""
     spec = DIT_MODELS[family]
@@ -339,7 +343,8 @@ def dit_spatial(classes, family: str, kind: str = "depth") -> dict:
             f"No official heads exist for {spec['label']}: train one on your model with Train Readout Head "
             f"(example_workflows/train_edge_head.json, with these three loaders) and pick it in Load Readout Head "
             f"({head_file} here).\nweight 0.43 is the official strength in every family (the pack rescales it to "
-            "the flow-matching parameterization). The loss plot shows the readout loss falling.")
+            "the flow-matching parameterization). The loss plot shows the readout loss falling."
+            + FEW_STEPS_NOTE * (spec["sampler"]["steps"] <= 8))
     main_group(wf)
     unguided = wf.add("KSampler", (0, CHECK_Y), spec["sampler"], title="Same seed, no guidance",
                       model=loader.model, positive=positive, negative=negative, latent_image=(latent, "LATENT"))

@@ -22,6 +22,9 @@ from tiny.models import (TINY_CHECKPOINT as TINY_CKPT, TINY_CHECKPOINTS, TINY_CO
                          TINY_LORA, TINY_MIDDLE_UNET, TINY_T2I_ADAPTER, tiny_head_name)
 
 STEPS = 8
+ONE_PASS = {"recurrence": 1}
+"""Guided samplers' option for the tests that are not about recurrence: one guided pass per step, as their thresholds
+were measured (auto takes two in runs of 8 steps or fewer; tests/test_recurrence.py tests it)."""
 PREVIOUS_RELEASE = os.path.join(REPO, "tests", "previous_release")
 """The previous release's node schemas (object_info.json) and workflows/, kept to prove they load and run."""
 PREVIOUS_WORKFLOWS = sorted(f for f in os.listdir(os.path.join(PREVIOUS_RELEASE, "workflows")) if f.endswith(".json"))
@@ -258,7 +261,7 @@ class SpatialBed(TinyBed):
         return node_output("ReadoutGuidedKSampler", model=model or self.model, seed=seed, steps=self.steps,
                            cfg=cfg, sampler_name=sampler, scheduler="normal", positive=positive or self.pos,
                            negative=negative or self.neg, latent_image=latent or self.latent, denoise=1.0,
-                           guidance=guidance, **options)
+                           guidance=guidance, **{**ONE_PASS, **options})
 
     def readout(self, samples: torch.Tensor, head=None) -> torch.Tensor:
         """The pose head's (or another head's) readout of a final latent."""

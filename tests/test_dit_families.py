@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import (assert_drag_lowers_the_drag_loss, assert_features_are_image_tokens_on_the_grid,
+from helpers import (ONE_PASS, assert_drag_lowers_the_drag_loss, assert_features_are_image_tokens_on_the_grid,
                      assert_model_is_the_family_with_its_widths, call_node, node_output, pack_module, tiny_head_name)
 from tiny.dit import TINY_DIT_CLIP_L, TINY_DIT_VAE, TINY_FLUX, TINY_SD3
 from tiny.models import embedding_width, readout_dims
@@ -47,7 +47,7 @@ class DiTBed:
                       scheduler="simple", positive=self.pos, negative=self.neg, latent_image=self.latent, denoise=1.0)
         if guidance is None:
             return call_node("KSampler", model=model or self.model, **inputs)[0]["samples"]
-        return call_node("ReadoutGuidedKSampler", model=model or self.model, guidance=guidance, **inputs)
+        return call_node("ReadoutGuidedKSampler", model=model or self.model, guidance=guidance, **inputs, **ONE_PASS)
 
     def readout(self, samples: torch.Tensor, head) -> torch.Tensor:
         with torch.inference_mode():
@@ -106,7 +106,8 @@ def test_flux_guides_alike_with_and_without_gradient_checkpointing(dit):
                          target_image=torch.full((1, SIZE, SIZE, 3), 0.8))[0]
     inputs = dict(seed=2, steps=2, cfg=1.0, sampler_name="euler", scheduler="simple", positive=dit.pos,
                   negative=dit.neg, latent_image=dit.latent, denoise=1.0, guidance=guidance)
-    runs = [call_node("ReadoutGuidedKSampler", model=dit.model, gradient_checkpointing=flag, **inputs)[0]["samples"]
+    runs = [call_node("ReadoutGuidedKSampler", model=dit.model, gradient_checkpointing=flag, **inputs,
+                      **ONE_PASS)[0]["samples"]
             for flag in (True, False)]
     plain = call_node("KSampler", model=dit.model, **{k: v for k, v in inputs.items() if k != "guidance"})[0]
     moved = (runs[0] - plain["samples"]).abs().mean()

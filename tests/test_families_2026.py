@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import (assert_drag_lowers_the_drag_loss, assert_features_are_image_tokens_on_the_grid,
+from helpers import (ONE_PASS, assert_drag_lowers_the_drag_loss, assert_features_are_image_tokens_on_the_grid,
                      assert_model_is_the_family_with_its_widths, call_node, node_output, pack_module, tiny_head_name)
 from tiny.dit import TINY_DIT_CLIP_L, TINY_DIT_VAE
 from tiny.families import (DETECTED_SINCE, KREA2_TEXT_WIDTH, TAEF2, QWEN_TEXT_WIDTH, TINY_FLUX2, TINY_KREA2,
@@ -58,7 +58,7 @@ class FamilyBed:
                       negative=self.neg, latent_image=self.latent, denoise=1.0)
         if guidance is None:
             return call_node("KSampler", model=self.model, **inputs)[0]["samples"]
-        return call_node("ReadoutGuidedKSampler", model=self.model, guidance=guidance, **inputs)
+        return call_node("ReadoutGuidedKSampler", model=self.model, guidance=guidance, **inputs, **ONE_PASS)
 
     def depth_target(self) -> tuple:
         """The depth head and a reachable target image: its readout of another seed's sample (made once)."""

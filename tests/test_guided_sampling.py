@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import (STEPS, TINY_CKPT, TINY_LORA, SpatialBed, assert_lowered, assert_model_untouched,
+from helpers import (ONE_PASS, STEPS, TINY_CKPT, TINY_LORA, SpatialBed, assert_lowered, assert_model_untouched,
                      assert_plot_shows_losses, call_node, model_state, pack_module, schema_inputs,
                      with_tiny_controlnet)
 from tiny.models import tiny_head_name
@@ -52,7 +52,7 @@ def test_default_weight_and_window_lower_the_loss(bed):
 @pytest.mark.every_comfyui
 def test_apply_readout_guidance_with_ksampler_advanced_matches_the_guided_sampler(bed):
     guidance = bed.target()
-    patched = call_node("ApplyReadoutGuidance", model=bed.model, guidance=guidance)[0]
+    patched = call_node("ApplyReadoutGuidance", model=bed.model, guidance=guidance, **ONE_PASS)[0]
     advanced = call_node("KSamplerAdvanced", model=patched, add_noise="enable", noise_seed=1, steps=STEPS, cfg=5.0,
                          sampler_name="euler", scheduler="normal", positive=bed.pos, negative=bed.neg,
                          latent_image=bed.latent, start_at_step=0, end_at_step=10000,

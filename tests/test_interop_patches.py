@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 import torch
 
-from helpers import (TINY_LORA, TINY_MIDDLE_UNET, TinyBed, assert_model_untouched, call_node, model_state,
+from helpers import (ONE_PASS, TINY_LORA, TINY_MIDDLE_UNET, TinyBed, assert_model_untouched, call_node, model_state,
                      pack_module, word_reading)
 
 STEPS = 4
@@ -123,7 +123,7 @@ class Bed(TinyBed):
 
     def guided(self, model, guidance, case: Case | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
         latent, _, reference = call_node("ReadoutGuidedKSampler", guidance=guidance, **self.inputs(model, case),
-                                         **options)
+                                         **{**ONE_PASS, **options})
         return latent["samples"], reference["samples"]
 
     def spatial_target(self, weight: float = 1.0):

@@ -11,7 +11,7 @@ from typing import Callable
 import pytest
 import torch
 
-from helpers import (TINY_CKPT, TINY_T2I_ADAPTER, SpatialBed, assert_lowered, assert_model_untouched,
+from helpers import (ONE_PASS, TINY_CKPT, TINY_T2I_ADAPTER, SpatialBed, assert_lowered, assert_model_untouched,
                      call_node, model_state, pack_module, with_tiny_controlnet)
 
 STEPS = 4
@@ -25,7 +25,8 @@ def bed(family) -> SpatialBed:
 
 def guided_model(model, guidance, **options):
     """The model as ApplyReadoutGuidance patches it (no guidance: the model itself)."""
-    return model if guidance is None else call_node("ApplyReadoutGuidance", model=model, guidance=guidance, **options)[0]
+    return model if guidance is None else call_node("ApplyReadoutGuidance", model=model, guidance=guidance,
+                                                         **{**ONE_PASS, **options})[0]
 
 
 def ksampler_graph(bed: SpatialBed, model, guidance, positive=None, negative=None, **options) -> torch.Tensor:

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import call_node, node_output, pack_module, sample_image
+from helpers import ONE_PASS, call_node, node_output, pack_module, sample_image
 from tiny.models import tiny_head_name
 
 
@@ -148,7 +148,7 @@ def test_word_attention_map_shows_self_guidance_moving_the_word(tiny):
     latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
     guided, _, unguided = call_node("ReadoutGuidedKSampler", model=model, seed=1, steps=8, cfg=5.0,
                                     sampler_name="euler", scheduler="normal", positive=positive, negative=negative,
-                                    latent_image=latent, denoise=1.0, guidance=move)
+                                    latent_image=latent, denoise=1.0, guidance=move, **ONE_PASS)
     read = lambda samples: node_output("WordAttentionMap", model=model, positive=positive, samples=samples,  # noqa: E731
                                      guidance=move, timestep=500, seed=0, unguided_samples=unguided)
     before, after = read(unguided), read(guided)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import TinyBed, call_node, every_family, pack_module, with_tiny_controlnet, word_reading
+from helpers import ONE_PASS, TinyBed, call_node, every_family, pack_module, with_tiny_controlnet, word_reading
 
 PROMPT = "a red cat on a blue sofa"
 STEPS = 8
@@ -30,7 +30,7 @@ class Bed(TinyBed):
 
     def guided(self, guidance, **options):
         latent, _, reference = call_node("ReadoutGuidedKSampler", guidance=guidance,
-                                         **{**self.sampler_inputs(), **options})
+                                         **{**self.sampler_inputs(), **ONE_PASS, **options})
         return latent["samples"], reference["samples"]
 
     def plain(self, **options) -> torch.Tensor:
@@ -146,7 +146,7 @@ def test_with_a_learned_spatial_target_and_controlnet(bed):
     spatial = call_node("ReadoutTarget", head=head, weight=1.0, start_percent=0.0, end_percent=1.0,
                         target_image=pose_map)[0]
     guidance = bed.target("move_by", dx=0.25, guidance=spatial)
-    latent, _, _ = call_node("ReadoutGuidedKSampler", guidance=guidance, **bed.sampler_inputs(pos, neg))
+    latent, _, _ = call_node("ReadoutGuidedKSampler", guidance=guidance, **bed.sampler_inputs(pos, neg), **ONE_PASS)
     edited = latent["samples"]
     plain = bed.plain(positive=pos, negative=neg)
     assert torch.isfinite(edited).all()
@@ -185,6 +185,7 @@ def test_words_tokenized_by_another_familys_clip_are_refused(bed):
 def test_edits_relative_to_the_unguided_image_need_the_guided_sampler(bed):
     with pytest.raises(ValueError, match="relative targets \\(self-guidance move_by 'cat'\\) need KSampler"):
         call_node("ApplyReadoutGuidance", model=bed.model, guidance=bed.target("move_by"))
-    guided = call_node("ApplyReadoutGuidance", model=bed.model, guidance=bed.target("move_to", x=0.2, y=0.8))[0]
+    guided = call_node("ApplyReadoutGuidance", model=bed.model, guidance=bed.target("move_to", x=0.2, y=0.8),
+                       **ONE_PASS)[0]
     moved = call_node("KSampler", **{**bed.sampler_inputs(), "model": guided})[0]["samples"]
     assert bed.centroid(moved)[0] < bed.centroid(bed.plain())[0], "move_to works through Apply Readout Guidance"

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from helpers import TINY_CHECKPOINTS, TINY_CKPT, call_node, every_family, pack_module
+from helpers import ONE_PASS, TINY_CHECKPOINTS, TINY_CKPT, call_node, every_family, pack_module
 from tiny.models import readout_dims
 
 files, data, loop = (pack_module(f"readout.{name}") for name in ("heads.files", "train.data", "train.loop"))
@@ -129,7 +129,7 @@ def test_guiding_with_the_trained_head_beats_an_untrained_one(checkpoint, depth_
     targets = {name: call_node("ReadoutTarget", head=head, weight=1.0, start_percent=0.0, end_percent=1.0,
                                target_image=target_map)[0] for name, head in (("trained", trained),
                                                                             ("untrained", untrained))}
-    samples = {name: call_node("ReadoutGuidedKSampler", guidance=guidance, **sampler)[0]["samples"]
+    samples = {name: call_node("ReadoutGuidedKSampler", guidance=guidance, **sampler, **ONE_PASS)[0]["samples"]
                for name, guidance in targets.items()}
     samples["plain"] = call_node("KSampler", **sampler)[0]["samples"]
     extract = pack_module("readout.heads.extract")

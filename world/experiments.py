@@ -43,6 +43,8 @@ class World:
     latent_node: str = "EmptyLatentImage"
     steps: int = STEPS
     cfg: float = CFG
+    recurrence: int = 0
+    """Guided passes per guided step: 0, the node's auto (two at 8 steps or fewer)."""
     unguided_images: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
     """Unguided samples by (seed, prompt, steps, cfg): experiments on the same seed and caption share one KSampler
     run."""
@@ -94,7 +96,7 @@ class World:
         out = call_node("ReadoutGuidedKSampler", model=self.model, seed=seed, steps=self.steps, cfg=self.cfg,
                         sampler_name=self.sampler[0], scheduler=self.sampler[1], positive=self.encode(prompt),
                         negative=self.encode(""), latent_image=latent or self.latent(), denoise=1.0,
-                        guidance=guidance, rule=rule, gradient_checkpointing=False)
+                        guidance=guidance, rule=rule, gradient_checkpointing=False, recurrence=self.recurrence)
         return self.decode(out[0]), self.decode(out[2])
 
 

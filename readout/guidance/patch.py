@@ -29,6 +29,7 @@ from .precision import COMPUTE_DTYPES, check_compute_dtype, compute_autocast, mo
 from .rules.base import CallResult, GuidanceRule, GuidedCall
 from .rules.fast import FastRule
 from .rules.official import OfficialRule
+from .recurrence import AUTO, next_sigma, passes_per_step, renoised
 from .run import GuidanceRun
 from ..targets.reference import InvertedReference
 
@@ -41,6 +42,7 @@ AREA_ONLY_ERROR = (
     "whose prompt covers the whole image")
 RULE_CLASSES: dict[str, type[GuidanceRule]] = {"fast": FastRule, "official": OfficialRule}
 RULES = tuple(RULE_CLASSES)
+MAX_RECURRENCE = 8
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class GuidanceOptions:
     gradient_checkpointing: bool = True
     compute_dtype: str = "auto"
     rule: str = "fast"
+    recurrence: int = AUTO
+    """Guided passes per guided step (recurrence.py): a count, or AUTO (two in runs of at most 8 steps without
+    relative targets, else one)."""
 
     def __post_init__(self) -> None:
         if self.loss_branch not in LOSS_BRANCHES:
@@ -60,6 +65,12 @@ class GuidanceOptions:
             raise ValueError(f"compute_dtype: use one of {', '.join(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
         if self.rule not in RULES:
             raise ValueError(f"rule: use one of {', '.join(RULES)}, got {self.rule!r}")
+        if not AUTO <= self.recurrence <= MAX_RECURRENCE:
+            raise ValueError(f"recurrence: use {AUTO} (auto) or 1 to {MAX_RECURRENCE} guided passes per step, got "
+                             f"{self.recurrence}")
+        if self.recurrence > 1 and self.rule != "fast":
+            raise ValueError("recurrence: rule official takes one Adam step per sampler step; set recurrence to 1, "
+                             "or rule to fast")
 
 
 @dataclass
@@ -151,11 +162,33 @@ class ReadoutGuidancePatch:
         with extra_memory_declared(model.model, extra):
             return executor(model, noise_shape, *args, **kwargs)
 
-    def predict_noise_wrapper(self, executor, *args, **kwargs):
-        """One model evaluation of the sampler: its first calc_cond_batch is the one to guide."""
+    def predict_noise_wrapper(self, executor, x, timestep, model_options={}, seed=None):
+        """One model evaluation of the sampler (its first calc_cond_batch is the one to guide), repeated from its own
+        re-noised guided step `recurrence` times where a target guides (recurrence.py)."""
+        sigma = float(timestep.flatten()[0])
+        sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
+        passes = 1
+        if self.options.rule == "fast" and self.rule.active_targets(self.targets, self.run.windows, sigma):
+            passes = passes_per_step(self.options.recurrence, sigmas, self.branch_split is not None)
+        start = x
+        for index in range(passes):
+            denoised = self._evaluate(executor, x, timestep, model_options, seed)
+            if index == passes - 1:
+                return denoised
+            fresh = torch.randn(x.shape, generator=torch.Generator().manual_seed(recurrence_seed(seed, sigma, index)))
+            model_sampling = executor.class_obj.inner_model.model_sampling
+            moved = renoised(model_sampling, x, denoised, sigma, next_sigma(sigmas, sigma), fresh)
+            if moved is None:
+                return denoised
+            if self.branch_split:
+                moved[:self.branch_split] = start[:self.branch_split]
+            x = moved
+        return denoised
+
+    def _evaluate(self, executor, x, timestep, model_options, seed):
         self._evaluation_open = True
         try:
-            return executor(*args, **kwargs)
+            return executor(x, timestep, model_options, seed)
         finally:
             self._evaluation_open = False
 
@@ -287,6 +320,11 @@ class ReadoutGuidancePatch:
         """The joint gradient the last guided evaluation left (rule official) and whether it is finite, once."""
         left, self.joint_gradient = self.joint_gradient, None
         return left
+
+
+def recurrence_seed(seed: int | None, sigma: float, index: int) -> int:
+    """The seed of one re-noising: the run's seed, the step's sigma and the pass (the same run redraws the same)."""
+    return ((seed or 0) * 1_000_003 + int(sigma * 1e6) * 31 + index) % (2 ** 63)
 
 
 def step_windows(targets: tuple, model_sampling) -> list[tuple[float, float]]:
