@@ -122,6 +122,7 @@ class ReadoutGuidancePatch:
         self.joint_gradient: tuple[torch.Tensor, torch.Tensor] | None = None
         self._evaluation_open = False
         self._guiding = False
+        self._corrected = False
 
     def on_model_patcher_clone(self) -> ReadoutGuidancePatch:
         return self
@@ -173,7 +174,7 @@ class ReadoutGuidancePatch:
         start = x
         for index in range(passes):
             denoised = self._evaluate(executor, x, timestep, model_options, seed)
-            if index == passes - 1:
+            if index == passes - 1 or not self._corrected:
                 return denoised
             fresh = torch.randn(x.shape, generator=torch.Generator().manual_seed(recurrence_seed(seed, sigma, index)))
             model_sampling = executor.class_obj.inner_model.model_sampling
@@ -186,7 +187,9 @@ class ReadoutGuidancePatch:
         return denoised
 
     def _evaluate(self, executor, x, timestep, model_options, seed):
-        self._evaluation_open = True
+        """One model evaluation; `_corrected` then says whether guidance corrected it (a pass without a correction is
+        not repeated: re-noising it would only add noise)."""
+        self._evaluation_open, self._corrected = True, False
         try:
             return executor(x, timestep, model_options, seed)
         finally:
@@ -313,6 +316,7 @@ class ReadoutGuidancePatch:
         correction = self.run.take_correction(args["sigma"], denoised)
         if correction is None:
             return denoised
+        self._corrected = True
         return denoised + correction
 
 
