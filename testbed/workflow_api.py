@@ -1,7 +1,8 @@
 """Convert an editor (UI-format) workflow into the API format `POST /prompt` takes, using /object_info.
 
 The editor does this in the browser (`app.graphToPrompt()`); the demo needs it without a browser.
-Frontend-only nodes (notes, reroutes) are dropped, muted nodes skipped, reroutes followed.
+Frontend-only nodes (notes, reroutes) are dropped, muted nodes skipped, reroutes followed; a widget a saved workflow
+has no value for (an input added to the node since) takes its default, as the editor gives it.
 """
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 continue
             if position < len(values):
                 inputs[name] = values[position]
+            elif len(spec) > 1 and isinstance(spec[1], dict) and "default" in spec[1]:
+                inputs[name] = spec[1]["default"]
             position += 2 if _has_control_value(name, spec) else 1
         for slot in node.get("inputs", []):
             if slot.get("link") is not None:

@@ -89,16 +89,27 @@ def test_editor_serves_the_frontend_under_test(browser, comfy_server):
                                   if name in PREVIOUS_WORKFLOWS_EVERY_NODE else name for name in PREVIOUS_WORKFLOWS])
 def test_previous_release_workflow_loads_in_the_editor_unchanged(browser, comfy_server, name):
     """A workflow saved with the previous release (classic nodes) loads onto the V3 nodes: every node known, every
-    widget value where it was, the same prompt as the file."""
+    widget value where it was and the inputs added since at their defaults, the same prompt as the file."""
     with open(os.path.join(PREVIOUS_RELEASE, "workflows", name), encoding="utf-8") as f:
         workflow = json.load(f)
     open_editor(browser, comfy_server)
     load_workflow(browser, workflow)
     assert missing_node_types(browser) == []
-    ours = set(previous_schema())
-    widgets = lambda nodes: {n["id"]: n.get("widgets_values") or [] for n in nodes if n["type"] in ours}  # noqa: E731
-    assert widgets(run_js(browser, "return app.graph.serialize().nodes;")) == widgets(workflow["nodes"])
-    assert nodes_and_inputs(graph_to_prompt(browser)) == ui_to_api(workflow, comfy_server.get("/object_info"))
+    info, before = comfy_server.get("/object_info"), previous_schema()
+    loaded = {n["id"]: n.get("widgets_values") or [] for n in run_js(browser, "return app.graph.serialize().nodes;")}
+    for node in workflow["nodes"]:
+        if node["type"] in before:
+            saved = node.get("widgets_values") or []
+            assert loaded[node["id"]] == saved + added_widget_defaults(info[node["type"]], before[node["type"]])
+    assert nodes_and_inputs(graph_to_prompt(browser)) == ui_to_api(workflow, info)
+
+
+def added_widget_defaults(now: dict, before: dict) -> list:
+    """The defaults of the widget inputs a node gained since the previous release (appended after its own)."""
+    known = {name for section in before["input"].values() for name in section}
+    return [spec[1]["default"] for section in ("required", "optional")
+            for name, spec in now["input"].get(section, {}).items()
+            if name not in known and isinstance(spec[1], dict) and "default" in spec[1]]
 
 
 def with_input(class_type: str, name: str, value):

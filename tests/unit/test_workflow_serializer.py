@@ -72,3 +72,11 @@ def test_ui_workflow_converts_back_to_the_api_prompt():
                                                                 "clip": ["1", 1]}}}
     with pytest.raises(WorkflowError, match="node types not installed: Sampler"):
         ui_to_api(small_graph().to_ui(), object_info({"Loader": Loader}))
+
+
+def test_a_widget_added_since_the_workflow_was_saved_takes_its_default():
+    """A workflow saved before the Sampler gained its last widget: the editor gives that widget its default."""
+    ui = small_graph().to_ui()
+    ui["nodes"][1]["widgets_values"] = ui["nodes"][1]["widgets_values"][:3]
+    prompt = ui_to_api(ui, object_info({"Loader": Loader, "Sampler": Sampler}))
+    assert prompt["2"]["inputs"]["scale"] == 2 and prompt["2"]["inputs"]["cfg"] == 5.0
