@@ -8,7 +8,8 @@
     COMFYUI_PATH=.comfyui033/ComfyUI-0.33.0 .venv-comfyui033/bin/python -m bench.guidance_cost --model tiny_lumina2
                                                   # also tiny_flux2, tiny_qwen_image, tiny_krea2 (ComfyUI 0.33), cfg 1
 
-Each configuration runs in a fresh process so its peak memory is its own (CUDA: max allocated;
+Guided configurations take one guided pass a step (recurrence 1) except all_steps_two_passes (recurrence 2, what
+auto takes at 8 steps or fewer). Each configuration runs in a fresh process so its peak memory is its own (CUDA: max allocated;
 CPU: peak resident set). sd15/sdxl are UNets of ComfyUI's real configs with random weights
 (cost does not depend on weight values). Prints ratios against the issue's targets; never fails on them.
 """
@@ -39,6 +40,7 @@ CONFIGS = {
     "unguided": None,
     "all_steps": {"end": 1.0, "checkpointing": True, "dtype": "auto", "branch": "cond"},
     "first_half": {"end": 0.5, "checkpointing": True, "dtype": "auto", "branch": "cond"},
+    "all_steps_two_passes": {"end": 1.0, "checkpointing": True, "dtype": "auto", "branch": "cond", "recurrence": 2},
     "all_steps_no_checkpointing": {"end": 1.0, "checkpointing": False, "dtype": "auto", "branch": "cond"},
     "all_steps_fp16": {"end": 1.0, "checkpointing": True, "dtype": "float16", "branch": "cond"},
     "all_steps_bf16": {"end": 1.0, "checkpointing": True, "dtype": "bfloat16", "branch": "cond"},
@@ -143,7 +145,8 @@ def run_one(args, name: str) -> dict:
         guidance = call_node("ReadoutTarget", head=head, weight=0.43, start_percent=0.0, end_percent=config["end"],
                              target_image=target)[0]
         options = dict(guidance=guidance, gradient_checkpointing=config["checkpointing"],
-                       compute_dtype=config["dtype"], loss_branch=config["branch"], rule=config.get("rule", "fast"))
+                       compute_dtype=config["dtype"], loss_branch=config["branch"], rule=config.get("rule", "fast"),
+                       recurrence=config.get("recurrence", 1))
         call_node("ReadoutGuidedKSampler", **warm, **options)
         run = lambda: call_node("ReadoutGuidedKSampler", **sample, **options)  # noqa: E731
     if args.device == "cuda":
