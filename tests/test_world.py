@@ -198,7 +198,7 @@ least half way): seeds that get at least half way."""
 def test_world_model_follows_its_prompts():
     from world.experiments import model_quality
 
-    quality = model_quality(_world(), range(4))
+    quality = model_quality(_world(), range(3))
     assert quality["colours_present"] >= QUALITY_FLOOR
 
 
