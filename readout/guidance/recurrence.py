@@ -16,7 +16,7 @@ steps without relative targets, one pass otherwise."""
 AUTO_MAX_STEPS = 8
 AUTO_PASSES = 2
 """On the learned SD1.5 world at CFG 1 a second pass doubled the depth IoU gain at 4 steps and raised it by half at 8
-(docs/families.md, Few steps); a third pass at 4 steps gained nothing more. A drag moved no further with a second
+(docs/families.md, Few steps); a third pass at 4 steps added little. A drag moved no further with a second
 pass (its fresh noise parts the edit from the reference branch it is compared with), so relative targets keep one."""
 
 
