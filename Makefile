@@ -6,9 +6,10 @@
 #   without it, the whole suite on 0.3.75. Each phase prints its seconds.
 # make demo: the same setup, then run every workflow in example_workflows/ on a real ComfyUI server, and guide the
 #   learned world model (world/) next to the same seeds unguided; with ComfyUI 0.33's source in $(SHARED), the
-#   world's Flux too (demo-flux).
+#   world's Flux and Z-Image too (demo-worlds-033).
 # make world: retrain the learned world model and its heads (about an hour on 2 CPU cores).
 # make world-flux: retrain the world's Flux and its depth head (ComfyUI 0.33 from $(SHARED)/comfyui loads it).
+# make world-zimage: retrain the world's Z-Image and its depth and edge heads (on the ComfyUI 0.33 test bed).
 # make test-comfyui-033: the whole suite on ComfyUI 0.33.0 from $(SHARED)/comfyui, newest frontend (FRONTEND_NEW).
 # make test-comfyui-0375: the every_comfyui and every_frontend tests on ComfyUI 0.3.75 (its own frontend).
 # make test-frontend-033: the every_frontend browser tests on ComfyUI 0.33.0's own frontend.
@@ -37,7 +38,7 @@ CHOSEN = $(if $(SELECT),-k "$(SELECT)")
 ON_0375 = every_frontend or every_comfyui and (not sdxl_family or each_family_on_every_comfyui)
 # what ComfyUI 0.3.75 runs: browser tests for its frontend, version-dependent tests (SD1.5 runs; SDXL for detection)
 
-.PHONY: test test-unit demo demo-flux setup world world-flux test-comfyui-033 test-comfyui-0375 setup-comfyui-033 \
+.PHONY: test test-unit demo demo-worlds-033 setup world world-flux world-zimage test-comfyui-033 test-comfyui-0375 setup-comfyui-033 \
 	test-frontend-033 clean
 
 test:
@@ -63,11 +64,12 @@ test-comfyui-0375: setup
 demo: setup
 	$(PY) -m scripts.demo
 	$(PY) -m scripts.demo_world
-	@if [ -f $(COMFYUI_033_TARBALL) ]; then $(MAKE) --no-print-directory demo-flux; else \
-		echo "[demo] the world's Flux panel skipped: it needs ComfyUI 0.33 ($(COMFYUI_033_TARBALL) not found)"; fi
+	@if [ -f $(COMFYUI_033_TARBALL) ]; then $(MAKE) --no-print-directory demo-worlds-033; else \
+		echo "[demo] the world's Flux and Z-Image panels skipped: they need ComfyUI 0.33 ($(COMFYUI_033_TARBALL) not found)"; fi
 
-demo-flux: setup-comfyui-033
+demo-worlds-033: setup-comfyui-033
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.demo_world --family flux
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.demo_world --family zimage
 
 setup: $(VENV)/.torch-ok
 	$(PY) -m scripts.setup_testbed
@@ -82,6 +84,12 @@ world-flux: setup-comfyui-033
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m world.flux
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.setup_testbed
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m world.heads --family flux --kinds depth
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.setup_testbed
+
+world-zimage: setup-comfyui-033
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m world.zimage
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.setup_testbed
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m world.heads --family zimage --kinds depth edge
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.setup_testbed
 
 test-comfyui-033: setup-comfyui-033 $(FRONTEND_NEW_DIR)/.ok

@@ -3,11 +3,11 @@ object IoU gain over the same seed unguided and the drag's share of the requeste
 and 20 steps, for step windows ending at 50% (the default) and at 100% of the steps, with 1 or more guided passes per
 step (recurrence).
 
-    .venv/bin/python -m bench.few_steps [--family sd15|flux] [--seeds 8] [--steps 4 8 12 20] [--windows 0.5 1]
+    .venv/bin/python -m bench.few_steps [--family sd15|flux|zimage] [--seeds 8] [--steps 4 8 12 20] [--windows 0.5 1]
         [--recurrence 1 2] [--measures depth drag] [--out FILE]
 
 Prints one markdown row per (steps, window) and writes every record as JSON. Scored on pixels by world/detector.py
-(no head involved). The world's Flux has no drag heads: it runs the depth rows only.
+(no head involved). The world's Flux and Z-Image have no drag heads: they run the depth rows only.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ WINDOWS = (0.5, 1.0)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=("sd15", "flux"), default="sd15")
+    parser.add_argument("--family", choices=("sd15", "flux", "zimage"), default="sd15")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--steps", type=int, nargs="+", default=[4, 8, 12, 20])
     parser.add_argument("--cfg", type=float, default=1.0)

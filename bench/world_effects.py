@@ -73,11 +73,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="experiment names, each optionally NAME=SEEDS (default: all but the "
                                                   "weight sweep, --seeds each)")
     parser.add_argument("--quality", type=int, default=0, help="also measure the model's prompt following on N samples")
-    parser.add_argument("--family", choices=("sd15", "flux"), default="sd15",
-                        help="the SD1.5 world model, or the world's Flux (ComfyUI 0.33 and newer: set COMFYUI_PATH)")
-    parser.add_argument("--out", help="the JSON of every record (default: output/world_effects[_flux].json)")
+    parser.add_argument("--family", choices=("sd15", "flux", "zimage"), default="sd15",
+                        help="the SD1.5 world model, the world's Flux (ComfyUI 0.33 and newer: set COMFYUI_PATH) or "
+                             "its Z-Image (8 steps at CFG 1)")
+    parser.add_argument("--out", help="the JSON of every record (default: output/world_effects[_<family>].json)")
     args = parser.parse_args()
-    args.out = args.out or os.path.join(REPO, "output", f"world_effects{'' if args.family == 'sd15' else '_flux'}.json")
+    args.out = args.out or os.path.join(REPO, "output", f"world_effects{'' if args.family == 'sd15' else '_' + args.family}.json")
     from testbed.bench_helpers import bootstrap
 
     bootstrap("cpu")

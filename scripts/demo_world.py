@@ -2,9 +2,10 @@
 the same seed unguided, with the pixel detector's numbers and their mean; one panel per experiment (a column per
 seed, with what was asked drawn over the pictures) leads output/index.html.
 
-`python -m scripts.demo_world [SEEDS] [--family flux]` (default 4 seeds per experiment; `--family flux`: the world's
-Flux, which ComfyUI 0.33 and newer load); DEMO_OUTPUT sets the folder (default output/). The panels are
-panel_world_<experiment>.png (panel_world_flux_<experiment>.png), the docs' gallery.
+`python -m scripts.demo_world [SEEDS] [--family flux|zimage]` (default 4 seeds per experiment; `--family flux`: the
+world's Flux, which ComfyUI 0.33 and newer load; `--family zimage`: the world's Z-Image at 8 steps and CFG 1);
+DEMO_OUTPUT sets the folder (default output/). The panels are panel_world_<experiment>.png
+(panel_world_flux_<experiment>.png, panel_world_zimage_<experiment>.png), the docs' gallery.
 Exits non-zero when, on the mean over the seeds, guidance did not help where the measured table says it does.
 """
 from __future__ import annotations
@@ -164,8 +165,13 @@ PANELS = {
     "world_drag_real_image": Experiment("drag", ("correspondence", "appearance"), partial(drag_views, True), DRAG),
     "world_self_guidance_move_to": Experiment("self_guidance", (), move_to_views, (Measure("closed", "closed"),)),
 }
-FLUX_PANELS = {"world_flux_spatial_depth": PANELS["world_spatial_depth"]}
-"""The world's Flux: the experiments its heads exist for."""
+FAMILY_PANELS = {
+    "sd15": ("world_", PANELS),
+    "flux": ("world_flux_", {"world_flux_spatial_depth": PANELS["world_spatial_depth"]}),
+    "zimage": ("world_zimage_", {"world_zimage_spatial_depth": PANELS["world_spatial_depth"],
+                                 "world_zimage_spatial_edge": PANELS["world_spatial_edge"]}),
+}
+"""Each world model's panel prefix and experiments (the world's Flux and Z-Image: those their heads exist for)."""
 
 
 def scores(measures: tuple[Measure, ...], records: list[dict]) -> dict[str, list[dict]]:
@@ -214,7 +220,7 @@ def main(argv: list[str]) -> int:
         at = argv.index("--family")
         family, argv = argv[at + 1], argv[:at] + argv[at + 2:]
     seeds = int(argv[0]) if argv else DEFAULT_SEEDS
-    prefix, table = ("world_flux_", FLUX_PANELS) if family == "flux" else ("world_", PANELS)
+    prefix, table = FAMILY_PANELS[family]
     dest = os.environ.get("DEMO_OUTPUT") or os.path.join(REPO, "output")
     os.makedirs(dest, exist_ok=True)
     import_comfyui_in_process(comfyui_path())

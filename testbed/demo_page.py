@@ -44,6 +44,11 @@ WHAT_TO_LOOK_FOR = {
                           "seed without guidance and with the world Flux's depth head guiding toward the map. Black "
                           "outlines: the scene's objects; guided, the objects should fill them. Score: the IoU of the "
                           "detected objects with the scene's (higher is better; no head is involved).",
+    "world_zimage_spatial": "A column per seed: the target depth or edge map, then the scene's caption sampled from "
+                            "another seed in 8 steps at CFG 1 without guidance and with the world Z-Image's head "
+                            "guiding toward the map. Black outlines: the scene's objects; guided, the objects should "
+                            "fill them. Score: the IoU of the detected objects with the scene's (higher is better; no "
+                            "head is involved).",
     "world_drag": "A column per seed: the object of a one-object picture (top: the same seed unguided, or an inverted "
                   "rendered scene's reconstruction with the drag at weight 0) dragged 24-40 px by the correspondence "
                   "and appearance heads (bottom). Black arrow, on both: the drag, from the object's centroid to where "
@@ -79,6 +84,10 @@ PARTS = {
     "world_flux_": Part("The world's Flux",
                         "The same world learned by a Flux (ComfyUI's own Flux module, 128 wide, 12 euler steps, cfg 4; "
                         "ComfyUI 0.33 and newer load it), guided by its depth head. " + WORLD_NOTE),
+    "world_zimage_": Part("The world's Z-Image",
+                          "The same world learned by ComfyUI's NextDiT in Z-Image's configuration (3840 wide, so "
+                          "ComfyUI loads it as Z-Image), distilled to sample as Z-Image Turbo does: 8 euler steps at "
+                          "cfg 1, guided by its depth and edge heads. " + WORLD_NOTE),
     TINY_PART: Part("Every example workflow runs",
                     "The check that every workflow in example_workflows/ runs: each on a real ComfyUI server with "
                     "tiny models in place of the real ones, its panel made from the workflow's own comparison nodes. "

@@ -242,9 +242,10 @@ def test_self_guidance_moves_the_word_object_toward_the_goal():
 def test_factored_flux_weights_multiply_out_to_the_model_comfyui_loads():
     """The world's Flux trains with rank-24 weight products and is stored as the factors; the Flux file assembled
     from them computes what the factored model computes."""
-    from world.flux import FACTORS, build_flux, dense_state_dict, factorize
+    from world.distill import FACTORS, dense_state_dict, factorize
+    from world.flux import RANK, build_flux
 
-    factored = factorize(build_flux(0))
+    factored = factorize(build_flux(0), RANK)
     with torch.no_grad():
         for param in factored.parameters():
             param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(param.numel())))
@@ -268,7 +269,7 @@ def test_world_flux_cli_trains_factored_weights_from_the_world_teacher(tmp_path)
 
     from safetensors import safe_open
 
-    from world.flux import FACTORS
+    from world.distill import FACTORS
 
     subprocess.run([sys.executable, "-m", "world.flux", "--steps", "10", "--stop-after", "3", "--batch", "2",
                     "--snapshot-every", "0", "--threads", "1", "--out", str(tmp_path)],
@@ -321,3 +322,73 @@ def test_world_flux_self_guidance_moves_the_word_object_toward_the_goal():
 
     records = [self_guidance(flux_world(), seed, "move_to") for seed in EFFECT_SEEDS]
     assert sum(r.get("closed", 0) >= 0.5 for r in records) >= FLUX_SELF_GUIDANCE_HALF_WAY, records
+
+
+def test_world_zimage_widened_computes_the_narrow_model():
+    """The world Z-Image trains narrow and is tiled to Z-Image's width: here to three times the narrow width (six
+    heads), which is the same rule as fifteen, and computes what the narrow model computes."""
+    from world.distill import dense_state_dict
+    from world.zimage import NARROW_CONFIG, build_narrow, build_nextdit, widen_state_dict
+
+    factored = build_narrow(0)
+    with torch.no_grad():
+        for param in factored.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(param.numel())))
+    narrow_weights = {k: v.float() for k, v in dense_state_dict(dict(factored.state_dict())).items()}
+    narrow = build_nextdit(NARROW_CONFIG)
+    narrow.load_state_dict(narrow_weights)
+    config = {**NARROW_CONFIG, "dim": 3 * NARROW_CONFIG["dim"], "n_heads": 6, "n_kv_heads": 6}
+    wide = build_nextdit(config)
+    wide.load_state_dict(widen_state_dict(narrow_weights, config))
+    gen = torch.Generator().manual_seed(1)
+    x, t, context = torch.randn(2, 16, 8, 8, generator=gen), torch.tensor([0.3, 0.8]), torch.randn(2, 9, 768, generator=gen)
+    with torch.no_grad():
+        want, got = narrow(x, t, context, num_tokens=9), wide(x, t, context, num_tokens=9)
+    assert want.abs().mean() > 0.05 and torch.allclose(want, got, atol=1e-4)
+
+
+def test_world_zimage_cli_trains_factored_narrow_weights_from_the_guided_teacher(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    subprocess.run([sys.executable, "-m", "world.zimage", "--steps", "10", "--stop-after", "2", "--batch", "2",
+                    "--snapshot-every", "0", "--threads", "1", "--out", str(tmp_path)],
+                   cwd=paths.REPO, check=True, capture_output=True)
+    log = json.loads((tmp_path / "zimage_training_log.json").read_text())
+    assert log["step"] == 2 and np.isfinite(log["loss_last"])
+    with safe_open(str(tmp_path / paths.ZIMAGE_WEIGHTS), framework="pt") as handle:
+        assert handle.metadata()["steps"] == "2"
+        assert handle.get_slice("layers.0.attention.qkv.factor_a").get_shape() == [768, 32]
+
+
+def test_tiled_world_heads_read_exactly_what_the_trained_ones_read(tmp_path):
+    """A head trained on the world Z-Image reads features that repeat 256 channels 15 times: stored with its input
+    weights summed over the copies and expanded again, it reads any such features exactly as trained."""
+    from testbed.nodes import pack_module
+    from world.heads import compress_head_file, expand_head_file
+    from world.zimage import NARROW_CONFIG, TILES
+
+    files = pack_module("readout.heads.files")
+    architecture = pack_module("readout.heads.architecture")
+    wide = NARROW_CONFIG["dim"] * TILES
+    config = architecture.HeadConfig(kind="depth", family="lumina2", dims=(wide,) * 3, projection_dim=128, emb_dim=256,
+                                     use_output_head=True, control_range=(-1.0, 1.0))
+    torch.manual_seed(3)
+    heads = [architecture.ReadoutHead(config)]
+    original, narrow, restored = (str(tmp_path / f"{n}.safetensors") for n in ("original", "narrow", "restored"))
+    files.save_head_safetensors(original, config, heads[0].state_dict())
+    compress_head_file(original, narrow, TILES)
+    expand_head_file(narrow, restored)
+    assert os.path.getsize(narrow) < 0.3 * os.path.getsize(original)
+    heads.append(architecture.ReadoutHead(files.load_head_file(restored)[0]))
+    heads[1].load_state_dict({k: v.float() for k, v in files.load_head_file(restored)[1].items()})
+    heads[0].half().float()  # the stored head is fp16
+    gen = torch.Generator().manual_seed(4)
+    features = [torch.randn(2, NARROW_CONFIG["dim"], 8, 8, generator=gen).repeat(1, TILES, 1, 1) for _ in range(3)]
+    emb = torch.randn(2, 256, generator=gen)
+    with torch.no_grad():
+        reads = [head.eval()(features, emb) for head in heads]
+    assert reads[0].abs().mean() > 0.01 and torch.allclose(reads[0], reads[1], atol=5e-3 * reads[0].abs().max())

@@ -85,9 +85,21 @@ def flux_state_dict(weights_dir: str = paths.WEIGHTS_DIR) -> dict[str, torch.Ten
     """The world's Flux as ComfyUI's UNETLoader reads it (fp16, factored matrices multiplied out)."""
     from safetensors.torch import load_file
 
-    from world.flux import dense_state_dict
+    from world.distill import dense_state_dict
 
     return dense_state_dict(load_file(os.path.join(weights_dir, paths.FLUX_WEIGHTS)))
+
+
+def zimage_state_dict(weights_dir: str = paths.WEIGHTS_DIR) -> dict[str, torch.Tensor]:
+    """The world's Z-Image as ComfyUI's UNETLoader reads it (fp16): the stored narrow model's factors multiplied out,
+    then tiled to Z-Image's width."""
+    from safetensors.torch import load_file
+
+    from world.distill import dense_state_dict
+    from world.zimage import widen_state_dict
+
+    narrow = {k: v.float() for k, v in dense_state_dict(load_file(os.path.join(weights_dir, paths.ZIMAGE_WEIGHTS))).items()}
+    return {k: v.half().contiguous() for k, v in widen_state_dict(narrow).items()}
 
 
 def _is_current(path: str, digest: str) -> bool:
@@ -101,16 +113,20 @@ def _is_current(path: str, digest: str) -> bool:
 
 
 def write_world_models(models_dir: str) -> list[str]:
-    """Write the world checkpoint, the world's Flux files and the world heads where missing or built from other
-    weights; return the paths written."""
+    """Write the world checkpoint, the world's Flux and Z-Image files and the world heads where missing or built from
+    other weights; return the paths written."""
     from safetensors.torch import save_file
 
     from world.heads import expand_head_file
 
     models = [("checkpoints", paths.CHECKPOINT, (paths.UNET_FILE, paths.VAE_FILE), checkpoint_state_dict)]
-    if os.path.exists(os.path.join(paths.WEIGHTS_DIR, paths.FLUX_WEIGHTS)):
-        models += [("diffusion_models", paths.FLUX_DIFFUSION_MODEL, (paths.FLUX_WEIGHTS,), flux_state_dict),
-                   ("vae", paths.FLUX_VAE, (paths.VAE_FILE,), flux_vae_state_dict),
+    transformers = [(paths.FLUX_DIFFUSION_MODEL, paths.FLUX_WEIGHTS, flux_state_dict),
+                    (paths.ZIMAGE_DIFFUSION_MODEL, paths.ZIMAGE_WEIGHTS, zimage_state_dict)]
+    transformers = [(name, stored, build) for name, stored, build in transformers
+                    if os.path.exists(os.path.join(paths.WEIGHTS_DIR, stored))]
+    models += [("diffusion_models", name, (stored,), build) for name, stored, build in transformers]
+    if transformers:
+        models += [("vae", paths.FLUX_VAE, (paths.VAE_FILE,), flux_vae_state_dict),
                    ("text_encoders", paths.CLIP_L, (), clip_l_state_dict)]
     written = []
     for folder, name, sources, build in models:

@@ -22,6 +22,9 @@ STEPS = 12
 CFG = 4.0
 SAMPLER = ("ddim", "ddim_uniform")
 FLUX_SAMPLER = ("euler", "simple")
+ZIMAGE_STEPS = 8
+ZIMAGE_CFG = 1.0
+"""The world Z-Image samples as Z-Image Turbo does: 8 steps at CFG 1."""
 DRAG_POINTS = 5
 
 
@@ -32,8 +35,8 @@ def to_image(array: np.ndarray) -> torch.Tensor:
 
 @dataclass
 class World:
-    """The world model (the SD1.5 checkpoint, or the world's Flux) and its heads, loaded through the pack's and
-    ComfyUI's loader nodes."""
+    """The world model (the SD1.5 checkpoint, the world's Flux or its Z-Image) and its heads, loaded through the
+    pack's and ComfyUI's loader nodes."""
 
     model: Any
     clip: Any
@@ -58,6 +61,11 @@ class World:
                  if paths.head_name(k, family) in listed}
         if family == "sd15":
             return cls(*call_node("CheckpointLoaderSimple", ckpt_name=paths.CHECKPOINT)[:3], heads)
+        clip = call_node("CLIPLoader", clip_name=paths.CLIP_L, type="stable_diffusion")[0]
+        vae = call_node("VAELoader", vae_name=paths.FLUX_VAE)[0]
+        if family == "zimage":
+            model = call_node("UNETLoader", unet_name=paths.ZIMAGE_DIFFUSION_MODEL, weight_dtype="default")[0]
+            return cls(model, clip, vae, heads, FLUX_SAMPLER, "EmptySD3LatentImage", ZIMAGE_STEPS, ZIMAGE_CFG)
         from world.assemble import flux_state_dict
         from world.flux import comfyui_reads_world_flux
 
@@ -65,8 +73,6 @@ class World:
             raise RuntimeError("this ComfyUI takes every Flux for 24 heads of 128 (0.3.75 does): the world's Flux "
                                "needs ComfyUI 0.33 or newer (set COMFYUI_PATH, e.g. to the 0.33 test bed)")
         model = call_node("UNETLoader", unet_name=paths.FLUX_DIFFUSION_MODEL, weight_dtype="default")[0]
-        clip = call_node("CLIPLoader", clip_name=paths.CLIP_L, type="stable_diffusion")[0]
-        vae = call_node("VAELoader", vae_name=paths.FLUX_VAE)[0]
         return cls(model, clip, vae, heads, FLUX_SAMPLER, "EmptySD3LatentImage")
 
     def encode(self, text: str):

@@ -18,19 +18,14 @@ ComfyUI 0.33 loads a 128-wide Flux through UNETLoader; 0.3.75 detects every Flux
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from world import paths
+from world.distill import add_distill_arguments, distill_from_world, factorize, train_flow
 
 RANK = 24
-FACTORS = (".factor_a", ".factor_b")
 FLUX_CONFIG = {
     "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 768, "hidden_size": 128,
     "mlp_ratio": 4.0, "num_heads": 1, "depth": 2, "depth_single_blocks": 2, "axes_dim": [16, 56, 56],
@@ -39,7 +34,6 @@ FLUX_CONFIG = {
 FLUX_LATENT_CHANNELS = 16
 FLUX_LATENT_FORMAT = (0.3611, 0.1159)
 """ComfyUI's Flux latent (scale, shift): the world's Flux VAE undoes it, so the model sees the patch codes."""
-WORLD_CHANNELS = 4
 CAPTION_DROPOUT = 0.1
 FLUX_SEED_BASE = 3 * 10**7
 
@@ -71,45 +65,6 @@ def build_flux(seed: int | None = None) -> torch.nn.Module:
     return model
 
 
-class LowRankLinear(torch.nn.Module):
-    """A linear layer whose weight is the product factor_a @ factor_b (out x rank, rank x in)."""
-
-    def __init__(self, dense: torch.nn.Linear, rank: int) -> None:
-        super().__init__()
-        weight = dense.weight.detach()
-        if weight.abs().max() == 0:
-            a, b = torch.zeros(weight.shape[0], rank), torch.randn(rank, weight.shape[1]) / weight.shape[1] ** 0.5
-        else:
-            u, s, vh = torch.linalg.svd(weight, full_matrices=False)
-            a, b = u[:, :rank] * s[:rank].sqrt(), s[:rank].sqrt()[:, None] * vh[:rank]
-        self.factor_a, self.factor_b = torch.nn.Parameter(a.contiguous()), torch.nn.Parameter(b.contiguous())
-        self.bias = None if dense.bias is None else torch.nn.Parameter(dense.bias.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.factor_a @ self.factor_b, self.bias)
-
-
-def factorize(model: torch.nn.Module, rank: int = RANK) -> torch.nn.Module:
-    """Replace every linear layer that a rank-`rank` product stores in fewer numbers by a LowRankLinear."""
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.Linear) and sum(child.weight.shape) * rank < child.weight.numel():
-                setattr(module, child_name, LowRankLinear(child, rank))
-    return model
-
-
-def dense_state_dict(stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The Flux state dict ComfyUI loads, from stored weights with factored matrices (fp16)."""
-    dense = {}
-    for key, value in stored.items():
-        if key.endswith(FACTORS[0]):
-            base = key[: -len(FACTORS[0])]
-            dense[f"{base}.weight"] = (value.float() @ stored[base + FACTORS[1]].float()).half()
-        elif not key.endswith(FACTORS[1]):
-            dense[key] = value.half()
-    return dense
-
-
 def comfyui_reads_world_flux(state_dict: dict[str, torch.Tensor]) -> bool:
     """Whether this ComfyUI's model detection reads the world's Flux at its own width: 0.33 and newer do; 0.3.75
     takes every Flux for 24 heads of 128 whatever its width."""
@@ -125,56 +80,6 @@ def widen_latents(codes: torch.Tensor) -> torch.Tensor:
     return torch.cat([codes, pad], dim=1)
 
 
-def caption_conditioning(captions: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Each caption's (tokens (77, 768), pooled (768,)) as CLIPTextEncode gives them with the world's CLIP-L: the
-    tokens by world.train's shortcut, the pooled vector as the end token's output; the first captions' pooled
-    vectors are checked against ComfyUI's whole encode."""
-    import comfy.sd
-
-    from world.text_encoder import build_text_encoder
-    from world.train import CHECKED_CAPTIONS, caption_contexts
-
-    contexts = caption_contexts(captions)
-    sd = {k: v.half() for k, v in build_text_encoder().state_dict().items() if "text_projection" not in k}
-    clip = comfy.sd.load_text_encoder_state_dicts([sd], clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION)
-    out = {}
-    for caption in captions:
-        ids = [token for token, _ in clip.tokenize(caption)["l"][0]]
-        out[caption] = (contexts[caption], contexts[caption][ids.index(max(ids))])
-    with torch.no_grad():
-        for caption in captions[:CHECKED_CAPTIONS]:
-            pooled = clip.encode_from_tokens(clip.tokenize(caption), return_pooled=True)[1][0].float()
-            if not torch.allclose(pooled, out[caption][1], atol=1e-3):
-                raise RuntimeError(f"the shortcut pooled vector of {caption!r} differs from ComfyUI's CLIPTextEncode")
-    return out
-
-
-def unet_teacher(unet: torch.nn.Module):
-    """The SD1.5 world UNet as a flow-matching target: velocity(x_t, t, context) -> (target, valid) on the 4 world
-    channels, where x_t = (1 - t) x0 + t noise is the same point as SD1.5's x = sqrt(abar) x0 + sqrt(1 - abar) noise
-    scaled by 1 / sqrt((1 - t)^2 + t^2); valid is False where abar is below the UNet's last timestep."""
-    from world.unet import sd15_alphas_cumprod
-
-    ascending = sd15_alphas_cumprod().flip(0)
-
-    def velocity(xt: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b = xt.shape[0]
-        norm = ((1 - t) ** 2 + t**2).sqrt()
-        abar = ((1 - t) / norm) ** 2
-        upper = torch.searchsorted(ascending, abar).clamp(1, len(ascending) - 1)
-        low, high = ascending[upper - 1], ascending[upper]
-        index = (upper - 1) + ((abar - low) / (high - low)).clamp(0, 1)
-        timestep = (len(ascending) - 1) - index
-        x = xt / norm.view(b, 1, 1, 1)
-        with torch.no_grad():
-            eps = unet(x, timesteps=timestep, context=context)
-        a = abar.view(b, 1, 1, 1)
-        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
-        return eps - x0, abar >= ascending[0]
-
-    return velocity
-
-
 def use_fused_attention() -> None:
     """Training only: PyTorch's fused attention in Flux's blocks (ComfyUI picks a slower one on CPUs)."""
     import comfy.ldm.flux.math as flux_math
@@ -184,102 +89,26 @@ def use_fused_attention() -> None:
 
 
 def train_flux(batch_fn, empty: tuple[torch.Tensor, torch.Tensor], steps: int, seed: int, teacher=None,
-               stop_after: int | None = None, lr: float = 1e-3, warmup: int = 100, ema_decay: float = 0.999, log_every: int = 50, snapshot=None,
-               snapshot_every: int = 0) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """Flow matching: x_t = (1 - t) x0 + t noise with t uniform, the model predicts noise - x0 (ComfyUI's CONST
-    parameterization); with a teacher, its velocity replaces noise - x0 on the world channels where it is valid.
-    The learning rate follows a cosine over `steps`; training ends after `stop_after` of them when given. Returns the
-    EMA weights and the per-step losses."""
-    from world.unet import EMA, optimizer_step, schedule
+               **options) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """The world's Flux (factored, PyTorch's init) trained by flow matching with caption dropout for CFG
+    (world.distill.train_flow takes the other options)."""
 
-    model = factorize(build_flux(seed))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    ema = EMA(model, ema_decay)
-    gen = torch.Generator().manual_seed(seed + 1)
-    losses, start = [], time.time()
-    for step in range(stop_after or steps):
-        x0, context, pooled = batch_fn(step)
-        b = x0.shape[0]
-        drop = torch.rand(b, generator=gen) < CAPTION_DROPOUT
-        context = torch.where(drop[:, None, None], empty[0].expand_as(context), context)
-        pooled = torch.where(drop[:, None], empty[1].expand_as(pooled), pooled)
-        t = torch.rand(b, generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        xt = (1 - t.view(b, 1, 1, 1)) * x0 + t.view(b, 1, 1, 1) * noise
-        target = noise - x0
-        if teacher is not None:
-            taught, valid = teacher(xt[:, :WORLD_CHANNELS], t, context)
-            target[:, :WORLD_CHANNELS] = torch.where(valid.view(b, 1, 1, 1), taught, target[:, :WORLD_CHANNELS])
+    def predict(model, xt, t, context, pooled):
         with torch.autograd.graph.saved_tensors_hooks(torch.Tensor.clone, lambda saved: saved):
-            pred = model(xt, t, context, pooled)  # Flux's blocks add into tensors they saved: keep copies
-        loss = F.mse_loss(pred, target)
-        optimizer_step(model, opt, ema, loss, lr * schedule(step, steps, warmup))
-        losses.append(float(loss.detach()))
-        if snapshot_every and snapshot and (step + 1) % snapshot_every == 0:
-            snapshot(step + 1, ema.shadow, losses)
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"[world-flux] step {step}/{steps} loss {np.mean(losses[-log_every:]):.4f} "
-                  f"({time.time() - start:.0f} s)", flush=True)
-    return ema.shadow, losses
+            return model(xt, t, context, pooled)  # Flux's blocks add into tensors they saved: keep copies
+
+    return train_flow(factorize(build_flux(seed), RANK), predict, batch_fn, empty, steps, seed, "world-flux",
+                      teacher=teacher, caption_dropout=CAPTION_DROPOUT, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=2000, help="the learning-rate schedule's length")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=paths.WEIGHTS_DIR)
-    parser.add_argument("--snapshot-every", type=int, default=250, help="write the EMA weights every N steps too")
-    parser.add_argument("--stop-after", type=int, default=1000,
-                        help="end after this many of the schedule's steps (the committed weights: 1000)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="CPU threads (1 when other work shares the cores: waiting threads stall each step)")
+    add_distill_arguments(parser, default_steps=2000, default_stop_after=1000)
     args = parser.parse_args(argv)
-    paths.import_comfyui()
-    import comfy.model_management
-
-    comfy.model_management.in_training = True  # ComfyUI 0.33+: kernels with a backward (Flux's rotary embedding)
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    from safetensors.torch import load_file, save_file
-
-    from world.autoencoder import encode_patches, scene_batch
-    from world.scenes import all_captions, random_scene
-    from world.train import use_fused_attention as use_fused_unet_attention
-    from world.unet import UNET_CONFIG, build_unet
-
-    vae = load_file(os.path.join(paths.WEIGHTS_DIR, paths.VAE_FILE))
-    weight, mean = vae["patch_weight"].float(), vae["patch_mean"].float()
-    use_fused_attention()
-    use_fused_unet_attention()
-    conditioning = caption_conditioning(all_captions() + [""])
-    started = time.time()
-
-    def batch(step: int):
-        seeds = range(FLUX_SEED_BASE * (args.seed + 1) + step * args.batch,
-                      FLUX_SEED_BASE * (args.seed + 1) + (step + 1) * args.batch)
-        latents = widen_latents(encode_patches(scene_batch(seeds), weight, mean))
-        pairs = [conditioning[random_scene(s).caption] for s in seeds]
-        return latents, torch.stack([c for c, _ in pairs]), torch.stack([p for _, p in pairs])
-
-    def write(step: int, ema: dict[str, torch.Tensor], losses: list[float]) -> None:
-        save_file({k: v.half().contiguous() for k, v in ema.items()}, os.path.join(args.out, paths.FLUX_WEIGHTS),
-                  metadata={"steps": str(step), "schedule_steps": str(args.steps), "batch": str(args.batch),
-                            "seed": str(args.seed), "rank": str(RANK)})
-        log = {"loss_first": losses[0], "loss_last": float(np.mean(losses[-20:])), "step": step,
-               "seconds": round(time.time() - started), "args": vars(args)}
-        with open(os.path.join(args.out, "flux_training_log.json"), "w", encoding="utf-8") as f:
-            json.dump(log, f, indent=1)
-
-    teacher = build_unet(UNET_CONFIG)
-    teacher.load_state_dict({k: v.float() for k, v in load_file(os.path.join(paths.WEIGHTS_DIR, paths.UNET_FILE)).items()})
-    teacher.eval()
-    ema, losses = train_flux(batch, conditioning[""], args.steps, seed=args.seed + 2, teacher=unet_teacher(teacher),
-                             stop_after=args.stop_after, snapshot=write, snapshot_every=args.snapshot_every)
-    write(len(losses), ema, losses)
-    print(f"[world-flux] done in {time.time() - started:.0f} s, loss {losses[0]:.4f} -> {np.mean(losses[-20:]):.4f}",
-          flush=True)
-    return 0
+    return distill_from_world(args, paths.FLUX_WEIGHTS, "flux_training_log.json", "world-flux", FLUX_SEED_BASE, RANK,
+                              lambda batch, empty, teacher, **options: train_flux(
+                                  batch, empty, args.steps, seed=args.seed + 2, teacher=teacher, **options),
+                              attention=use_fused_attention)
 
 
 if __name__ == "__main__":

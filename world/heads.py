@@ -1,7 +1,8 @@
 """`python -m world.heads`: train the world's readout heads with the pack's own trainer (`python -m readout.train`)
 on rendered scenes and their ground truth, and store them compactly in world/weights/.
 
-The world UNet's features repeat each narrow channel WIDEN times, so a head's input weights matter only summed over
+The world UNet's features repeat each narrow channel WIDEN times (side by side), the world Z-Image's repeat its
+narrow model's 256 channels TILES times (one copy after another), so a head's input weights matter only summed over
 each group of copies: the stored form keeps those sums, and `expand_head_file` gives back a head that computes
 exactly the same readouts on the world model."""
 from __future__ import annotations
@@ -19,7 +20,10 @@ from world import paths
 from world.unet import WIDEN
 
 GROUPED_INPUTS = (".conv1.weight", ".shortcut.weight", ".emb_layers.weight")
+TILED_INPUTS = (".conv1.weight", ".shortcut.weight")
+"""The world Z-Image's tiled inputs: the feature channels (its time embedding is not tiled)."""
 NARROW_KEY = "world_narrow"
+TILES_KEY = "world_tiles"
 HEAD_RECIPES = {
     "depth": {"examples": 128, "steps": 150, "batch": 8, "lr": 1e-3},
     "edge": {"examples": 128, "steps": 150, "batch": 8, "lr": 1e-3},
@@ -27,12 +31,15 @@ HEAD_RECIPES = {
     "appearance": {"examples": 64, "steps": 40, "batch": 4, "lr": 1e-3},
 }
 """Sized for about 20 minutes on 2 CPU cores in all (each step runs the 320-channel world UNet on every image)."""
+ZIMAGE_RECIPES = {kind: {"examples": 64, "steps": 60, "batch": 4, "lr": 1e-3} for kind in ("depth", "edge")}
+"""Shorter: each step runs the 1.3B-parameter world Z-Image (at Z-Image's own width) on every image."""
 TRAIN_OPTIONS = ["--resolution", "128", "--projection-dim", "128", "--val-fraction", "0.1", "--val-every", "50",
                  "--checkpoint-every", "100000"]
 
 
-def compress_head_file(source: str, target: str) -> None:
-    """Sum a world head's input weights over each group of repeated channels (fp16)."""
+def compress_head_file(source: str, target: str, tiles: int = 0) -> None:
+    """Sum a world head's input weights over each group of repeated channels (fp16): WIDEN side by side (the SD1.5
+    world), or `tiles` copies one after another (the world Z-Image)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -40,10 +47,13 @@ def compress_head_file(source: str, target: str) -> None:
         metadata = dict(handle.metadata() or {})
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     for name, value in tensors.items():
-        if name.endswith(GROUPED_INPUTS):
-            shape = value.shape
+        shape = value.shape
+        if tiles and name.endswith(TILED_INPUTS):
+            tensors[name] = value.float().reshape(shape[0], tiles, shape[1] // tiles, *shape[2:]).sum(1)
+        elif not tiles and name.endswith(GROUPED_INPUTS):
             tensors[name] = value.float().reshape(shape[0], shape[1] // WIDEN, WIDEN, *shape[2:]).sum(2)
-    save_file({k: v.half().contiguous() for k, v in tensors.items()}, target, metadata={**metadata, NARROW_KEY: str(WIDEN)})
+    grouping = {TILES_KEY: str(tiles)} if tiles else {NARROW_KEY: str(WIDEN)}
+    save_file({k: v.half().contiguous() for k, v in tensors.items()}, target, metadata={**metadata, **grouping})
 
 
 def store_head_file(source: str, target: str) -> None:
@@ -65,9 +75,11 @@ def expand_head_file(source: str, target: str, extra_metadata: dict[str, str] | 
     with safe_open(source, framework="pt") as handle:
         metadata = dict(handle.metadata() or {})
         tensors = {k: handle.get_tensor(k).float() for k in handle.keys()}
-    widen = int(metadata.pop(NARROW_KEY, 1))
+    widen, tiles = int(metadata.pop(NARROW_KEY, 1)), int(metadata.pop(TILES_KEY, 0))
     for name, value in tensors.items():
-        if name.endswith(GROUPED_INPUTS):
+        if tiles and name.endswith(TILED_INPUTS):
+            tensors[name] = value.repeat(1, tiles, *[1] * (value.dim() - 2)) / tiles
+        elif name.endswith(GROUPED_INPUTS):
             tensors[name] = value.repeat_interleave(widen, 1) / widen
     save_file({k: v.contiguous() for k, v in tensors.items()}, target, metadata={**metadata, **(extra_metadata or {})})
 
@@ -89,15 +101,16 @@ def model_options(family: str, checkpoint: str | None = None) -> list[str]:
 
     if family == "sd15":
         return ["--checkpoint", checkpoint or os.path.join(models, "checkpoints", paths.CHECKPOINT)]
-    return ["--diffusion-model", os.path.join(models, "diffusion_models", paths.FLUX_DIFFUSION_MODEL),
+    diffusion_model = paths.ZIMAGE_DIFFUSION_MODEL if family == "zimage" else paths.FLUX_DIFFUSION_MODEL
+    return ["--diffusion-model", os.path.join(models, "diffusion_models", diffusion_model),
             "--text-encoder", os.path.join(models, "text_encoders", paths.CLIP_L), "--clip-type", "stable_diffusion",
             "--vae", os.path.join(models, "vae", paths.FLUX_VAE)]
 
 
 def train_head(kind: str, comfy: str, model: list[str], work: str, scale: float = 1.0, family: str = "sd15") -> dict:
-    """Train one head with the pack's trainer; store it (compressed on the widened SD1.5 world model); return its
-    losses and time."""
-    recipe = HEAD_RECIPES[kind]
+    """Train one head with the pack's trainer; store it (compressed on the widened SD1.5 world model and the tiled
+    world Z-Image); return its losses and time."""
+    recipe = (ZIMAGE_RECIPES if family == "zimage" else HEAD_RECIPES)[kind]
     folder = os.path.join(work, family, kind)
     output = os.path.join(folder, paths.head_name(kind, family))
     steps = max(2, int(recipe["steps"] * scale))
@@ -110,6 +123,10 @@ def train_head(kind: str, comfy: str, model: list[str], work: str, scale: float 
     stored = os.path.join(paths.WEIGHTS_DIR, paths.head_name(kind, family))
     if family == "sd15":
         compress_head_file(output, stored)
+    elif family == "zimage":
+        from world.zimage import TILES
+
+        compress_head_file(output, stored, TILES)
     else:
         store_head_file(output, stored)
     return {"kind": kind, "family": family, "steps": steps, "seconds": round(time.time() - started),
@@ -118,9 +135,9 @@ def train_head(kind: str, comfy: str, model: list[str], work: str, scale: float 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--family", choices=("sd15", "flux"), default="sd15",
-                        help="the world model whose heads to train: the SD1.5 checkpoint or the world's Flux "
-                             "(ComfyUI 0.33 and newer load it: set COMFYUI_PATH)")
+    parser.add_argument("--family", choices=("sd15", "flux", "zimage"), default="sd15",
+                        help="the world model whose heads to train: the SD1.5 checkpoint, the world's Flux or its "
+                             "Z-Image (ComfyUI 0.33 and newer load the Flux: set COMFYUI_PATH)")
     parser.add_argument("--checkpoint", help="the assembled world checkpoint (default: the test bed's)")
     parser.add_argument("--work", default=os.path.join(paths.REPO, "output", "world_heads"),
                         help="folder for the rendered data and the trainer's files")

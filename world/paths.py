@@ -13,6 +13,9 @@ FLUX_WEIGHTS = "readout_world_flux128.safetensors"
 """The world's Flux, stored with factored weight matrices (world.flux)."""
 FLUX_DIFFUSION_MODEL = "readout_world_flux.safetensors"
 FLUX_VAE = "readout_world_taesd16.safetensors"
+ZIMAGE_WEIGHTS = "readout_world_zimage256.safetensors"
+"""The world's Z-Image, stored narrow with factored weight matrices (world.zimage)."""
+ZIMAGE_DIFFUSION_MODEL = "readout_world_zimage.safetensors"
 CLIP_L = "readout_world_clip_l.safetensors"
 
 
@@ -22,8 +25,8 @@ def head_name(kind: str, family: str = "sd15") -> str:
 
 
 def all_head_names() -> list[str]:
-    """Every world head's file name, on the SD1.5 world model and on the world's Flux."""
-    return [head_name(kind, family) for family in ("sd15", "flux") for kind in HEAD_KINDS]
+    """Every world head's file name, on the SD1.5 world model, the world's Flux and the world's Z-Image."""
+    return [head_name(kind, family) for family in ("sd15", "flux", "zimage") for kind in HEAD_KINDS]
 
 
 def import_comfyui() -> str:
