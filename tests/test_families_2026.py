@@ -107,6 +107,17 @@ def test_spatial_guidance_lowers_the_head_loss_in_few_steps(bed, cfg):
     assert float(loss(bed.readout(guided, head)).sum()) < 0.9 * float(loss(bed.readout(plain, head)).sum())
 
 
+@pytest.mark.parametrize("bed", ["flux2"], indirect=True)
+def test_a_mask_of_another_aspect_is_refused_with_the_latent_in_the_familys_pixels(bed):
+    """Flux.2's VAE makes a latent cell of 16 px: the 64 px latent is 4x4 cells, and the message says 64x64 px."""
+    head, unit = bed.depth_target()
+    mask = call_node("SolidMask", value=1.0, width=64, height=32)[0]
+    guidance = call_node("ReadoutTarget", head=head, weight=TINY_WEIGHT, start_percent=0.0, end_percent=1.0,
+                         target_image=unit, mask=mask)[0]
+    with pytest.raises(ValueError, match=r"mask: it is 64x32, another aspect ratio than the 64x64 px latent"):
+        bed.sample(guidance=guidance)
+
+
 @family
 def test_drag_lowers_the_drag_loss_in_few_steps(bed):
     assert_drag_lowers_the_drag_loss(bed, SIZE)

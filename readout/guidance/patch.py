@@ -143,8 +143,9 @@ class ReadoutGuidancePatch:
         self.run = GuidanceRun.fresh(step_windows(self.targets, patcher.get_model_object("model_sampling")))
         self.evaluation, self.joint_gradient = EvaluationGradients(), None
         try:
+            latent_scale = backbone_for_config(patcher.model.model_config).latent_scale
             for target in self.targets:
-                target.check_latent_size(self.latent_size)
+                target.check_latent_size(self.latent_size, latent_scale)
             return executor(*args, **kwargs)
         finally:
             self.last_run = self.run

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .patch import GuidanceOptions, ReadoutGuidancePatch, apply_readout_guidance
+from ..backbones.registry import backbone_for
 from ..targets.reference import InvertedReference
 
 
@@ -68,7 +69,7 @@ def sample_guided(model, seed: int, steps: int, cfg: float, sampler_name: str, s
     sigmas = comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler=sampler_name, scheduler=scheduler,
                                      denoise=denoise, model_options=model.model_options).sigmas
     if reference is not None:
-        reference.check_latent_size(tuple(samples.shape[-2:]))
+        reference.check_latent_size(tuple(samples.shape[-2:]), backbone_for(model).latent_scale)
         reference.check_schedule(sigmas, steps, scheduler)
     guided, patch = apply_readout_guidance(model, targets, options, allow_relative=True,
                                            branch_split=samples.shape[0], reference=reference)

@@ -92,8 +92,9 @@ class Target(ABC):
     def check_model(self, model_patcher, loss_branch: str) -> None:
         """Raise a ValueError naming the input when the target cannot guide this model or branch."""
 
-    def check_latent_size(self, latent_size: tuple[int, int]) -> None:
-        """Raise a ValueError naming the input when its maps or points do not fit this latent."""
+    def check_latent_size(self, latent_size: tuple[int, int], latent_scale: int) -> None:
+        """Raise a ValueError naming the input when its maps or points do not fit this latent (of `latent_scale` px a
+        cell: the family's VAE)."""
 
     @abstractmethod
     def read(self, readings: Readings) -> torch.Tensor:

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backbones.base import LATENT_SCALE
 
 
 @dataclass(frozen=True)
@@ -36,16 +35,16 @@ class InvertedReference:
         blend = (high - sigma) / (high - low) if high != low else 0.0
         return torch.lerp(self.latents[upper], self.latents[upper + 1], blend)
 
-    def check_latent_size(self, latent_size: tuple[int, int]) -> None:
-        """Refuse a sampler latent of another size than the inverted image's: the edit starts from the image's
-        noise and is compared with it cell by cell."""
+    def check_latent_size(self, latent_size: tuple[int, int], latent_scale: int) -> None:
+        """Refuse a sampler latent of another size than the inverted image's (`latent_scale` px a cell): the edit
+        starts from the image's noise and is compared with it cell by cell."""
         rows, cols = self.start_latent.shape[-2:]
         if (rows, cols) != tuple(latent_size):
             height, width = self.image.shape[1], self.image.shape[2]
             raise ValueError(
                 f"reference: the image was inverted at {width}x{height} px (a {cols}x{rows} latent) but latent_image "
-                f"is {latent_size[1]}x{latent_size[0]} ({latent_size[1] * LATENT_SCALE}x"
-                f"{latent_size[0] * LATENT_SCALE} px); sample at the image's size (VAE Encode the same image, or an "
+                f"is {latent_size[1]}x{latent_size[0]} ({latent_size[1] * latent_scale}x"
+                f"{latent_size[0] * latent_scale} px); sample at the image's size (VAE Encode the same image, or an "
                 "Empty Latent Image of its size), or scale the image to the latent's size before Readout Invert Image")
 
     def check_schedule(self, sigmas: torch.Tensor, steps: int, scheduler: str) -> None:

@@ -92,9 +92,9 @@ class CorrespondenceTarget(HeadTarget):
     def active(self) -> bool:
         return bool(self.pairs)
 
-    def check_latent_size(self, latent_size: tuple[int, int]) -> None:
+    def check_latent_size(self, latent_size: tuple[int, int], latent_scale: int) -> None:
         """The points' image must have the latent's aspect, or the points would land elsewhere than drawn."""
-        check_aspect(self.image_size, latent_size, "reference_image")
+        check_aspect(self.image_size, latent_size, "reference_image", latent_scale)
 
     def loss(self, edited: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         return correspondence_loss(reference, edited, list(self.pairs), self.image_size)
@@ -138,10 +138,10 @@ class AppearanceTarget(HeadTarget):
     def label(self) -> str:
         return f"{self.role} ({self.head.name})"
 
-    def check_latent_size(self, latent_size: tuple[int, int]) -> None:
+    def check_latent_size(self, latent_size: tuple[int, int], latent_scale: int) -> None:
         """The mask must have the latent's aspect, or it would mark other regions than painted."""
         if self.mask is not None:
-            check_aspect(tuple(self.mask.shape[-2:]), latent_size, self.mask_input)
+            check_aspect(tuple(self.mask.shape[-2:]), latent_size, self.mask_input, latent_scale)
 
     def loss(self, edited: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         weights = torch.ones_like(edited[:1, :1])

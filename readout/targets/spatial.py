@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbones.base import LATENT_SCALE
 from ..heads.head_model import HeadModel
 from .base import HeadTarget, Score, StepWindow
 
@@ -29,10 +28,10 @@ class SpatialTarget(HeadTarget):
     def label(self) -> str:
         return f"{self.head.config.kind} ({self.head.name})"
 
-    def check_latent_size(self, latent_size: tuple[int, int]) -> None:
+    def check_latent_size(self, latent_size: tuple[int, int], latent_scale: int) -> None:
         """The mask must have the latent's aspect (the target map is resized to any size, as its tooltip says)."""
         if self.mask is not None:
-            check_aspect(tuple(self.mask.shape[-2:]), latent_size, "mask")
+            check_aspect(tuple(self.mask.shape[-2:]), latent_size, "mask", latent_scale)
 
     def _mask_for(self, readout: torch.Tensor) -> torch.Tensor | None:
         if self.mask is None:
@@ -64,15 +63,16 @@ def per_latent(maps: torch.Tensor, batch: int, name: str) -> torch.Tensor:
     return maps
 
 
-def check_aspect(size: tuple[int, int], latent_size: tuple[int, int], name: str) -> None:
+def check_aspect(size: tuple[int, int], latent_size: tuple[int, int], name: str, latent_scale: int) -> None:
     """Refuse a (height, width) map whose aspect differs from the latent's by more than one latent cell (the
-    rounding of an image to whole cells): resizing it to the latent would stretch it."""
+    rounding of an image to whole cells): resizing it to the latent would stretch it. The message gives the latent
+    in pixels, `latent_scale` a cell."""
     height, width = size
     rows, cols = latent_size
     if abs(height * cols / width - rows) <= 1 and abs(width * rows / height - cols) <= 1:
         return
-    raise ValueError(f"{name}: it is {width}x{height}, another aspect ratio than the {cols * LATENT_SCALE}x"
-                     f"{rows * LATENT_SCALE} px latent, and would be stretched to it; crop or pad it to the latent's "
+    raise ValueError(f"{name}: it is {width}x{height}, another aspect ratio than the {cols * latent_scale}x"
+                     f"{rows * latent_scale} px latent, and would be stretched to it; crop or pad it to the latent's "
                      "aspect, or size the latent like it")
 
 
