@@ -48,14 +48,25 @@ def show_whole_graph(browser) -> None:
            "await new Promise((r) => setTimeout(r, 600));")  # the view animates
 
 
-def save_thumbnail(shot: str, name: str) -> None:
-    """With UPDATE_WORKFLOW_THUMBNAILS=1, keep a small copy of the screenshot as example_workflows/<name>.jpg, the
-    thumbnail the editor's template browser asks for."""
+def save_thumbnail(browser, name: str) -> None:
+    """With UPDATE_WORKFLOW_THUMBNAILS=1, fit the whole graph in view and keep a small copy of a screenshot as
+    example_workflows/<name>.jpg, the thumbnail the editor's template browser asks for."""
     if os.environ.get("UPDATE_WORKFLOW_THUMBNAILS") != "1":
         return
-    image = Image.open(shot).convert("RGB")
+    show_whole_graph(browser)
+    image = Image.open(screenshot(browser, name.replace(".json", "_loaded"))).convert("RGB")
     image.thumbnail((800, 800))
     image.save(os.path.join(REPO, "example_workflows", name.replace(".json", ".jpg")), quality=85, optimize=True)
+
+
+_OBJECT_INFO: dict[str, dict] = {}
+
+
+def object_info(server) -> dict:
+    """The server's /object_info, read once per server for the workflow-loading tests (they add no files)."""
+    if server.url not in _OBJECT_INFO:
+        _OBJECT_INFO[server.url] = server.get("/object_info")
+    return _OBJECT_INFO[server.url]
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
@@ -67,12 +78,11 @@ def test_workflow_loads_and_converts_in_the_editor(browser, comfy_server, name):
     open_editor(browser, comfy_server)
     load_workflow(browser, workflow)
     assert missing_node_types(browser) == []
-    show_whole_graph(browser)
-    save_thumbnail(screenshot(browser, name.replace(".json", "_loaded")), name)
+    save_thumbnail(browser, name)
     assert os.path.exists(os.path.join(REPO, "example_workflows", name.replace(".json", ".jpg"))), "thumbnail missing"
 
     prompt = for_tiny_models(graph_to_prompt(browser))
-    ours = for_tiny_models(ui_to_api(workflow, comfy_server.get("/object_info")))
+    ours = for_tiny_models(ui_to_api(workflow, object_info(comfy_server)))
     assert nodes_and_inputs(prompt) == ours, "testbed/workflow_api.ui_to_api disagrees with the editor's graphToPrompt"
 
 
@@ -95,7 +105,7 @@ def test_previous_release_workflow_loads_in_the_editor_unchanged(browser, comfy_
     open_editor(browser, comfy_server)
     load_workflow(browser, workflow)
     assert missing_node_types(browser) == []
-    info, before = comfy_server.get("/object_info"), previous_schema()
+    info, before = object_info(comfy_server), previous_schema()
     loaded = {n["id"]: n.get("widgets_values") or [] for n in run_js(browser, "return app.graph.serialize().nodes;")}
     for node in workflow["nodes"]:
         if node["type"] in before:
