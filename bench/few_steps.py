@@ -1,10 +1,10 @@
-"""Readout guidance in few steps at CFG 1, as distilled models sample: on the learned world models, the depth map's
-object IoU gain over the same seed unguided and the drag's share of the requested displacement moved, at 4, 8, 12
+"""Readout guidance in few steps at CFG 1, as distilled models sample: on the learned world models, the depth (or
+edge) map's object IoU gain over the same seed unguided and the drag's share of the requested displacement moved, at 4, 8, 12
 and 20 steps, for step windows ending at 50% (the default) and at 100% of the steps, with 1 or more guided passes per
 step (recurrence).
 
     .venv/bin/python -m bench.few_steps [--family sd15|flux|zimage] [--seeds 8] [--steps 4 8 12 20] [--windows 0.5 1]
-        [--recurrence 1 2] [--measures depth drag] [--out FILE]
+        [--recurrence 1 2] [--measures depth edge drag] [--out FILE]
 
 Prints one markdown row per (steps, window) and writes every record as JSON. Scored on pixels by world/detector.py
 (no head involved). The world's Flux and Z-Image have no drag heads: they run the depth rows only.
@@ -43,9 +43,8 @@ def main() -> None:
 
     world = ex.World.load(args.family)
     world.cfg = args.cfg
-    measures = {"depth": (lambda seed, end: ex.spatial(world, "depth", seed, end_percent=end), "guided", "unguided")}
-    if "depth" not in args.measures:
-        measures.clear()
+    measures = {kind: ((lambda kind: lambda seed, end: ex.spatial(world, kind, seed, end_percent=end))(kind), "guided",
+                       "unguided") for kind in ("depth", "edge") if kind in args.measures and kind in world.heads}
     if "correspondence" in world.heads and "drag" in args.measures:
         measures["drag"] = (lambda seed, end: ex.drag_generated(world, seed, end_percent=end), "moved", None)
     results: dict[str, dict] = {}

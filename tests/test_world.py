@@ -109,10 +109,10 @@ def test_world_cli_trains_and_its_weights_assemble_into_a_checkpoint(tmp_path):
 
     from world.assemble import checkpoint_state_dict
 
-    subprocess.run([sys.executable, "-m", "world.train", "--unet-steps", "6", "--unet-batch", "4", "--decoder-steps", "3",
+    subprocess.run([sys.executable, "-m", "world.train", "--unet-steps", "2", "--unet-batch", "4", "--decoder-steps", "1",
                     "--out", str(tmp_path)], cwd=paths.REPO, check=True, capture_output=True)
     log = json.loads((tmp_path / "training_log.json").read_text())
-    assert log["args"]["unet_steps"] == 6 and log["decoder_loss_first"] is not None
+    assert log["args"]["unet_steps"] == 2 and log["decoder_loss_first"] is not None
     narrow = load_file(str(tmp_path / paths.UNET_FILE))
     assert narrow["input_blocks.0.0.weight"].shape == (64, 4, 3, 3)
     sd = checkpoint_state_dict(str(tmp_path))

@@ -112,9 +112,10 @@ def _is_current(path: str, digest: str) -> bool:
         return (handle.metadata() or {}).get(SOURCE_KEY) == digest
 
 
-def write_world_models(models_dir: str) -> list[str]:
-    """Write the world checkpoint, the world's Flux and Z-Image files and the world heads where missing or built from
-    other weights; return the paths written."""
+def write_world_models(models_dir: str, zimage: bool = False) -> list[str]:
+    """Write the world checkpoint, the world's Flux files and the world heads where missing or built from other
+    weights, with `zimage` the world Z-Image too (2.5 GB: written for what uses it, not by the test bed's setup);
+    return the paths written."""
     from safetensors.torch import save_file
 
     from world.heads import expand_head_file
@@ -122,7 +123,7 @@ def write_world_models(models_dir: str) -> list[str]:
     models = [("checkpoints", paths.CHECKPOINT, (paths.UNET_FILE, paths.VAE_FILE), checkpoint_state_dict)]
     transformers = [(paths.FLUX_DIFFUSION_MODEL, paths.FLUX_WEIGHTS, flux_state_dict),
                     (paths.ZIMAGE_DIFFUSION_MODEL, paths.ZIMAGE_WEIGHTS, zimage_state_dict)]
-    transformers = [(name, stored, build) for name, stored, build in transformers
+    transformers = [(name, stored, build) for name, stored, build in transformers[:2 if zimage else 1]
                     if os.path.exists(os.path.join(paths.WEIGHTS_DIR, stored))]
     models += [("diffusion_models", name, (stored,), build) for name, stored, build in transformers]
     if transformers:

@@ -64,6 +64,10 @@ class World:
         clip = call_node("CLIPLoader", clip_name=paths.CLIP_L, type="stable_diffusion")[0]
         vae = call_node("VAELoader", vae_name=paths.FLUX_VAE)[0]
         if family == "zimage":
+            from testbed import MODELS_DIR
+            from world.assemble import write_world_models
+
+            write_world_models(MODELS_DIR, zimage=True)
             model = call_node("UNETLoader", unet_name=paths.ZIMAGE_DIFFUSION_MODEL, weight_dtype="default")[0]
             return cls(model, clip, vae, heads, FLUX_SAMPLER, "EmptySD3LatentImage", ZIMAGE_STEPS, ZIMAGE_CFG)
         from world.assemble import flux_state_dict

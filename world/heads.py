@@ -145,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="share of the steps and examples (tests)")
     args = parser.parse_args(argv)
     comfy = paths.import_comfyui()
+    if args.family == "zimage":
+        from testbed import MODELS_DIR
+        from world.assemble import write_world_models
+
+        write_world_models(MODELS_DIR, zimage=True)
     model = model_options(args.family, args.checkpoint)
     log = []
     for kind in args.kinds:
