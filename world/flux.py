@@ -3,7 +3,7 @@
 world model, and write its fp16 weights into world/weights/.
 
 Every weight matrix is trained as a rank-24 product and stored as its two factors (1 MB instead of 4 MB: the
-committed weights have a 16 MB budget); `dense_state_dict` multiplies them out into the Flux file ComfyUI loads.
+committed weights had a 16 MB budget then; 24 MB now); `dense_state_dict` multiplies them out into the Flux file ComfyUI loads.
 
 The flow-matching target of each noised scene is the SD1.5 world model's denoised estimate of it (its expected
 velocity given x_t, where its schedule reaches) instead of the one noise sample drawn: the same optimum with far less

@@ -120,7 +120,7 @@ def train_zimage(batch_fn, empty: tuple[torch.Tensor, torch.Tensor], steps: int,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    add_distill_arguments(parser, default_steps=1500, default_stop_after=1500)
+    add_distill_arguments(parser, default_steps=1500, default_stop_after=1000)
     args = parser.parse_args(argv)
     return distill_from_world(args, paths.ZIMAGE_WEIGHTS, "zimage_training_log.json", "world-zimage", ZIMAGE_SEED_BASE,
                               RANK, lambda batch, empty, teacher, **options: train_zimage(
