@@ -56,6 +56,11 @@ class World:
     def load(cls, family: str = "sd15") -> "World":
         import folder_paths
 
+        if family == "zimage":
+            from testbed import MODELS_DIR
+            from world.assemble import write_world_models
+
+            write_world_models(MODELS_DIR, zimage=True)  # the model and heads trained since the setup ran
         listed = set(folder_paths.get_filename_list("readout_heads"))
         heads = {k: call_node("LoadReadoutHead", head_name=paths.head_name(k, family))[0] for k in paths.HEAD_KINDS
                  if paths.head_name(k, family) in listed}
@@ -64,10 +69,6 @@ class World:
         clip = call_node("CLIPLoader", clip_name=paths.CLIP_L, type="stable_diffusion")[0]
         vae = call_node("VAELoader", vae_name=paths.FLUX_VAE)[0]
         if family == "zimage":
-            from testbed import MODELS_DIR
-            from world.assemble import write_world_models
-
-            write_world_models(MODELS_DIR, zimage=True)
             model = call_node("UNETLoader", unet_name=paths.ZIMAGE_DIFFUSION_MODEL, weight_dtype="default")[0]
             return cls(model, clip, vae, heads, FLUX_SAMPLER, "EmptySD3LatentImage", ZIMAGE_STEPS, ZIMAGE_CFG)
         from world.assemble import flux_state_dict
