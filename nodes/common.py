@@ -95,10 +95,10 @@ def guidance_option_inputs() -> list[io.Input]:
         io.Int.Input("recurrence", default=AUTO, min=AUTO, max=MAX_RECURRENCE, optional=True, tooltip=(
             "Guided passes per guided step (rule fast): the step is taken, re-noised back to its sigma and guided "
             "again, as Universal Guidance's recurrence does. 0 (auto, default): 2 passes in runs of 8 steps or "
-            "fewer (distilled and Turbo models), 1 in longer runs and in runs with a reference branch (drag, "
-            "appearance, identity, relative Self-Guidance edits). On "
-            "the learned test model at 4-8 steps a second pass raised the spatial effect by half to double (a drag "
-            "moved no further); each pass costs one more guided model evaluation. "
+            "fewer (distilled and Turbo models; 1 on Z-Image), 1 in longer runs and in runs with a reference branch "
+            "(drag, appearance, identity, relative Self-Guidance edits). On the learned SD1.5 and Flux test models "
+            "at 4-8 steps a second pass raised the spatial effect by a third to double; on the learned Z-Image it "
+            "lowered it, and a drag moved no further. Each pass costs one more guided model evaluation. "
             "docs/families.md, Few steps, has the measurements.")),
     ]
 

@@ -123,6 +123,19 @@ def test_drag_lowers_the_drag_loss_in_few_steps(bed):
     assert_drag_lowers_the_drag_loss(bed, SIZE)
 
 
+@pytest.mark.parametrize("bed", ["lumina2"], indirect=True)
+def test_auto_recurrence_guides_z_image_once_a_step(bed):
+    """On the learned Z-Image a second pass lowered the effect at 8 and 4 steps: auto (the default) samples a short
+    Z-Image run as recurrence 1 does, bit for bit."""
+    head, unit = bed.depth_target()
+    guidance = call_node("ReadoutTarget", head=head, weight=TINY_WEIGHT, start_percent=0.0, end_percent=1.0,
+                         target_image=unit)[0]
+    inputs = dict(model=bed.model, seed=1, steps=2, cfg=1.0, sampler_name="euler", scheduler="simple",
+                  positive=bed.pos, negative=bed.neg, latent_image=bed.latent, denoise=1.0, guidance=guidance)
+    auto, one = (call_node("ReadoutGuidedKSampler", **inputs, **extra)[0]["samples"] for extra in ({}, ONE_PASS))
+    assert torch.equal(auto, one)
+
+
 @family
 def test_self_guidance_is_refused_by_name(bed):
     clip = call_node("CLIPLoader", clip_name=TINY_DIT_CLIP_L, type="stable_diffusion")[0]

@@ -48,6 +48,15 @@ def test_no_pass_where_a_flow_latent_holds_no_signal():
     assert recurrence.renoised(model_sampling("flow"), x, torch.zeros_like(x), 1.0, 0.7, torch.randn_like(x)) is None
 
 
+def test_auto_gives_short_runs_the_familys_passes_and_long_runs_one():
+    four, twelve = torch.linspace(1.0, 0.0, 5), torch.linspace(1.0, 0.0, 13)
+    auto = recurrence.AUTO
+    assert [recurrence.passes_per_step(auto, four, False, family) for family in (2, 1)] == [2, 1]
+    assert recurrence.passes_per_step(auto, twelve, False, 2) == 1
+    assert recurrence.passes_per_step(auto, four, True, 2) == 1
+    assert recurrence.passes_per_step(3, twelve, True, 1) == 3
+
+
 def test_next_sigma_is_the_schedules_next():
     sigmas = torch.tensor([14.6, 6.0, 2.0, 0.5, 0.0])
     assert [recurrence.next_sigma(sigmas, s) for s in (14.6, 2.0, 0.5)] == [pytest.approx(6.0), 0.5, 0.0]

@@ -100,6 +100,10 @@ class Backbone(ABC):
     blocks_add_in_place: bool = False
     """Whether the model's blocks add into tensors they saved for the backward (the grad pass then keeps copies)."""
 
+    few_step_passes: int = 2
+    """The guided passes recurrence's auto gives a short run of this family (recurrence.py): measured on its learned
+    world where one exists, else on the SD1.5 and Flux worlds (both gained from a second pass at 4-8 steps)."""
+
     weight_scale: float = 1.0
     """Multiplies a target's weight in the fast rule, so that one weight means one strength in every family (the
     calibration of the default weight, run.py, in this family's parameterization)."""

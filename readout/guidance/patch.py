@@ -55,8 +55,8 @@ class GuidanceOptions:
     compute_dtype: str = "auto"
     rule: str = "fast"
     recurrence: int = AUTO
-    """Guided passes per guided step (recurrence.py): a count, or AUTO (two in runs of at most 8 steps without
-    relative targets, else one)."""
+    """Guided passes per guided step (recurrence.py): a count, or AUTO (in runs of at most 8 steps without relative
+    targets the family's few-step passes: two, one on Z-Image; else one)."""
 
     def __post_init__(self) -> None:
         if self.loss_branch not in LOSS_BRANCHES:
@@ -114,6 +114,8 @@ class ReadoutGuidancePatch:
         self.reference = reference
         self.report_to = report_to
         self.latent_size: tuple[int, int] | None = None
+        self.few_step_passes = 1
+        """Recurrence auto's passes in short runs of the model sampled now (its family's few_step_passes)."""
         self.cond_names: dict[object, str] = {}
         self.run = GuidanceRun.fresh([(0.0, 0.0)] * len(targets))
         self.last_run = self.run
@@ -143,9 +145,10 @@ class ReadoutGuidancePatch:
         self.run = GuidanceRun.fresh(step_windows(self.targets, patcher.get_model_object("model_sampling")))
         self.evaluation, self.joint_gradient = EvaluationGradients(), None
         try:
-            latent_scale = backbone_for_config(patcher.model.model_config).latent_scale
+            backbone = backbone_for_config(patcher.model.model_config)
+            self.few_step_passes = backbone.few_step_passes
             for target in self.targets:
-                target.check_latent_size(self.latent_size, latent_scale)
+                target.check_latent_size(self.latent_size, backbone.latent_scale)
             return executor(*args, **kwargs)
         finally:
             self.last_run = self.run
@@ -171,7 +174,8 @@ class ReadoutGuidancePatch:
         sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
         passes = 1
         if self.options.rule == "fast" and self.rule.active_targets(self.targets, self.run.windows, sigma):
-            passes = passes_per_step(self.options.recurrence, sigmas, self.branch_split is not None)
+            passes = passes_per_step(self.options.recurrence, sigmas, self.branch_split is not None,
+                                     self.few_step_passes)
         start = x
         for index in range(passes):
             denoised = self._evaluate(executor, x, timestep, model_options, seed)

@@ -11,22 +11,23 @@ from __future__ import annotations
 import torch
 
 AUTO = 0
-"""The recurrence option's automatic setting: AUTO_PASSES passes per guided step in runs of at most AUTO_MAX_STEPS
-steps without relative targets, one pass otherwise."""
+"""The recurrence option's automatic setting: the family's few-step passes (Backbone.few_step_passes) per guided step
+in runs of at most AUTO_MAX_STEPS steps without relative targets, one pass otherwise."""
 AUTO_MAX_STEPS = 8
-AUTO_PASSES = 2
-"""On the learned SD1.5 world at CFG 1 a second pass doubled the depth IoU gain at 4 steps and raised it by half at 8
-(docs/families.md, Few steps); a third pass at 4 steps added little. A drag moved no further with a second
-pass (its fresh noise parts the edit from the reference branch it is compared with), so relative targets keep one."""
+"""On the learned SD1.5 world at CFG 1 a second pass doubled the depth IoU gain at 4 steps and raised it by half at 8,
+and on the world's Flux raised it by a third to a half at 4 and 8 steps (shift 1 and 3); a third pass at 4 steps
+added little; on the learned Z-Image it lowered the gain (docs/families.md, Few steps). A drag moved no further with
+a second pass (its fresh noise parts the edit from the reference branch it is compared with), so relative targets
+keep one."""
 
 
-def passes_per_step(option: int, sample_sigmas: torch.Tensor | None, relative: bool) -> int:
+def passes_per_step(option: int, sample_sigmas: torch.Tensor | None, relative: bool, few_step_passes: int) -> int:
     """The guided passes each guided step of this run takes (`option`: the recurrence input, AUTO or a count;
-    `relative`: the run has a reference branch)."""
+    `relative`: the run has a reference branch; `few_step_passes`: auto's count for the family in short runs)."""
     if option != AUTO:
         return option
     steps = AUTO_MAX_STEPS + 1 if sample_sigmas is None else sample_sigmas.numel() - 1
-    return AUTO_PASSES if steps <= AUTO_MAX_STEPS and not relative else 1
+    return few_step_passes if steps <= AUTO_MAX_STEPS and not relative else 1
 
 
 def next_sigma(sample_sigmas: torch.Tensor | None, sigma: float) -> float:
