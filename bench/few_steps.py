@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--windows", type=float, nargs="+", default=list(WINDOWS))
     parser.add_argument("--recurrence", type=int, nargs="+", default=[1])
     parser.add_argument("--measures", nargs="+", default=["depth", "drag"])
+    parser.add_argument("--shift", type=float, help="a flow model's sampling shift (ModelSamplingAuraFlow; default: "
+                                                    "the model's own: the world's Flux 1, the world's Z-Image 3)")
     parser.add_argument("--out", help="the JSON of every record (default: output/few_steps_<family>.json)")
     args = parser.parse_args()
     args.out = args.out or os.path.join(REPO, "output", f"few_steps_{args.family}.json")
@@ -43,13 +45,15 @@ def main() -> None:
 
     world = ex.World.load(args.family)
     world.cfg = args.cfg
+    if args.shift is not None:
+        world.model = ex.call_node("ModelSamplingAuraFlow", model=world.model, shift=args.shift)[0]
     measures = {kind: ((lambda kind: lambda seed, end: ex.spatial(world, kind, seed, end_percent=end))(kind), "guided",
                        "unguided") for kind in ("depth", "edge") if kind in args.measures and kind in world.heads}
     if "correspondence" in world.heads and "drag" in args.measures:
         measures["drag"] = (lambda seed, end: ex.drag_generated(world, seed, end_percent=end), "moved", None)
     results: dict[str, dict] = {}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    print(f"{args.family} world, cfg {args.cfg}, {args.seeds} seeds\n"
+    print(f"{args.family} world, cfg {args.cfg}, shift {args.shift or 'own'}, {args.seeds} seeds\n"
           "| measure | steps | window end | recurrence | unguided | guided | gain or moved | improved | s/run |\n"
           "|---|---|---|---|---|---|---|---|---|")
     for steps in args.steps:
