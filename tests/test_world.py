@@ -262,20 +262,26 @@ def test_factored_flux_weights_multiply_out_to_the_model_comfyui_loads():
     assert want.abs().mean() > 0.01 and torch.allclose(want, got, atol=2e-2 * want.abs().max())
 
 
-def test_world_flux_cli_trains_factored_weights_from_the_world_teacher(tmp_path):
+def train_briefly(module: str, tmp_path, stop_after: int) -> dict:
+    """Run a world transformer's training command for a few steps of 2 scenes; its log."""
     import json
     import subprocess
     import sys
 
+    subprocess.run([sys.executable, "-m", module, "--steps", "10", "--stop-after", str(stop_after), "--batch", "2",
+                    "--snapshot-every", "0", "--threads", "1", "--out", str(tmp_path)],
+                   cwd=paths.REPO, check=True, capture_output=True)
+    log = json.loads((tmp_path / f"{module.split('.')[-1]}_training_log.json").read_text())
+    assert log["step"] == stop_after and np.isfinite(log["loss_last"])
+    return log
+
+
+def test_world_flux_cli_trains_factored_weights_from_the_world_teacher(tmp_path):
     from safetensors import safe_open
 
     from world.distill import FACTORS
 
-    subprocess.run([sys.executable, "-m", "world.flux", "--steps", "10", "--stop-after", "3", "--batch", "2",
-                    "--snapshot-every", "0", "--threads", "1", "--out", str(tmp_path)],
-                   cwd=paths.REPO, check=True, capture_output=True)
-    log = json.loads((tmp_path / "flux_training_log.json").read_text())
-    assert log["step"] == 3 and np.isfinite(log["loss_last"])
+    train_briefly("world.flux", tmp_path, 3)
     with safe_open(str(tmp_path / paths.FLUX_WEIGHTS), framework="pt") as handle:
         assert handle.metadata()["steps"] == "3" and handle.metadata()["schedule_steps"] == "10"
         assert any(k.endswith(FACTORS[1]) for k in handle.keys())
@@ -348,17 +354,9 @@ def test_world_zimage_widened_computes_the_narrow_model():
 
 
 def test_world_zimage_cli_trains_factored_narrow_weights_from_the_guided_teacher(tmp_path):
-    import json
-    import subprocess
-    import sys
-
     from safetensors import safe_open
 
-    subprocess.run([sys.executable, "-m", "world.zimage", "--steps", "10", "--stop-after", "2", "--batch", "2",
-                    "--snapshot-every", "0", "--threads", "1", "--out", str(tmp_path)],
-                   cwd=paths.REPO, check=True, capture_output=True)
-    log = json.loads((tmp_path / "zimage_training_log.json").read_text())
-    assert log["step"] == 2 and np.isfinite(log["loss_last"])
+    train_briefly("world.zimage", tmp_path, 2)
     with safe_open(str(tmp_path / paths.ZIMAGE_WEIGHTS), framework="pt") as handle:
         assert handle.metadata()["steps"] == "2"
         assert handle.get_slice("layers.0.attention.qkv.factor_a").get_shape() == [768, 32]

@@ -17,6 +17,24 @@ WORLD_CHANNELS = 4
 """The world's latent channels: a wider latent carries them first and zeros after."""
 
 
+def init_for_training(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A ComfyUI transformer built without initialization, initialized to train: PyTorch's default init of its linear
+    layers, its output layer and modulations zero (each block starts as the identity), its RMSNorm gains one."""
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.Linear.reset_parameters(module)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("final_layer.linear") or "adaLN_modulation" in name:
+                param.zero_()
+        for module in model.modules():
+            if "RMSNorm" in type(module).__name__:  # its gain is `scale` (ComfyUI 0.3.75) or `weight` (0.33)
+                for param in module.parameters():
+                    param.fill_(1.0)
+    return model
+
+
 class LowRankLinear(torch.nn.Module):
     """A linear layer whose weight is the product factor_a @ factor_b (out x rank, rank x in)."""
 

@@ -23,7 +23,7 @@ import sys
 import torch
 
 from world import paths
-from world.distill import add_distill_arguments, distill_from_world, factorize, train_flow
+from world.distill import add_distill_arguments, distill_from_world, factorize, init_for_training, train_flow
 
 RANK = 24
 FLUX_CONFIG = {
@@ -48,21 +48,7 @@ def build_flux(seed: int | None = None) -> torch.nn.Module:
     fields = {field.name for field in dataclasses.fields(FluxParams)}
     config = {**FLUX_CONFIG, **({"txt_ids_dims": []} if "txt_ids_dims" in fields else {})}
     model = Flux(operations=comfy.ops.disable_weight_init, dtype=torch.float32, device="cpu", **config)
-    if seed is None:
-        return model
-    torch.manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            torch.nn.Linear.reset_parameters(module)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.startswith("final_layer.linear") or "adaLN_modulation" in name:
-                param.zero_()
-        for module in model.modules():
-            if "RMSNorm" in type(module).__name__:  # its gain is `scale` (ComfyUI 0.3.75) or `weight` (0.33)
-                for param in module.parameters():
-                    param.fill_(1.0)
-    return model
+    return model if seed is None else init_for_training(model, seed)
 
 
 def comfyui_reads_world_flux(state_dict: dict[str, torch.Tensor]) -> bool:

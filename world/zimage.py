@@ -20,7 +20,7 @@ import sys
 import torch
 
 from world import paths
-from world.distill import add_distill_arguments, distill_from_world, factorize, train_flow
+from world.distill import add_distill_arguments, distill_from_world, factorize, init_for_training, train_flow
 
 RANK = 32
 TILES = 15
@@ -48,18 +48,7 @@ def build_nextdit(config: dict, device: str = "cpu") -> torch.nn.Module:
 
 def build_narrow(seed: int) -> torch.nn.Module:
     """The narrow model, factored: random factors, zero output layer and modulations, unit norm gains."""
-    model = build_nextdit(NARROW_CONFIG)
-    torch.manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            torch.nn.Linear.reset_parameters(module)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.startswith("final_layer.linear") or "adaLN_modulation" in name:
-                param.zero_()
-            elif name.endswith("norm.weight") or "_norm" in name or name.startswith("cap_embedder.0"):
-                param.fill_(1.0)
-    return factorize(model, RANK)
+    return factorize(init_for_training(build_nextdit(NARROW_CONFIG), seed), RANK)
 
 
 def _widen(value: torch.Tensor, target: torch.Size, chunks: int, tiles: int) -> torch.Tensor:
