@@ -161,11 +161,12 @@ def test_no_committed_file_is_over_one_megabyte_outside_the_trained_weights():
     assert not big
 
 
-def test_trained_weights_are_fp16_safetensors_within_sixteen_megabytes():
+def test_trained_weights_are_fp16_safetensors_within_24_megabytes():
+    """The budget grew from 16 to 24 MB for the world's Z-Image and its heads (world/weights/README.md)."""
     from safetensors import safe_open
 
     weights = {f: size for f, size in _committed_sizes().items() if f.startswith(WEIGHTS_FOLDER)}
-    assert sum(weights.values()) <= 16 * 10**6
+    assert sum(weights.values()) <= 24 * 10**6
     tensors = [f for f in weights if f.endswith(".safetensors")]
     assert tensors and all(size < 1 << 20 for f, size in weights.items() if f not in tensors)
     for f in tensors:
