@@ -1,5 +1,5 @@
 """The demo on the tiny models, as `make demo` runs it but at 4 steps (its default is 10; at 4
-recurrence's auto guides the spatial panels twice a step), as distilled models sample: guided beats unguided in
+recurrence's auto guides the spatial panels twice a step, Z-Image's once), as distilled models sample: guided beats unguided in
 every spatial, drag and self-guidance panel, and the page shows every panel with its images, scores and caption in
 Chromium."""
 from __future__ import annotations
