@@ -114,8 +114,6 @@ class ReadoutGuidancePatch:
         self.reference = reference
         self.report_to = report_to
         self.latent_size: tuple[int, int] | None = None
-        self.few_step_passes = 1
-        """Recurrence auto's passes in short runs of the model sampled now (its family's few_step_passes)."""
         self.cond_names: dict[object, str] = {}
         self.run = GuidanceRun.fresh([(0.0, 0.0)] * len(targets))
         self.last_run = self.run
@@ -145,10 +143,9 @@ class ReadoutGuidancePatch:
         self.run = GuidanceRun.fresh(step_windows(self.targets, patcher.get_model_object("model_sampling")))
         self.evaluation, self.joint_gradient = EvaluationGradients(), None
         try:
-            backbone = backbone_for_config(patcher.model.model_config)
-            self.few_step_passes = backbone.few_step_passes
+            latent_scale = backbone_for_config(patcher.model.model_config).latent_scale
             for target in self.targets:
-                target.check_latent_size(self.latent_size, backbone.latent_scale)
+                target.check_latent_size(self.latent_size, latent_scale)
             return executor(*args, **kwargs)
         finally:
             self.last_run = self.run
@@ -172,18 +169,18 @@ class ReadoutGuidancePatch:
         re-noised guided step `recurrence` times where a target guides (recurrence.py)."""
         sigma = float(timestep.flatten()[0])
         sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
+        model = executor.class_obj.inner_model
         passes = 1
         if self.options.rule == "fast" and self.rule.active_targets(self.targets, self.run.windows, sigma):
             passes = passes_per_step(self.options.recurrence, sigmas, self.branch_split is not None,
-                                     self.few_step_passes)
+                                     backbone_for_config(model.model_config).few_step_passes)
         start = x
         for index in range(passes):
             denoised = self._evaluate(executor, x, timestep, model_options, seed)
             if index == passes - 1 or not self._corrected:
                 return denoised
             fresh = torch.randn(x.shape, generator=torch.Generator().manual_seed(recurrence_seed(seed, sigma, index)))
-            model_sampling = executor.class_obj.inner_model.model_sampling
-            moved = renoised(model_sampling, x, denoised, sigma, next_sigma(sigmas, sigma), fresh)
+            moved = renoised(model.model_sampling, x, denoised, sigma, next_sigma(sigmas, sigma), fresh)
             if moved is None:
                 return denoised
             if self.branch_split:

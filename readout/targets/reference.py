@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import torch
 
 
-
 @dataclass(frozen=True)
 class InvertedReference:
     """A real image's latent trajectory from DDIM inversion: k-diffusion latents at the sampler's sigmas."""
