@@ -9,7 +9,7 @@
 #   world's Flux and Z-Image too (demo-worlds-033).
 # make world: retrain the learned world model and its heads (about an hour on 2 CPU cores).
 # make world-flux: retrain the world's Flux and its depth head (ComfyUI 0.33 from $(SHARED)/comfyui loads it).
-# make world-zimage: retrain the world's Z-Image and its depth and edge heads (on the ComfyUI 0.33 test bed).
+# make world-zimage: retrain the world's Z-Image and its four heads (on the ComfyUI 0.33 test bed).
 # make test-comfyui-033: the whole suite on ComfyUI 0.33.0 from $(SHARED)/comfyui, newest frontend (FRONTEND_NEW).
 # make test-comfyui-0375: the every_comfyui and every_frontend tests on ComfyUI 0.3.75 (its own frontend).
 # make test-frontend-033: the every_frontend browser tests on ComfyUI 0.33.0's own frontend.
@@ -89,7 +89,7 @@ world-flux: setup-comfyui-033
 world-zimage: setup-comfyui-033
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m world.zimage
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.setup_testbed
-	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m world.heads --family zimage --kinds depth edge
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m world.heads --family zimage --kinds depth edge correspondence appearance
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.setup_testbed
 
 test-comfyui-033: setup-comfyui-033 $(FRONTEND_NEW_DIR)/.ok

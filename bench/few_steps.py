@@ -7,7 +7,8 @@ step (recurrence).
         [--recurrence 1 2] [--measures depth edge drag] [--out FILE]
 
 Prints one markdown row per (steps, window) and writes every record as JSON. Scored on pixels by world/detector.py
-(no head involved). The world's Flux and Z-Image have no drag heads: they run the depth rows only.
+(no head involved). The world's Flux has no committed drag heads: it runs the depth rows unless
+`python -m world.heads --family flux --kinds correspondence appearance` trained them.
 """
 from __future__ import annotations
 
@@ -80,8 +81,11 @@ def row(name: str, steps: int, end: float, recurrence: int, stats: dict, records
         gains = np.array([r["guided"] - r["unguided"] for r in records if "skipped" not in r])
         return (f"{head} {stats['baseline_mean']:.3f} | {stats['mean']:.3f} | "
                 f"{gains.mean():+.3f} +- {gains.std():.3f} | {stats['improved']:.0%} | {seconds:.1f} |")
-    skipped = sum("skipped" in r for r in records)
-    return (f"{head} - | - | {stats['mean']:.3f} +- {stats['std']:.3f} ({skipped} skipped) | - | {seconds:.1f} |")
+    done = [r for r in records if "skipped" not in r]
+    kept = np.mean([r["colour_kept"] for r in done]) if done else float("nan")
+    half = sum(r["moved"] >= 0.5 for r in done)
+    return (f"{head} - | - | {stats['mean']:.3f} +- {stats['std']:.3f} ({len(records) - len(done)} skipped; colour "
+            f"kept {kept:.0%}) | {half} of {len(done)} moved half | {seconds:.1f} |")
 
 
 if __name__ == "__main__":

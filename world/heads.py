@@ -31,7 +31,11 @@ HEAD_RECIPES = {
     "appearance": {"examples": 64, "steps": 40, "batch": 4, "lr": 1e-3},
 }
 """Sized for about 20 minutes on 2 CPU cores in all (each step runs the 320-channel world UNet on every image)."""
-ZIMAGE_RECIPES = {kind: {"examples": 64, "steps": 60, "batch": 4, "lr": 1e-3} for kind in ("depth", "edge")}
+ZIMAGE_RECIPES = {
+    **{kind: {"examples": 64, "steps": 60, "batch": 4, "lr": 1e-3} for kind in ("depth", "edge")},
+    "correspondence": {"examples": 64, "steps": 60, "batch": 4, "lr": 1e-3},
+    "appearance": {"examples": 48, "steps": 30, "batch": 4, "lr": 1e-3},
+}
 """Shorter: each step runs the 1.3B-parameter world Z-Image (at Z-Image's own width) on every image."""
 TRAIN_OPTIONS = ["--resolution", "128", "--projection-dim", "128", "--val-fraction", "0.1", "--val-every", "50",
                  "--checkpoint-every", "100000"]
