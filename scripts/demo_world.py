@@ -169,7 +169,8 @@ FAMILY_PANELS = {
     "sd15": ("world_", PANELS),
     "flux": ("world_flux_", {"world_flux_spatial_depth": PANELS["world_spatial_depth"]}),
     "zimage": ("world_zimage_", {"world_zimage_spatial_depth": PANELS["world_spatial_depth"],
-                                 "world_zimage_spatial_edge": PANELS["world_spatial_edge"]}),
+                                 "world_zimage_spatial_edge": PANELS["world_spatial_edge"],
+                                 "world_zimage_drag_generated": PANELS["world_drag_generated"]}),
 }
 """Each world model's panel prefix and experiments (the world's Flux and Z-Image: those their heads exist for)."""
 
