@@ -55,6 +55,12 @@ WHAT_TO_LOOK_FOR = {
                   "it should go. Scores from the pixel detector: moved, the share of the requested displacement the "
                   "object's centroid moved (1: all the way), and ghost, the share of its old place it still covers "
                   "(lower is better).",
+    "world_zimage_drag": "A column per seed: the object of a one-object picture that the world Z-Image sampled in 8 "
+                         "steps at CFG 1 (top: the same seed unguided) dragged 24-40 px by its correspondence and "
+                         "appearance heads (bottom). Black arrow: the drag, from the object's centroid to where it "
+                         "should go. Scores from the pixel detector: moved, the share of the requested displacement "
+                         "the object's centroid moved (1: all the way), and ghost, the share of its old place it still "
+                         "covers (lower is better).",
     "world_self_guidance": "A column per seed: Self-Guidance move_to on the words of a one-object prompt, no head "
                            "involved, the same seed unguided (top) and guided (bottom). Black cross: the object's "
                            "centroid unguided (the start); black ring: the goal, on the opposite side of the canvas. "

@@ -8,7 +8,7 @@ import html
 import numpy as np
 from PIL import Image
 
-from scripts.demo_world import INK, IOU, SCALE, outlined, scaled, scores, with_arrow, with_goal
+from scripts.demo_world import FAMILY_PANELS, INK, IOU, SCALE, outlined, scaled, scores, with_arrow, with_goal
 from testbed.demo_page import TINY_PART, Panel, load_panels, panel_png, write_part
 from testbed.demo_roles import GUIDED_VIEW, TARGET_MAP, UNGUIDED_VIEW
 
@@ -44,6 +44,14 @@ def test_the_learned_worlds_lead_the_page_and_each_part_replaces_only_its_own(tm
     assert [s.workflow for s in panels[0].seeds] == ["seed 0", "seed 1"]
     assert panels[0].mean_line() == "Mean over 2 seeds: unguided IoU 0.1000; guided IoU 0.5000"
     assert "docs/measurements.md" in panels[0].caption() and panels[0].mean_line() in page
+
+
+def test_every_world_panel_the_demo_runs_says_what_to_look_for():
+    """Each family's panels (`make demo`) have their caption, named by the family's prefix and the experiment."""
+    for prefix, panels in FAMILY_PANELS.values():
+        for name, experiment in panels.items():
+            caption = Panel(name, prefix + experiment.kind).caption()
+            assert "docs/measurements.md" in caption and len(caption) > 200, name
 
 
 def test_a_world_panel_has_a_column_per_seed(tmp_path):
