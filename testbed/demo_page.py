@@ -16,6 +16,9 @@ NOISE = ("The pictures themselves are noise: the demo's tiny models have random 
          "visible in the readout space, as the heads read the sampled latents (read as sampled: the tiny random VAE's "
          "decode and encode would scramble them).")
 FITTED = "Fitted for a CPU: 64 px canvas and at most 10 steps (testbed/tiny_names.py fit_for_cpu)."
+DRAG_ARROW_AND_SCORES = ("Black arrow: the drag, from the object's centroid to where it should go. Scores from the "
+                         "pixel detector: moved, the share of the requested displacement the object's centroid moved "
+                         "(1: all the way), and ghost, the share of its old place it still covers (lower is better).")
 WHAT_TO_LOOK_FOR = {
     "spatial": "Left: the target map. Middle: what the head reads in the latent sampled from the same seed "
                "without guidance. Right: what it reads in the guided latent. The guided readout should be closer to the "
@@ -51,16 +54,10 @@ WHAT_TO_LOOK_FOR = {
                             "head is involved).",
     "world_drag": "A column per seed: the object of a one-object picture (top: the same seed unguided, or an inverted "
                   "rendered scene's reconstruction with the drag at weight 0) dragged 24-40 px by the correspondence "
-                  "and appearance heads (bottom). Black arrow, on both: the drag, from the object's centroid to where "
-                  "it should go. Scores from the pixel detector: moved, the share of the requested displacement the "
-                  "object's centroid moved (1: all the way), and ghost, the share of its old place it still covers "
-                  "(lower is better).",
+                  "and appearance heads (bottom). " + DRAG_ARROW_AND_SCORES,
     "world_zimage_drag": "A column per seed: the object of a one-object picture that the world Z-Image sampled in 8 "
                          "steps at CFG 1 (top: the same seed unguided) dragged 24-40 px by its correspondence and "
-                         "appearance heads (bottom). Black arrow: the drag, from the object's centroid to where it "
-                         "should go. Scores from the pixel detector: moved, the share of the requested displacement "
-                         "the object's centroid moved (1: all the way), and ghost, the share of its old place it still "
-                         "covers (lower is better).",
+                         "appearance heads (bottom). " + DRAG_ARROW_AND_SCORES,
     "world_self_guidance": "A column per seed: Self-Guidance move_to on the words of a one-object prompt, no head "
                            "involved, the same seed unguided (top) and guided (bottom). Black cross: the object's "
                            "centroid unguided (the start); black ring: the goal, on the opposite side of the canvas. "
