@@ -4,9 +4,10 @@
 #   serving the newest frontend, on ComfyUI 0.3.75 the tests marked every_comfyui or every_frontend (what depends on
 #   the version or the frontend), and the every_frontend browser tests on 0.33.0's own frontend (scripts/test_legs);
 #   without it, the whole suite on 0.3.75. Each phase prints its seconds.
-# make demo: the same setup, then run every workflow in example_workflows/ on a real ComfyUI server, and guide the
-#   learned world model (world/) next to the same seeds unguided; with ComfyUI 0.33's source in $(SHARED), the
-#   world's Flux and Z-Image too (demo-worlds-033).
+# make demo: the same setup, then run every workflow in example_workflows/ on a real ComfyUI server (0.33.0 when its
+#   source is in $(SHARED); on 0.3.75 the 2026 families' examples are skipped), and guide the learned world model
+#   (world/) next to the same seeds unguided; with ComfyUI 0.33's source, the world's Flux and Z-Image too
+#   (demo-worlds-033).
 # make world: retrain the learned world model and its heads (about an hour on 2 CPU cores).
 # make world-flux: retrain the world's Flux and its depth head (ComfyUI 0.33 from $(SHARED)/comfyui loads it).
 # make world-zimage: retrain the world's Z-Image and its four heads (on the ComfyUI 0.33 test bed).
@@ -38,7 +39,7 @@ CHOSEN = $(if $(SELECT),-k "$(SELECT)")
 ON_0375 = every_frontend or every_comfyui and (not sdxl_family or each_family_on_every_comfyui)
 # what ComfyUI 0.3.75 runs: browser tests for its frontend, version-dependent tests (SD1.5 runs; SDXL for detection)
 
-.PHONY: test test-unit demo demo-worlds-033 setup world world-flux world-zimage test-comfyui-033 test-comfyui-0375 setup-comfyui-033 \
+.PHONY: test test-unit demo demo-examples-033 demo-worlds-033 setup world world-flux world-zimage test-comfyui-033 test-comfyui-0375 setup-comfyui-033 \
 	test-frontend-033 clean
 
 test:
@@ -62,10 +63,15 @@ test-comfyui-0375: setup
 	$(PY) -m pytest $(SUITE) -m "$(ON_0375)" $(CHOSEN) $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m scripts.demo
+	@if [ -f $(COMFYUI_033_TARBALL) ]; then $(MAKE) --no-print-directory demo-examples-033; else \
+		echo "[demo] ComfyUI 0.33.0 not found ($(COMFYUI_033_TARBALL)): the examples run on 0.3.75, those of the 2026 families skipped"; \
+		$(PY) -m scripts.demo; fi
 	$(PY) -m scripts.demo_world
 	@if [ -f $(COMFYUI_033_TARBALL) ]; then $(MAKE) --no-print-directory demo-worlds-033; else \
 		echo "[demo] the world's Flux and Z-Image panels skipped: they need ComfyUI 0.33 ($(COMFYUI_033_TARBALL) not found)"; fi
+
+demo-examples-033: setup-comfyui-033
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.demo
 
 demo-worlds-033: setup-comfyui-033
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.demo_world --family flux

@@ -22,7 +22,7 @@ from testbed.server import ComfyServer, PromptFailed, start_server, stop_server
 from testbed.demo_page import ASSERTED_KINDS, TINY_PART, Panel, panel_png, write_part
 from testbed.demo_roles import GUIDED_SCORE, TARGET_MAP, UNGUIDED_SCORE
 from testbed import REPO, comfyui_path
-from testbed.tiny_names import fit_for_cpu
+from testbed.tiny_names import comfyui_lacks_family, fit_for_cpu
 from testbed.workflow_api import WorkflowError, ui_to_api
 
 KIND_BY_NODE = (("WordAttentionMap", "self_guidance"), ("DrawDragPoints", "drag"), ("ReadoutIdentityTarget", "identity"),
@@ -42,13 +42,27 @@ def fetch(server: ComfyServer, image: dict) -> bytes:
         return reply.read()
 
 
-def run_workflow(server: ComfyServer, object_info: dict, path: str, dest: str, size: int, steps: int) -> tuple[Panel, list[str]]:
+class NotOnThisComfyUI(Exception):
+    """The server's ComfyUI cannot run a workflow's model family on the tiny models (the message says why)."""
+
+
+def server_version(server: ComfyServer) -> tuple[int, ...]:
+    """The ComfyUI version the server reports, e.g. (0, 33, 0)."""
+    text = server.get("/system_stats")["system"]["comfyui_version"]
+    return tuple(int(part) for part in text.split(".")[:3])
+
+
+def run_workflow(server: ComfyServer, object_info: dict, path: str, dest: str, size: int, steps: int,
+                 version: tuple[int, ...]) -> tuple[Panel, list[str]]:
     """Run one workflow; its panel (images by node title, scores) and the images it saved."""
     stem = os.path.splitext(os.path.basename(path))[0]
     with open(path, encoding="utf-8") as f:
         workflow = json.load(f)
     titles = {str(node["id"]): node.get("title") for node in workflow["nodes"]}
     prompt = fit_for_cpu(ui_to_api(workflow, object_info), size, steps)
+    reason = comfyui_lacks_family(prompt, version)
+    if reason:
+        raise NotOnThisComfyUI(reason)
     entry = server.run(prompt, timeout=1800)
     panel, saved = Panel(os.path.basename(path), workflow_kind(workflow)), []
     for node_id, output in entry.get("outputs", {}).items():
@@ -94,12 +108,16 @@ def run_workflows(server: ComfyServer, workflows: list[str], dest: str, size: in
     """Run the workflows, write their panels, index.html (in place of the tiny models' panels of an earlier run) and
     contact_sheet.png; the panels and the failure count."""
     os.makedirs(dest, exist_ok=True)
-    object_info = server.get("/object_info")
+    object_info, version = server.get("/object_info"), server_version(server)
     panels, saved, failures = [], [], 0
     for path in workflows:
         started = time.monotonic()
         try:
-            panel, images = run_workflow(server, object_info, path, dest, size, steps)
+            panel, images = run_workflow(server, object_info, path, dest, size, steps, version)
+        except NotOnThisComfyUI as err:
+            print(f"[demo] skipped {os.path.basename(path)}: {err} (make demo runs the examples on ComfyUI 0.33 when it "
+                  "finds its source)", flush=True)
+            continue
         except (WorkflowError, PromptFailed) as err:
             failures += 1
             print(f"[demo] FAILED {os.path.basename(path)}: {err}", file=sys.stderr, flush=True)

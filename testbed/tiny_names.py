@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 from tiny.dit import TINY_DIT_CLIP_L, TINY_DIT_VAE, TINY_FLUX, TINY_SD3
-from tiny.families import TAEF2, TINY_FLUX2, TINY_LUMINA2
-from tiny.models import (TINY_CHECKPOINTS, TINY_CONTROLNET, TINY_HEAD_KINDS, TINY_LORA,
+from tiny.families import DETECTED_SINCE, TAEF2, TINY_FLUX2, TINY_LUMINA2
+from tiny.models import (TINY_2026_FAMILIES, TINY_CHECKPOINTS, TINY_CONTROLNET, TINY_HEAD_KINDS, TINY_LORA,
                          tiny_head_name)
 
 CHECKPOINT_FAMILIES = {"v1-5-pruned-emaonly.safetensors": "sd15", "sd_xl_base_1.0.safetensors": "sdxl"}
@@ -29,6 +29,16 @@ WRITERS = {"TrainReadoutHead"}
 
 class NoStandIn(ValueError):
     """A workflow names a model that no tiny model can stand in for."""
+
+
+def comfyui_lacks_family(prompt: dict, version: tuple[int, ...]) -> str | None:
+    """Why a ComfyUI of this version cannot run the prompt on the tiny models (its detection does not size the tiny
+    model of the prompt's family), or None when it can."""
+    family = workflow_family(prompt)
+    if family in TINY_2026_FAMILIES and version < DETECTED_SINCE:
+        needed = ".".join(map(str, DETECTED_SINCE))
+        return f"the tiny {family} model needs ComfyUI {needed} or newer, this one is {'.'.join(map(str, version))}"
+    return None
 
 
 def workflow_family(prompt: dict) -> str:
