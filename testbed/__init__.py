@@ -10,6 +10,9 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_COMFYUI = os.path.join(REPO, ".comfyui", "ComfyUI")
 PACK_LINK_NAME = "comfyui-readout-guidance"
+STAND_INS_LINK_NAME = "readout-testbed-stand-ins"
+STAND_INS_DIR = os.path.join(REPO, "testbed", "stand_in_nodes")
+"""The test bed's own nodes (text encoders no tiny model replaces), linked into custom_nodes beside the pack."""
 COMFYUI_MARKERS = ("main.py", "nodes.py", "execution.py", "folder_paths.py", os.path.join("comfy", "model_patcher.py"))
 MODELS_DIR = os.path.join(REPO, ".models")
 """The models folder every test-bed ComfyUI shares (tiny and world models, written once for all versions)."""

@@ -4,19 +4,26 @@ from __future__ import annotations
 import json
 
 from tiny.dit import TINY_DIT_CLIP_L, TINY_DIT_VAE, TINY_FLUX, TINY_SD3
-from tiny.families import DETECTED_SINCE, TAEF2, TINY_FLUX2, TINY_LUMINA2
+from tiny.families import DETECTED_SINCE, QWEN_TEXT_WIDTH, TAEF2, TINY_FLUX2, TINY_LUMINA2, TINY_QWEN_IMAGE
 from tiny.models import (TINY_2026_FAMILIES, TINY_CHECKPOINTS, TINY_CONTROLNET, TINY_HEAD_KINDS, TINY_LORA,
                          tiny_head_name)
 
 CHECKPOINT_FAMILIES = {"v1-5-pruned-emaonly.safetensors": "sd15", "sd_xl_base_1.0.safetensors": "sdxl"}
 """The checkpoints our example workflows name, by the family of their tiny stand-in."""
 DIFFUSION_MODEL_FAMILIES = {"flux1-dev.safetensors": "flux", "sd3.5_large.safetensors": "sd3",
-                            "z_image_turbo_bf16.safetensors": "lumina2", "flux2_dev_fp8mixed.safetensors": "flux2"}
+                            "z_image_turbo_bf16.safetensors": "lumina2", "flux2_dev_fp8mixed.safetensors": "flux2",
+                            "qwen_image_fp8_e4m3fn.safetensors": "qwen_image"}
 """The diffusion models (UNETLoader) our DiT example workflows name, by the family of their tiny stand-in."""
-TINY_DIFFUSION_MODELS = {"flux": TINY_FLUX, "sd3": TINY_SD3, "lumina2": TINY_LUMINA2, "flux2": TINY_FLUX2}
+TINY_DIFFUSION_MODELS = {"flux": TINY_FLUX, "sd3": TINY_SD3, "lumina2": TINY_LUMINA2, "flux2": TINY_FLUX2,
+                         "qwen_image": TINY_QWEN_IMAGE}
 TINY_CLIP_TYPES = {"flux": "stable_diffusion", "sd3": "sd3", "lumina2": "stable_diffusion", "flux2": "stable_diffusion"}
 """How the tiny DiTs' one text encoder (CLIP-L) loads in place of the family's text encoders (DualCLIPLoader,
 TripleCLIPLoader, or CLIPLoader of Qwen3 or Mistral, which no tiny model stands in for)."""
+TEXT_STAND_IN = "ReadoutTestbedTextConditioning"
+TEXT_STAND_IN_WIDTHS = {"qwen_image": QWEN_TEXT_WIDTH}
+EMPTY_PROMPT_STAND_IN = "empty_prompt_stand_in"
+"""Families whose tiny model reads a text width no CLIP gives (Qwen-Image's 3584): each CLIP Text Encode becomes the
+test bed's stand-in node (testbed/stand_in_nodes) at that width, and the text encoder's loader goes."""
 TINY_VAES = {"flux2": TAEF2}
 """The tiny VAE of a DiT family whose latent is not the 16-channel one (Flux.2's 128 channels: a tiny TAEF2)."""
 HEAD_FILE_FAMILIES = {"sdv15": "sd15", "sdxl": "sdxl"}
@@ -86,6 +93,8 @@ def swap_model_names(prompt: dict) -> dict:
     """The same prompt with every checkpoint, ControlNet, LoRA and readout head name replaced by the tiny stand-in of
     the workflow's model family; a model with no stand-in for that family raises NoStandIn (never a silent swap)."""
     family = workflow_family(prompt)
+    if family in TEXT_STAND_IN_WIDTHS:
+        stand_in_text_encoders(prompt, TEXT_STAND_IN_WIDTHS[family])
     for node in prompt.values():
         if family in TINY_DIFFUSION_MODELS:
             swap_dit_loaders(node, family)
@@ -100,6 +109,27 @@ def swap_model_names(prompt: dict) -> dict:
         if isinstance(inputs.get("head_name"), str) and node["class_type"] not in WRITERS:
             inputs["head_name"] = tiny_head_for(inputs["head_name"], family)
     return prompt
+
+
+def stand_in_text_encoders(prompt: dict, width: int) -> None:
+    """Each CLIP Text Encode as the test bed's text stand-in at width, its text kept; an Extract Readout that encoded
+    the empty prompt with the CLIP gets the stand-in's empty prompt as its positive; the CLIP loaders go."""
+    loaders = set()
+    for node in prompt.values():
+        if node["class_type"] == "CLIPTextEncode":
+            loaders.add(node["inputs"]["clip"][0])
+            node["class_type"], node["inputs"] = TEXT_STAND_IN, {"text": node["inputs"]["text"], "text_width": width}
+    for node in list(prompt.values()):
+        clip = node["inputs"].get("clip")
+        if not (isinstance(clip, list) and clip[0] in loaders):
+            continue
+        if node["class_type"] != "ExtractReadout":
+            raise NoStandIn(f"{node['class_type']} reads the text encoder, which no tiny model stands in for")
+        del node["inputs"]["clip"]
+        prompt[EMPTY_PROMPT_STAND_IN] = {"class_type": TEXT_STAND_IN, "inputs": {"text": "", "text_width": width}}
+        node["inputs"].setdefault("positive", [EMPTY_PROMPT_STAND_IN, 0])
+    for key in loaders:
+        del prompt[key]
 
 
 def swap_dit_loaders(node: dict, family: str) -> None:
