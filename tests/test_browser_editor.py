@@ -48,11 +48,21 @@ def show_whole_graph(browser) -> None:
            "await new Promise((r) => setTimeout(r, 600));")  # the view animates
 
 
+def hide_missing_model_notices(browser) -> None:
+    """Close the editor's issues overlay and its minimap: the test server lacks the real models an example names, so
+    the overlay says "N issues found" over the graph that a user with the models does not see."""
+    run_js(browser, "await app.extensionManager.setting.set('Comfy.Minimap.Visible', false);"
+           "const pinia = document.querySelector('#vue-app')?.__vue_app__?.config.globalProperties.$pinia;"
+           "for (const store of pinia?._s.values() ?? []) store.dismissErrorOverlay?.();"
+           "await new Promise((r) => setTimeout(r, 300));")
+
+
 def save_thumbnail(browser, name: str) -> None:
     """With UPDATE_WORKFLOW_THUMBNAILS=1, fit the whole graph in view and keep a small copy of a screenshot as
     example_workflows/<name>.jpg, the thumbnail the editor's template browser asks for."""
     if os.environ.get("UPDATE_WORKFLOW_THUMBNAILS") != "1":
         return
+    hide_missing_model_notices(browser)
     show_whole_graph(browser)
     image = Image.open(screenshot(browser, name.replace(".json", "_loaded"))).convert("RGB")
     image.thumbnail((800, 800))
