@@ -94,6 +94,22 @@ def test_features_are_the_generated_image_tokens_on_the_patch_grid(bed):
                                                  readout_dims(bed.family)[0])
 
 
+def test_z_image_token_padding_leaves_the_features_on_the_image_tokens():
+    """Z-Image pads its caption and image tokens to a multiple of 32 (ComfyUI's detection switches that on only at
+    Z-Image's 3840 width): on the tiny NextDiT with that padding on, the 4x6 grid's 24 image tokens have 8 pads after
+    them, and the features are still the image tokens on the grid."""
+    if comfyui_version() < DETECTED_SINCE:
+        pytest.skip("this ComfyUI's detection does not size the tiny NextDiT")
+    model = call_node("UNETLoader", unet_name=TINY_LUMINA2, weight_dtype="default")[0]
+    nextdit = model.model.diffusion_model
+    like = nextdit.x_embedder.weight
+    pads = torch.randn(2, 1, nextdit.dim, generator=torch.Generator().manual_seed(5)).to(like)
+    nextdit.pad_tokens_multiple = 32
+    nextdit.x_pad_token, nextdit.cap_pad_token = (torch.nn.Parameter(pad) for pad in pads)
+    assert_features_are_image_tokens_on_the_grid(model, text_conditioning("", TEXT_WIDTH["lumina2"]), 16,
+                                                 PATCH["lumina2"], readout_dims("lumina2")[0])
+
+
 @family
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
 def test_spatial_guidance_lowers_the_head_loss_in_few_steps(bed, cfg):

@@ -40,11 +40,13 @@ def normalize_tokens(tokens: torch.Tensor) -> torch.Tensor:
 
 
 class TokenLayout:
-    """Where the image tokens sit in one model call: the patch grid (h, w) and the text tokens before them."""
+    """Where the image tokens sit in one model call: the patch grid (h, w), the text tokens before them and the padding
+    tokens after them."""
 
     def __init__(self) -> None:
         self.grid: tuple[int, int] | None = None
         self.text_tokens = 0
+        self.trailing_tokens = 0
 
     @property
     def image_tokens(self) -> int:

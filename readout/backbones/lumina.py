@@ -1,5 +1,5 @@
 """Z-Image (Turbo and base) and Lumina 2: ComfyUI's NextDiT. Noise and caption refiner blocks run apart, then the
-main layers run single-stream over [caption; image], the image tokens last.
+main layers run single-stream over [caption; image], the image tokens last (Z-Image pads both to a multiple of 32).
 
 Heads read the image tokens of the main layers at a quarter, half and three quarters of their depth. The model is
 fed t = 1 - sigma (times Z-Image's time scale): the heads' embedding is the model's own embedding of that time.
@@ -39,8 +39,18 @@ class Lumina2Backbone(ConfigClassBackbone):
     def embedding_dim(self, diffusion_model: nn.Module) -> int:
         return int(diffusion_model.t_embedder.mlp[-1].out_features)
 
+    def record_layout(self, diffusion_model: nn.Module, layout: TokenLayout) -> list:
+        """Also the padding after the image tokens: Z-Image pads them to a multiple of 32 (at 832x1216 px, 3952 image
+        tokens and 16 pads)."""
+        multiple = getattr(diffusion_model, "pad_tokens_multiple", None)
+
+        def padding(_module: nn.Module, _args: tuple) -> None:
+            layout.trailing_tokens = (-layout.image_tokens) % multiple if multiple else 0
+        return [*super().record_layout(diffusion_model, layout), diffusion_model.register_forward_pre_hook(padding)]
+
     def image_tokens(self, layer: nn.Module, output: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-        return layout.image_grid(output, self.normalize, start=output.shape[1] - layout.image_tokens)
+        start = output.shape[1] - layout.image_tokens - layout.trailing_tokens
+        return layout.image_grid(output, self.normalize, start=start)
 
     def timestep_embedding(self, diffusion_model: nn.Module, timesteps: torch.Tensor) -> torch.Tensor:
         embedder = diffusion_model.t_embedder
