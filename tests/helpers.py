@@ -318,6 +318,31 @@ def assert_features_are_image_tokens_on_the_grid(model, conditioning, channels: 
         assert int(change.argmax()) == 4 * 6 - 1, change
 
 
+def assert_self_guidance_moves_the_word(model, clip, positive, sample, size: int, patch_pixels: int = 16) -> None:
+    """move_to brings the word's image-query x text-key attention centroid toward the goal: `sample(guidance=None)`
+    samples a seed of `model` with `positive` (encoded by `clip`), guided when given a target; the maps are read on a
+    (size / patch_pixels) grid."""
+    evaluation = pack_module("readout.backbones.evaluation")
+    self_guidance = pack_module("readout.targets.self_guidance")
+    prompt, words = "a red cube on a table", "cube"
+    tokens = pack_module("readout.targets.prompt_tokens").word_token_positions(clip, prompt, words)
+    target = call_node("SelfGuidanceTarget", clip=clip, prompt=prompt, words=words, edit="move_to", dx=0.0, dy=0.0,
+                       x=0.2, y=0.8, size_factor=1.0, weight=4.0, start_percent=0.0, end_percent=1.0)[0]
+
+    def centroid(samples):
+        with torch.inference_mode():
+            reading = evaluation.hooked_evaluation(model, samples, torch.zeros(1),
+                                                   evaluation.seeded_noise(samples, 0), positive, tokens=tokens)
+            maps = reading.attention.word_maps(tokens, *samples.shape[-2:]).float()
+        assert maps.shape == (1, 1, size // patch_pixels, size // patch_pixels)
+        return self_guidance.centroid(maps)[0]
+
+    goal = torch.tensor([0.2, 0.8])
+    start, moved = centroid(sample()), centroid(sample(guidance=target))
+    print(f"centroid unguided {start.tolist()}, guided {moved.tolist()}, goal {goal.tolist()}")
+    assert (moved - goal).abs().sum() < 0.9 * (start - goal).abs().sum(), (start, moved)
+
+
 def assert_drag_lowers_the_drag_loss(bed, size: int, seed: int = 3) -> None:
     """A drag of a DiT bed's generated image (`bed`: head(kind), sample(seed=, guidance=), readout(samples, head))
     ends with a lower drag loss than the same seed's run at drag weight 0, both read against the run's reference."""

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from helpers import (ONE_PASS, assert_drag_lowers_the_drag_loss, assert_features_are_image_tokens_on_the_grid,
+                     assert_self_guidance_moves_the_word,
                      assert_model_is_the_family_with_its_widths, call_node, node_output, pack_module, tiny_head_name)
 from tiny.dit import TINY_DIT_CLIP_L, TINY_DIT_VAE
 from tiny.families import (DETECTED_SINCE, KREA2_TEXT_WIDTH, TAEF2, QWEN_TEXT_WIDTH, TINY_FLUX2, TINY_KREA2,
@@ -152,7 +153,49 @@ def test_auto_recurrence_guides_z_image_once_a_step(bed):
     assert torch.equal(auto, one)
 
 
-@family
+@pytest.mark.parametrize("bed", ["lumina2"], indirect=True)
+def test_self_guidance_moves_a_word_on_z_image(bed):
+    """Z-Image's joint attention over [caption; image] gives Self-Guidance its word maps: through the node, with the
+    CLIP whose tokens the tiny NextDiT reads (CLIP-L, loaded as stable_diffusion), at CFG 1 in few steps."""
+    clip = call_node("CLIPLoader", clip_name=TINY_DIT_CLIP_L, type="stable_diffusion")[0]
+    positive = call_node("CLIPTextEncode", text=PROMPT, clip=clip)[0]
+    negative = call_node("CLIPTextEncode", text="", clip=clip)[0]
+    inputs = dict(seed=5, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple", positive=positive,
+                  negative=negative, latent_image=bed.latent, denoise=1.0)
+
+    def sample(guidance=None):
+        if guidance is None:
+            return call_node("KSampler", model=bed.model, **inputs)[0]["samples"]
+        return call_node("ReadoutGuidedKSampler", model=bed.model, guidance=guidance, **inputs, **ONE_PASS)[0]["samples"]
+    assert_self_guidance_moves_the_word(bed.model, clip, positive, sample, SIZE)
+
+
+def test_z_image_words_sit_at_their_qwen3_token_positions():
+    """A Z-Image CLIP (CLIPLoader type lumina2 with Qwen3 4B: ComfyUI's Z-Image tokenizer, whose files ComfyUI ships;
+    no weights needed to tokenize) gives words their positions in the chat template Qwen3 encodes, which index
+    Z-Image's caption; a word after a space is found as byte-level BPE spells it there."""
+    if comfyui_version() < DETECTED_SINCE:
+        pytest.skip("the Z-Image tests run on ComfyUI 0.33")
+    import comfy.sd
+    from comfy.text_encoders.z_image import ZImageTokenizer
+
+    clip = comfy.sd.CLIP(no_init=True)
+    clip.tokenizer, clip.tokenizer_options = ZImageTokenizer(), {}
+    prompt_tokens = pack_module("readout.targets.prompt_tokens")
+    prompt = "a red cube on a wooden table"
+    ids = [int(token[0]) for token in clip.tokenize(prompt)["qwen3_4b"][0]]
+    qwen = clip.tokenizer.qwen3_4b.tokenizer
+    assert prompt_tokens.clip_family(clip) == "lumina2"
+    for words, spelled in (("a", "a"), ("red cube", " red cube"), ("wooden table", " wooden table")):
+        positions = prompt_tokens.word_token_positions(clip, prompt, words)
+        assert qwen.decode([ids[p] for p in positions]) == spelled
+    assert prompt_tokens.word_token_positions(clip, prompt, "a") == (3,), "after <|im_start|>, user and a newline"
+    target = call_node("SelfGuidanceTarget", clip=clip, prompt=prompt, words="cube", edit="move_to", dx=0.0, dy=0.0,
+                       x=0.2, y=0.8, size_factor=1.0, weight=1.0, start_percent=0.0, end_percent=1.0)[0][-1]
+    assert (target.family, target.tokens) == ("lumina2", (5,))
+
+
+@pytest.mark.parametrize("bed", ["flux2", "qwen_image", "krea2"], indirect=True)
 def test_self_guidance_is_refused_by_name(bed):
     clip = call_node("CLIPLoader", clip_name=TINY_DIT_CLIP_L, type="stable_diffusion")[0]
     target = call_node("SelfGuidanceTarget", clip=clip, prompt=PROMPT, words="cube", edit="move_to", dx=0.0, dy=0.0,

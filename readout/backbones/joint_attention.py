@@ -22,13 +22,15 @@ class AttentionTap:
     """Where one block's image queries and text keys come from.
 
     `queries` / `keys`: the modules whose outputs hold them, and how to take them from those outputs (B, heads, N or
-    tokens, d); `rotary`: the block, if its rotary embedding (its `pe` keyword) applies to queries and keys."""
+    tokens, d); `rotary`: the module whose call carries the rotary embedding of the positions, if one applies to
+    queries and keys, and `take_pe` how to take it from that call's (args, kwargs) (Flux: the block's `pe` keyword)."""
 
     queries: nn.Module
     take_queries: Callable
     keys: nn.Module
     take_keys: Callable
     rotary: nn.Module | None = None
+    take_pe: Callable[[tuple, dict], torch.Tensor | None] = lambda _args, kwargs: kwargs.get("pe")
 
 
 class _BlockReading:
@@ -38,8 +40,8 @@ class _BlockReading:
         self.tap, self.store, self.rotate = tap, store, rotate
         self.queries = self.keys = self.pe = None
 
-    def take_pe(self, _module: nn.Module, _args: tuple, kwargs: dict) -> None:
-        self.pe = kwargs.get("pe")
+    def take_pe(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.pe = self.tap.take_pe(args, kwargs)
 
     def take(self, name: str, output) -> None:
         setattr(self, name, (self.tap.take_queries if name == "queries" else self.tap.take_keys)(output))

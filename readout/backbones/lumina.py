@@ -6,10 +6,16 @@ fed t = 1 - sigma (times Z-Image's time scale): the heads' embedding is the mode
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
 import torch
 from torch import nn
 
-from .dit import ConfigClassBackbone, TokenLayout
+from .cross_attention import AttentionStore
+from .dit import CLIP_L_WIDTH, ConfigClassBackbone, TokenLayout
+from .joint_attention import AttentionTap
+from .kernels import differentiable_kernels
 
 
 class Lumina2Backbone(ConfigClassBackbone):
@@ -17,6 +23,9 @@ class Lumina2Backbone(ConfigClassBackbone):
     pixel-space Z-Image, whose latent is the image)."""
 
     family, label, config_class = "lumina2", "Z-Image/Lumina 2", "Lumina2"
+    self_guidance = True
+    tokenizer_key = "qwen3_4b"
+    """Z-Image's caption is Qwen3 4B's hidden state of every token of its chat template, the prompt's among them."""
     few_step_passes = 1
     """On the learned Z-Image (8 and 4 steps at CFG 1) a second pass lowered the depth IoU gain (+0.35 -> +0.28 at 8
     steps, +0.31 -> +0.22 at 4): one pass already holds the effect there."""
@@ -27,8 +36,60 @@ class Lumina2Backbone(ConfigClassBackbone):
         pixel_space = getattr(sm, "ZImagePixelSpace", None)
         return super().matches(model_config) and not (pixel_space and isinstance(model_config, pixel_space))
 
+    def matches_clip(self, clip) -> bool:
+        try:
+            from comfy.text_encoders.z_image import ZImageTokenizer
+        except ImportError:
+            return False
+        return isinstance(getattr(clip, "tokenizer", None), ZImageTokenizer)
+
+    def reads_prompt_of(self, clip_family: str, diffusion_model: nn.Module) -> bool:
+        """Also an SD1.5 CLIP's tokens when the caption input is CLIP-L's hidden states, as the world's Z-Image and
+        the tiny NextDiT read them."""
+        caption_width = int(diffusion_model.cap_embedder[1].in_features)
+        return super().reads_prompt_of(clip_family, diffusion_model) or (clip_family == "sd15"
+                                                                         and caption_width == CLIP_L_WIDTH)
+
     def blocks(self, diffusion_model: nn.Module) -> list[nn.Module]:
         return list(getattr(diffusion_model, "layers", []))
+
+    def attention_taps(self, diffusion_model: nn.Module, layout: TokenLayout) -> list[AttentionTap]:
+        """The readout layers' normalized queries and keys (B, N, heads, d) over [caption; image; padding]: image
+        queries and caption keys (padding included, as the model attends to it), the key heads repeated to the
+        query heads as the attention does."""
+        def caption_length(tokens: torch.Tensor) -> int:
+            return tokens.shape[1] - layout.image_tokens - layout.trailing_tokens
+
+        def queries(tokens: torch.Tensor) -> torch.Tensor:
+            start = caption_length(tokens)
+            return tokens[:, start:start + layout.image_tokens].transpose(1, 2)
+
+        def keys_for(attention: nn.Module) -> Callable:
+            repeats = attention.n_local_heads // attention.n_local_kv_heads
+            return lambda tokens: tokens[:, :caption_length(tokens)].repeat_interleave(repeats, dim=2).transpose(1, 2)
+
+        def freqs(args: tuple, kwargs: dict) -> torch.Tensor | None:
+            return kwargs.get("freqs_cis", args[2] if len(args) > 2 else None)
+
+        return [AttentionTap(layer.attention.q_norm, queries, layer.attention.k_norm, keys_for(layer.attention),
+                             rotary=layer.attention, take_pe=freqs)
+                for layer in self.feature_layers(diffusion_model)]
+
+    def rotation(self, layout: TokenLayout) -> Callable:
+        def rotate(queries: torch.Tensor, keys: torch.Tensor, freqs: torch.Tensor):
+            from comfy.ldm.flux.math import apply_rope1
+
+            caption = keys.shape[2]
+            image = freqs[:, caption:caption + queries.shape[2]].movedim(1, 2)
+            return apply_rope1(queries, image), apply_rope1(keys, freqs[:, :caption].movedim(1, 2))
+        return rotate
+
+    @contextmanager
+    def capture_attention(self, diffusion_model: nn.Module, token_indices: list[int]) -> Iterator[AttentionStore]:
+        """On ComfyUI's autograd-capable kernels: its fused norm-and-rotary kernel skips the q_norm and k_norm modules
+        the taps sit on."""
+        with differentiable_kernels(), super().capture_attention(diffusion_model, token_indices) as store:
+            yield store
 
     def checkpoint_layers(self, diffusion_model: nn.Module) -> list[nn.Module]:
         return [*diffusion_model.noise_refiner, *diffusion_model.context_refiner, *self.blocks(diffusion_model)]

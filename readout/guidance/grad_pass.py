@@ -182,23 +182,6 @@ def _saving_copies(forward):
     return run
 
 
-@contextmanager
-def differentiable_kernels() -> Iterator[None]:
-    """ComfyUI's own switch to its autograd-capable kernels (model_management.in_training, ComfyUI 0.33+: e.g. Flux's
-    rotary embedding, whose fused kernel has no backward), on for the grad pass only."""
-    import comfy.model_management as mm
-
-    previous = getattr(mm, "in_training", None)
-    if previous is None:
-        yield
-        return
-    mm.in_training = True
-    try:
-        yield
-    finally:
-        mm.in_training = previous
-
-
 def gradient_checkpointing(layers: list[nn.Module]):
     """Recompute each of these layers (the backbone's blocks) in the backward instead of keeping its activations."""
     return _wrapped_forwards(layers, _checkpointed)

@@ -20,10 +20,11 @@ import torch
 
 from .batch_split import BatchSplit
 from .compatibility import check_compatible
+from ..backbones.kernels import differentiable_kernels
 from ..backbones.registry import backbone_for_config
 from ..targets.base import Readings
 from .memory import extra_memory_declared, guided_pass_bytes, out_of_memory_explained
-from .grad_pass import (autograd_safe_weights, saved_tensor_copies, differentiable_kernels, gradient_checkpointing,
+from .grad_pass import (autograd_safe_weights, saved_tensor_copies, gradient_checkpointing,
                         grad_pass_options, normal_copies)
 from .precision import COMPUTE_DTYPES, check_compute_dtype, compute_autocast, model_compute_dtype
 from .rules.base import CallResult, GuidanceRule, GuidedCall

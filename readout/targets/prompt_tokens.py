@@ -10,7 +10,7 @@ def clip_family(clip) -> str:
 
 
 def _tokenizer(clip):
-    """The tokenizer of the conditioning's tokens: `clip_l` on SD and SD3 CLIPs, `t5xxl` on Flux's."""
+    """The tokenizer of the conditioning's tokens: `clip_l` on SD and SD3 CLIPs, `t5xxl` on Flux's, `qwen3_4b` on Z-Image's."""
     key = clip_backbone(clip).tokenizer_key
     return getattr(clip.tokenizer, f"clip_{key}", None) or getattr(clip.tokenizer, key)
 
@@ -27,22 +27,36 @@ def _token_ids(clip, text: str) -> list[list[int]]:
     return [[int(item[0]) for item in chunk] for chunk in chunks]
 
 
+def _word_ids(clip, words: str) -> list[list[int]]:
+    """The tokens of the words alone, as they may sit in a prompt: without the prompt template a CLIP wraps text in
+    (Z-Image's chat template), with special tokens dropped; and also after a space, as byte-level BPE tokenizers (Qwen)
+    spell a word that follows one differently."""
+    special = _special_tokens(clip)
+    variants = []
+    for text in (words.strip(), " " + words.strip()):
+        chunks = _tokenizer(clip).tokenize_with_weights(text)
+        ids = [int(item[0]) for chunk in chunks for item in chunk if int(item[0]) not in special]
+        if ids and ids not in variants:
+            variants.append(ids)
+    return variants
+
+
 def word_token_positions(clip, prompt: str, words: str) -> tuple[int, ...]:
     """Positions in the encoded prompt of the first occurrence of `words` (one or more words, in order)."""
     clip_family(clip)
     if not words.strip():
         raise ValueError("words: name the word or words of the prompt to guide, e.g. 'cat'")
-    special = _special_tokens(clip)
-    wanted = [token for chunk in _token_ids(clip, words) for token in chunk if token not in special]
-    if not wanted:
+    variants = _word_ids(clip, words)
+    if not variants:
         raise ValueError(f"words: {words!r} has no tokens")
     positions, tokens = [], []
     for index, chunk in enumerate(_token_ids(clip, prompt)):
         for offset, token in enumerate(chunk):
             positions.append(index * len(chunk) + offset)
             tokens.append(token)
-    for start in range(len(tokens) - len(wanted) + 1):
-        if tokens[start:start + len(wanted)] == wanted:
-            return tuple(positions[start:start + len(wanted)])
+    for start in range(len(tokens)):
+        for wanted in variants:
+            if tokens[start:start + len(wanted)] == wanted:
+                return tuple(positions[start:start + len(wanted)])
     raise ValueError(f"words: {words.strip()!r} is not in the prompt {prompt.strip()!r}: use a word or words of the "
                      "positive prompt text, as it is written")
