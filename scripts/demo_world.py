@@ -170,9 +170,11 @@ FAMILY_PANELS = {
     "flux": ("world_flux_", {"world_flux_spatial_depth": PANELS["world_spatial_depth"]}),
     "zimage": ("world_zimage_", {"world_zimage_spatial_depth": PANELS["world_spatial_depth"],
                                  "world_zimage_spatial_edge": PANELS["world_spatial_edge"],
-                                 "world_zimage_drag_generated": PANELS["world_drag_generated"]}),
+                                 "world_zimage_drag_generated": PANELS["world_drag_generated"],
+                                 "world_zimage_self_guidance_move_to": PANELS["world_self_guidance_move_to"]}),
 }
-"""Each world model's panel prefix and experiments (the world's Flux and Z-Image: those their heads exist for)."""
+"""Each world model's panel prefix and experiments (the world's Flux and Z-Image: those their heads, or Self-Guidance,
+exist for)."""
 
 
 def scores(measures: tuple[Measure, ...], records: list[dict]) -> dict[str, list[dict]]:

@@ -19,6 +19,9 @@ FITTED = "Fitted for a CPU: 64 px canvas and at most 10 steps (testbed/tiny_name
 DRAG_ARROW_AND_SCORES = ("Black arrow: the drag, from the object's centroid to where it should go. Scores from the "
                          "pixel detector: moved, the share of the requested displacement the object's centroid moved "
                          "(1: all the way), and ghost, the share of its old place it still covers (lower is better).")
+START_GOAL_AND_SCORE = ("Black cross: the object's centroid unguided (the start); black ring: the goal, on the "
+                        "opposite side of the canvas. Score: closed, the share of the distance to the goal the "
+                        "detected centroid closed (1: at the goal).")
 WHAT_TO_LOOK_FOR = {
     "spatial": "Left: the target map. Middle: what the head reads in the latent sampled from the same seed "
                "without guidance. Right: what it reads in the guided latent. The guided readout should be closer to the "
@@ -59,10 +62,10 @@ WHAT_TO_LOOK_FOR = {
                          "steps at CFG 1 (top: the same seed unguided) dragged 24-40 px by its correspondence and "
                          "appearance heads (bottom). " + DRAG_ARROW_AND_SCORES,
     "world_self_guidance": "A column per seed: Self-Guidance move_to on the words of a one-object prompt, no head "
-                           "involved, the same seed unguided (top) and guided (bottom). Black cross: the object's "
-                           "centroid unguided (the start); black ring: the goal, on the opposite side of the canvas. "
-                           "Score: closed, the share of the distance to the goal the detected centroid closed (1: at "
-                           "the goal).",
+                           "involved, the same seed unguided (top) and guided (bottom). " + START_GOAL_AND_SCORE,
+    "world_zimage_self_guidance": "A column per seed: Self-Guidance move_to on the words of a one-object prompt, read "
+                                  "from the world Z-Image's joint attention, no head involved, the same seed sampled "
+                                  "in 8 steps at CFG 1 unguided (top) and guided (bottom). " + START_GOAL_AND_SCORE,
 }
 WORLD_NOTE = ("The mean is over the seeds shown; docs/measurements.md (Measured on a learned model) has the means over "
               "16 seeds.")
@@ -90,7 +93,7 @@ PARTS = {
     "world_zimage_": Part("The world's Z-Image",
                           "The same world learned by ComfyUI's NextDiT in Z-Image's configuration (3840 wide, so "
                           "ComfyUI loads it as Z-Image), distilled to sample as Z-Image Turbo does: 8 euler steps at "
-                          "cfg 1, guided by its depth and edge heads. " + WORLD_NOTE),
+                          "cfg 1, guided by its depth, edge and drag heads, and by Self-Guidance (no head). " + WORLD_NOTE),
     TINY_PART: Part("Every example workflow runs",
                     "The check that every workflow in example_workflows/ runs: each on a real ComfyUI server with "
                     "tiny models in place of the real ones, its panel made from the workflow's own comparison nodes. "
