@@ -21,9 +21,10 @@ TINY_CLIP_TYPES = {"flux": "stable_diffusion", "sd3": "sd3", "lumina2": "stable_
 TripleCLIPLoader, or CLIPLoader of Qwen3 or Mistral, which no tiny model stands in for)."""
 TEXT_STAND_IN = "ReadoutTestbedTextConditioning"
 TEXT_STAND_IN_WIDTHS = {"qwen_image": QWEN_TEXT_WIDTH}
-EMPTY_PROMPT_STAND_IN = "empty_prompt_stand_in"
 """Families whose tiny model reads a text width no CLIP gives (Qwen-Image's 3584): each CLIP Text Encode becomes the
 test bed's stand-in node (testbed/stand_in_nodes) at that width, and the text encoder's loader goes."""
+EMPTY_PROMPT_STAND_IN = "empty_prompt_stand_in"
+"""The prompt id of the stand-in's empty prompt that an Extract Readout gets in place of its CLIP."""
 TINY_VAES = {"flux2": TAEF2}
 """The tiny VAE of a DiT family whose latent is not the 16-channel one (Flux.2's 128 channels: a tiny TAEF2)."""
 HEAD_FILE_FAMILIES = {"sdv15": "sd15", "sdxl": "sdxl"}
