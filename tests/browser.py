@@ -40,6 +40,22 @@ def browser(chromium) -> Iterator[Any]:
     chromium.get("about:blank")
 
 
+@pytest.fixture(scope="module")
+def editor_kept_open(chromium) -> Iterator[None]:
+    """The module's end for the `editor` fixture: a blank page, as `browser` leaves after each test."""
+    yield
+    chromium.get("about:blank")
+
+
+@pytest.fixture
+def editor(chromium, comfy_server, editor_kept_open) -> Any:
+    """Chromium showing the editor, for tests that only load workflows and read the graph: kept open from one such
+    test to the next (loading replaces the whole graph), opened anew after a test that left another page."""
+    if not showing_editor(chromium, comfy_server):
+        open_editor(chromium, comfy_server)
+    return chromium
+
+
 @pytest.fixture(scope="session")
 def chromium() -> Iterator[Any]:
     """A headless Chromium driven by Selenium for the whole session, with a throwaway profile."""
@@ -100,6 +116,12 @@ def open_editor(browser: Any, server: ComfyServer) -> None:
     wait_js(browser, "window.app && app.graph && app.canvas && window.LiteGraph", what="the editor to start")
     wait_js(browser, "LiteGraph.registered_node_types['KSampler'] && LiteGraph.registered_node_types['LoadReadoutHead']",
             what="the node definitions to be registered")
+
+
+def showing_editor(browser: Any, server: ComfyServer) -> bool:
+    """Whether the page is this server's editor, started (the editor puts the open workflow's id after a #)."""
+    return (browser.current_url.split("#")[0].rstrip("/") == server.url.rstrip("/")
+            and browser.execute_script("return !!(window.app && app.graph && app.canvas);"))
 
 
 def load_workflow(browser: Any, workflow: dict) -> None:

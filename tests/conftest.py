@@ -15,7 +15,7 @@ import folder_paths
 folder_paths.set_output_directory(tempfile.mkdtemp(prefix="rg-tests-out-"))
 
 from helpers import comfy_server  # noqa: F401  (fixture)
-from browser import browser, chromium  # noqa: F401  (fixtures)
+from browser import browser, chromium, editor, editor_kept_open  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(autouse=True, scope="module")

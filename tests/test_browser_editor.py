@@ -80,48 +80,45 @@ def object_info(server) -> dict:
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
-def test_workflow_loads_and_converts_in_the_editor(browser, comfy_server, name):
+def test_workflow_loads_and_converts_in_the_editor(editor, comfy_server, name):
     """Every example workflow loads with every node known and gives the editor's own prompt; the demo page test runs
     each of these prompts on the server, and the tests below queue from the editor. On the newest frontend only (it
     takes their thumbnails): the older frontends load the previous release's workflows below."""
     workflow = read_workflow(name)
-    open_editor(browser, comfy_server)
-    load_workflow(browser, workflow)
-    assert missing_node_types(browser) == []
-    save_thumbnail(browser, name)
+    load_workflow(editor, workflow)
+    assert missing_node_types(editor) == []
+    save_thumbnail(editor, name)
     assert os.path.exists(os.path.join(REPO, "example_workflows", name.replace(".json", ".jpg"))), "thumbnail missing"
 
-    prompt = for_tiny_models(graph_to_prompt(browser))
+    prompt = for_tiny_models(graph_to_prompt(editor))
     ours = for_tiny_models(ui_to_api(workflow, object_info(comfy_server)))
     assert nodes_and_inputs(prompt) == ours, "testbed/workflow_api.ui_to_api disagrees with the editor's graphToPrompt"
 
 
 @pytest.mark.every_frontend
-def test_editor_serves_the_frontend_under_test(browser, comfy_server):
+def test_editor_serves_the_frontend_under_test(editor):
     """The frontend the editor runs is the venv's package, or the one COMFYUI_FRONTEND_ROOT serves (its version in
     COMFYUI_FRONTEND_VERSION): a leg that meant to test another frontend cannot test the installed one by mistake."""
-    open_editor(browser, comfy_server)
     expected = os.environ.get("COMFYUI_FRONTEND_VERSION") or importlib.metadata.version("comfyui-frontend-package")
-    assert run_js(browser, "return window.__COMFYUI_FRONTEND_VERSION__;") == expected
+    assert run_js(editor, "return window.__COMFYUI_FRONTEND_VERSION__;") == expected
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.every_frontend)
                                   if name in PREVIOUS_WORKFLOWS_EVERY_NODE else name for name in PREVIOUS_WORKFLOWS])
-def test_previous_release_workflow_loads_in_the_editor_unchanged(browser, comfy_server, name):
+def test_previous_release_workflow_loads_in_the_editor_unchanged(editor, comfy_server, name):
     """A workflow saved with the previous release (classic nodes) loads onto the V3 nodes: every node known, every
     widget value where it was and the inputs added since at their defaults, the same prompt as the file."""
     with open(os.path.join(PREVIOUS_RELEASE, "workflows", name), encoding="utf-8") as f:
         workflow = json.load(f)
-    open_editor(browser, comfy_server)
-    load_workflow(browser, workflow)
-    assert missing_node_types(browser) == []
+    load_workflow(editor, workflow)
+    assert missing_node_types(editor) == []
     info, before = object_info(comfy_server), previous_schema()
-    loaded = {n["id"]: n.get("widgets_values") or [] for n in run_js(browser, "return app.graph.serialize().nodes;")}
+    loaded = {n["id"]: n.get("widgets_values") or [] for n in run_js(editor, "return app.graph.serialize().nodes;")}
     for node in workflow["nodes"]:
         if node["type"] in before:
             saved = node.get("widgets_values") or []
             assert loaded[node["id"]] == saved + added_widget_defaults(info[node["type"]], before[node["type"]])
-    assert nodes_and_inputs(graph_to_prompt(browser)) == ui_to_api(workflow, info)
+    assert nodes_and_inputs(graph_to_prompt(editor)) == ui_to_api(workflow, info)
 
 
 def added_widget_defaults(now: dict, before: dict) -> list:

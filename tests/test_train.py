@@ -143,7 +143,8 @@ def test_guiding_with_the_trained_head_beats_an_untrained_one(checkpoint, depth_
     assert losses["trained"] < 0.98 * losses["untrained"]
 
 
-PAIR_STEPS = 160
+PAIR_STEPS, PAIR_LR = 80, 2e-3
+"""Trained PCK 0.66, 0.60, 0.66 with training seeds 0-2 (160 steps at lr 1e-3 gave 0.66 in twice the time)."""
 PAIR_MAX_TIMESTEP = 300
 MATCH_TIMESTEP = 100
 PCK_THRESHOLD = 0.1 * SIZE
@@ -233,7 +234,7 @@ def test_correspondence_head_matches_points_better_than_raw_features(frozen, tmp
     train = PairDataset(write_pairs(str(tmp_path / "train"), 32, seed=1, shape_points=48, background_points=16), SIZE)
     held_out = PairDataset(write_pairs(str(tmp_path / "held_out"), 16, seed=2), SIZE)
     output = str(tmp_path / "correspondence.safetensors")
-    trainer = Trainer(frozen, options("correspondence", output, steps=PAIR_STEPS, val_fraction=0.125,
+    trainer = Trainer(frozen, options("correspondence", output, steps=PAIR_STEPS, lr=PAIR_LR, val_fraction=0.125,
                                       max_timestep=PAIR_MAX_TIMESTEP))
     untrained = new_head(trainer.config, seed=0).eval()
     result = trainer.train(train)
@@ -243,7 +244,7 @@ def test_correspondence_head_matches_points_better_than_raw_features(frozen, tmp
     print(f"correspondence PCK@{PCK_THRESHOLD:.1f}px on held-out pairs (t = {MATCH_TIMESTEP}):",
           {name: round(value, 3) for name, value in scores.items()},
           f"validation loss {result.val_losses[0][1]:.3f} -> {result.val_losses[-1][1]:.3f}")
-    # measured: trained 0.625, raw decoder features 0.469 (validation loss 3.36 -> 2.20)
+    # measured: trained 0.664, raw decoder features 0.469, untrained head 0.32 (validation loss 3.09 -> 2.03)
     assert result.val_losses[-1][1] < 0.8 * result.val_losses[0][1]
     assert scores["raw"] > 0.3, "the raw features are a real baseline, not noise"
     assert scores["trained"] > 0.55

@@ -136,8 +136,11 @@ def test_optional_inputs_left_out_take_the_schema_defaults():
     assert checked >= 10
 
 
-@pytest.mark.parametrize("name", PREVIOUS_WORKFLOWS)
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.sdxl_family) if name.startswith("sdxl")
+                                  else name for name in PREVIOUS_WORKFLOWS])
 def test_previous_release_workflow_runs_unchanged(comfy_server, name):
+    """Each workflow saved with the previous release runs; on ComfyUI 0.3.75 the SD1.5 ones (the SDXL one is an
+    SDXL-family run, which that leg leaves to model detection)."""
     with open(os.path.join(PREVIOUS_RELEASE, "workflows", name), encoding="utf-8") as f:
         workflow = json.load(f)
     prompt = fit_for_cpu(ui_to_api(workflow, comfy_server.get("/object_info")), 64, 4)
