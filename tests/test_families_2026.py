@@ -17,6 +17,7 @@ from tiny.parts import comfyui_version
 from tiny.models import readout_dims
 
 registry = pack_module("readout.backbones.registry")
+CLIP_L_WIDTH = pack_module("readout.backbones.dit").CLIP_L_WIDTH
 
 FAMILIES = {"flux2": TINY_FLUX2, "lumina2": TINY_LUMINA2, "qwen_image": TINY_QWEN_IMAGE, "krea2": TINY_KREA2}
 LATENT = {"flux2": ("EmptyFlux2LatentImage", 128, 16), "lumina2": ("EmptySD3LatentImage", 16, 8),
@@ -160,6 +161,11 @@ def test_self_guidance_moves_a_word_on_z_image(bed):
     clip = call_node("CLIPLoader", clip_name=TINY_DIT_CLIP_L, type="stable_diffusion")[0]
     positive = call_node("CLIPTextEncode", text=PROMPT, clip=clip)[0]
     negative = call_node("CLIPTextEncode", text="", clip=clip)[0]
+    assert_self_guidance_moves_the_word(bed.model, clip, positive, word_sampler(bed, positive, negative), SIZE)
+
+
+def word_sampler(bed: FamilyBed, positive, negative):
+    """`sample(guidance=None)`: seed 5 of the bed's model with this prompt at CFG 1, guided (one pass) when given."""
     inputs = dict(seed=5, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple", positive=positive,
                   negative=negative, latent_image=bed.latent, denoise=1.0)
 
@@ -167,20 +173,28 @@ def test_self_guidance_moves_a_word_on_z_image(bed):
         if guidance is None:
             return call_node("KSampler", model=bed.model, **inputs)[0]["samples"]
         return call_node("ReadoutGuidedKSampler", model=bed.model, guidance=guidance, **inputs, **ONE_PASS)[0]["samples"]
-    assert_self_guidance_moves_the_word(bed.model, clip, positive, sample, SIZE)
+    return sample
+
+
+def tokenizer_only_clip(tokenizer_class):
+    """A CLIP of a family whose text encoder has no tiny stand-in: its tokenizer only (ComfyUI ships the files; no
+    weights are needed to tokenize)."""
+    import comfy.sd
+
+    clip = comfy.sd.CLIP(no_init=True)
+    clip.tokenizer, clip.tokenizer_options = tokenizer_class(), {}
+    return clip
 
 
 def test_z_image_words_sit_at_their_qwen3_token_positions():
-    """A Z-Image CLIP (CLIPLoader type lumina2 with Qwen3 4B: ComfyUI's Z-Image tokenizer, whose files ComfyUI ships;
-    no weights needed to tokenize) gives words their positions in the chat template Qwen3 encodes, which index
-    Z-Image's caption; a word after a space is found as byte-level BPE spells it there."""
+    """A Z-Image CLIP (CLIPLoader type lumina2 with Qwen3 4B: ComfyUI's Z-Image tokenizer) gives words their positions
+    in the chat template Qwen3 encodes, which index Z-Image's caption; a word after a space is found as byte-level BPE
+    spells it there."""
     if comfyui_version() < DETECTED_SINCE:
         pytest.skip("the Z-Image tests run on ComfyUI 0.33")
-    import comfy.sd
     from comfy.text_encoders.z_image import ZImageTokenizer
 
-    clip = comfy.sd.CLIP(no_init=True)
-    clip.tokenizer, clip.tokenizer_options = ZImageTokenizer(), {}
+    clip = tokenizer_only_clip(ZImageTokenizer)
     prompt_tokens = pack_module("readout.targets.prompt_tokens")
     prompt = "a red cube on a wooden table"
     ids = [int(token[0]) for token in clip.tokenize(prompt)["qwen3_4b"][0]]
@@ -195,13 +209,73 @@ def test_z_image_words_sit_at_their_qwen3_token_positions():
     assert (target.family, target.tokens) == ("lumina2", (5,))
 
 
-@pytest.mark.parametrize("bed", ["flux2", "qwen_image", "krea2"], indirect=True)
-def test_self_guidance_is_refused_by_name(bed):
+def test_qwen_image_words_count_from_the_end_of_the_conditioning():
+    """A Qwen-Image CLIP (CLIPLoader type qwen_image) gives words positions counted from the conditioning's end: the
+    text encoder keeps its template from the user's text on, and Qwen-Image-Edit's encoders put the reference images'
+    tokens before that text; the template's tail after the prompt is the same in both."""
+    if comfyui_version() < DETECTED_SINCE:
+        pytest.skip("the Qwen-Image tests run on ComfyUI 0.33")
+    from comfy.text_encoders.qwen_image import QwenImageTokenizer
+
+    clip = tokenizer_only_clip(QwenImageTokenizer)
+    prompt_tokens = pack_module("readout.targets.prompt_tokens")
+    prompt = "a red cube on a wooden table"
+    qwen = clip.tokenizer.qwen25_7b.tokenizer
+    plain = [int(token[0]) for token in clip.tokenize(prompt)["qwen25_7b"][0]]
+    template = clip.tokenizer.llama_template_images
+    edit = [int(token[0]) for token in clip.tokenize(template.format(prompt))["qwen25_7b"][0]]
+    assert prompt_tokens.clip_family(clip) == "qwen_image"
+    for words, spelled in (("a", "a"), ("red cube", " red cube"), ("wooden table", " wooden table")):
+        positions = prompt_tokens.word_token_positions(clip, prompt, words)
+        assert all(p < 0 for p in positions)
+        assert qwen.decode([plain[p] for p in positions]) == qwen.decode([edit[p] for p in positions]) == spelled
+    first = len(plain) + prompt_tokens.word_token_positions(clip, prompt, "a")[0]
+    assert qwen.decode(plain[first - 3:first]) == "<|im_start|>user\n", "the conditioning starts at the user's text"
+    assert qwen.decode(plain[first + 7:]) == "<|im_end|>\n<|im_start|>assistant\n"
+
+
+WORD_TOKENIZERS = {"qwen_image": ("qwen_image", "QwenImageTokenizer"), "krea2": ("krea2", "Krea2Tokenizer"),
+                   "flux2": ("flux", "KleinTokenizer")}
+"""The tokenizer of each family's CLIP whose files ComfyUI ships (comfy.text_encoders module, class): Flux.2 dev's
+Mistral 3 tokenizer comes inside its text encoder's file, so Flux.2 is tested with Klein's Qwen3 4B."""
+
+
+@pytest.mark.parametrize("bed", list(WORD_TOKENIZERS), indirect=True)
+def test_self_guidance_moves_a_word_counted_from_the_conditioning_end(bed):
+    """Qwen-Image's, Flux.2's and Krea 2's joint attention of the generated image's queries over the text keys gives
+    Self-Guidance its word maps: positions from the family's tokenizer counted from the conditioning's end, the
+    conditioning from the prompt's first word on (Qwen-Image's and Krea 2's text encoders keep that; Flux.2 pads it
+    on the left to 512 tokens), at CFG 1 in few steps."""
+    import importlib
+
+    module, name = WORD_TOKENIZERS[bed.family]
+    clip = tokenizer_only_clip(getattr(importlib.import_module(f"comfy.text_encoders.{module}"), name))
+    length = -pack_module("readout.targets.prompt_tokens").word_token_positions(clip, PROMPT, "a")[0]
+    positive = text_conditioning(PROMPT, TEXT_WIDTH.get(bed.family, CLIP_L_WIDTH), tokens=length)
+    if bed.family == "flux2":
+        positive = call_node("FluxGuidance", conditioning=positive, guidance=4.0)[0]
+    assert_self_guidance_moves_the_word(bed.model, clip, positive, word_sampler(bed, positive, bed.neg), SIZE)
+
+
+@pytest.mark.parametrize("bed", list(WORD_TOKENIZERS), indirect=True)
+def test_self_guidance_refuses_the_words_of_another_clip(bed):
+    """An SD1.5 CLIP's word positions are refused on these families by naming the clip input (on Flux.2 too, whose
+    tiny model reads CLIP-L's width: the left padding would move them)."""
     clip = call_node("CLIPLoader", clip_name=TINY_DIT_CLIP_L, type="stable_diffusion")[0]
     target = call_node("SelfGuidanceTarget", clip=clip, prompt=PROMPT, words="cube", edit="move_to", dx=0.0, dy=0.0,
                        x=0.2, y=0.8, size_factor=1.0, weight=1.0, start_percent=0.0, end_percent=1.0)[0]
-    label = registry.FAMILIES[bed.family].label
-    with pytest.raises(ValueError, match=f"model: self-guidance .* on {label} it is not supported yet"):
+    with pytest.raises(ValueError, match=f"clip: the words 'cube' were tokenized with an sd15 CLIP but the model is "
+                                         f"{bed.family}"):
+        target[0].check_model(bed.model, "cond")
+
+
+@pytest.mark.parametrize("bed", ["krea2"], indirect=True)
+def test_a_family_without_self_guidance_is_refused_by_name(bed, monkeypatch):
+    monkeypatch.setattr(registry.FAMILIES["krea2"], "self_guidance", False)
+    clip = tokenizer_only_clip(pytest.importorskip("comfy.text_encoders.krea2").Krea2Tokenizer)
+    target = call_node("SelfGuidanceTarget", clip=clip, prompt=PROMPT, words="cube", edit="move_to", dx=0.0, dy=0.0,
+                       x=0.2, y=0.8, size_factor=1.0, weight=1.0, start_percent=0.0, end_percent=1.0)[0]
+    with pytest.raises(ValueError, match="model: self-guidance .* on Krea 2 it is not supported yet"):
         target[0].check_model(bed.model, "cond")
 
 

@@ -65,6 +65,20 @@ class Backbone(ABC):
         """Whether this model attends to the tokens a CLIP of that family encodes (Self-Guidance's word positions)."""
         return clip_family == self.family
 
+    counts_words_from_end: bool = False
+    """Whether a word's tokens are found counting back from the end of the conditioning: where the text encoder drops
+    its template's start (Qwen-Image, Krea 2) or edit encoders put image tokens before the prompt (Qwen-Image-Edit),
+    or the model pads the prompt on the left (Flux.2); the template's tail after the prompt is fixed."""
+
+    def prompt_tokenizer_key(self, clip) -> str:
+        """The key of this family's CLIP's tokenizer whose positions index the conditioning's tokens."""
+        return self.tokenizer_key
+
+    def conditioning_positions(self, positions: tuple[int, ...], prompt_tokens: int) -> tuple[int, ...]:
+        """Where the tokens at these positions of the tokenized prompt (`prompt_tokens` long) sit in the conditioning
+        the model attends to; negative when counted from its end."""
+        return tuple(p - prompt_tokens for p in positions) if self.counts_words_from_end else positions
+
     @abstractmethod
     def feature_layers(self, diffusion_model: nn.Module) -> list[nn.Module]:
         """The modules whose outputs are the readout features, in the order heads list them."""

@@ -16,7 +16,8 @@ from torch import nn
 
 
 class AttentionStore:
-    """Per layer: (B, N, K) probabilities of N image positions attending to K chosen tokens (mean over heads)."""
+    """Per layer: (B, N, K) probabilities of N image positions attending to K chosen tokens (mean over heads); a
+    negative token index counts from the conditioning's end."""
 
     def __init__(self, token_indices: list[int]) -> None:
         self.token_indices = token_indices
@@ -39,9 +40,10 @@ class AttentionStore:
     def add(self, queries: torch.Tensor, keys: torch.Tensor) -> None:
         """One layer's maps from its image queries (B, heads, N, d) and text keys (B or 1, heads, tokens, d): each
         position's softmax over the text tokens, the chosen tokens' columns, the mean over heads."""
-        if max(self.token_indices) >= keys.shape[2]:
-            raise ValueError(f"self-guidance: token {max(self.token_indices)} is past the {keys.shape[2]} tokens of "
-                             "the conditioning: encode the prompt with the CLIP whose tokens you picked")
+        outside = [t for t in self.token_indices if not -keys.shape[2] <= t < keys.shape[2]]
+        if outside:
+            raise ValueError(f"self-guidance: token {outside[0]} is outside the {keys.shape[2]} tokens of the "
+                             "conditioning: encode the prompt with the CLIP whose tokens you picked")
         if keys.shape[0] != queries.shape[0]:
             keys = keys.expand(queries.shape[0], -1, -1, -1)
         scores = (queries.float() @ keys.float().transpose(-1, -2)) / math.sqrt(queries.shape[-1])

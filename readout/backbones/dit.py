@@ -181,7 +181,7 @@ class DiTBackbone(Backbone):
 
 class ConfigClassBackbone(DiTBackbone):
     """A DiT family ComfyUI detects as one model config class (and its subclasses), named so that a ComfyUI without
-    it never matches; Self-Guidance does not read it yet (no CLIP is this family's)."""
+    it never matches; Self-Guidance reads it only where the family says which CLIP is its own."""
 
     config_class: str
     """The class's name in comfy.supported_models."""

@@ -1,10 +1,12 @@
 """Flux.2 (dev and Klein): Flux's double- then single-stream layout in ComfyUI's Flux module, shared modulation and
 a 128-channel latent at 1/16 of the image (the 32-channel VAE latent patchified 2x2, so the model's patch is 1).
 
-Its prompt is padded on the left to 512 tokens before the blocks, so Self-Guidance's word positions are not the
-tokenizer's; Self-Guidance is refused on it until they are mapped.
+Self-Guidance reads the readout blocks' joint attention as on Flux.1. The model pads a prompt shorter than 512
+tokens on the left, so a word's tokens are counted from the conditioning's end.
 """
 from __future__ import annotations
+
+from torch import nn
 
 from .dit import FluxBackbone
 
@@ -16,7 +18,7 @@ class Flux2Backbone(FluxBackbone):
     family, label = "flux2", "Flux.2"
     latent_channels = 128
     latent_scale = 16
-    self_guidance = False
+    counts_words_from_end = True
 
     def matches(self, model_config) -> bool:
         import comfy.supported_models as sm
@@ -25,4 +27,18 @@ class Flux2Backbone(FluxBackbone):
         return flux2 is not None and isinstance(model_config, flux2)
 
     def matches_clip(self, clip) -> bool:
-        return False
+        """Flux.2 dev's (Mistral 3, CLIPLoader type flux2) or Klein's (Qwen3 4B or 8B) tokenizer."""
+        try:
+            from comfy.text_encoders import flux
+        except ImportError:
+            return False
+        kinds = tuple(getattr(flux, name, None) for name in ("Flux2Tokenizer", "KleinTokenizer", "KleinTokenizer8B"))
+        return type(getattr(clip, "tokenizer", None)) in kinds
+
+    def prompt_tokenizer_key(self, clip) -> str:
+        """The one tokenizer a Flux.2 CLIP has: Mistral 3 (`mistral3_24b`) or Qwen3 (`qwen3_4b`, `qwen3_8b`)."""
+        return clip.tokenizer.clip_name
+
+    def reads_prompt_of(self, clip_family: str, diffusion_model: nn.Module) -> bool:
+        """Only a Flux.2 CLIP's: the left padding moves any other CLIP's tokens."""
+        return clip_family == self.family

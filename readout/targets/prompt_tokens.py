@@ -10,8 +10,9 @@ def clip_family(clip) -> str:
 
 
 def _tokenizer(clip):
-    """The tokenizer of the conditioning's tokens: `clip_l` on SD and SD3 CLIPs, `t5xxl` on Flux's, `qwen3_4b` on Z-Image's."""
-    key = clip_backbone(clip).tokenizer_key
+    """The tokenizer of the conditioning's tokens: `clip_l` on SD and SD3 CLIPs, `t5xxl` on Flux's, `qwen3_4b` on
+    Z-Image's, `qwen25_7b` on Qwen-Image's, ...: the family says which."""
+    key = clip_backbone(clip).prompt_tokenizer_key(clip)
     return getattr(clip.tokenizer, f"clip_{key}", None) or getattr(clip.tokenizer, key)
 
 
@@ -23,7 +24,7 @@ def _special_tokens(clip) -> set[int]:
 
 def _token_ids(clip, text: str) -> list[list[int]]:
     """The tokenizer's chunks (77 tokens each, start/end/padding included) as token ids."""
-    chunks = clip.tokenize(text)[clip_backbone(clip).tokenizer_key]
+    chunks = clip.tokenize(text)[clip_backbone(clip).prompt_tokenizer_key(clip)]
     return [[int(item[0]) for item in chunk] for chunk in chunks]
 
 
@@ -42,7 +43,8 @@ def _word_ids(clip, words: str) -> list[list[int]]:
 
 
 def word_token_positions(clip, prompt: str, words: str) -> tuple[int, ...]:
-    """Positions in the encoded prompt of the first occurrence of `words` (one or more words, in order)."""
+    """Positions in the encoded prompt of the first occurrence of `words` (one or more words, in order); negative
+    where the family's conditioning is counted from its end (Qwen-Image)."""
     clip_family(clip)
     if not words.strip():
         raise ValueError("words: name the word or words of the prompt to guide, e.g. 'cat'")
@@ -57,6 +59,7 @@ def word_token_positions(clip, prompt: str, words: str) -> tuple[int, ...]:
     for start in range(len(tokens)):
         for wanted in variants:
             if tokens[start:start + len(wanted)] == wanted:
-                return tuple(positions[start:start + len(wanted)])
+                return clip_backbone(clip).conditioning_positions(tuple(positions[start:start + len(wanted)]),
+                                                                  len(tokens))
     raise ValueError(f"words: {words.strip()!r} is not in the prompt {prompt.strip()!r}: use a word or words of the "
                      "positive prompt text, as it is written")
