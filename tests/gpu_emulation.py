@@ -111,14 +111,26 @@ def _attach_refusing_backward(out: torch.Tensor, q, k, v) -> torch.Tensor:
     return out + _BackwardRefused.apply(q, k, v).to(out.dtype)
 
 
+BOUND_ATTENTION = (("comfy.ldm.flux.math", "optimized_attention"), ("comfy.ldm.lumina.model", "optimized_attention_masked"),
+                   ("comfy.ldm.qwen_image.model", "optimized_attention_masked"),
+                   ("comfy.ldm.krea2.model", "optimized_attention_masked"))
+"""DiT modules that bind ComfyUI's attention function at import (those this ComfyUI has)."""
+
+
 def use_attention_kernel(monkeypatch, kernel: Callable) -> None:
-    """Make `kernel` ComfyUI's attention for the UNet and the DiTs (Flux binds it at import)."""
-    import comfy.ldm.flux.math
+    """Make `kernel` ComfyUI's attention for the UNet and the DiTs, where they bound it at import too."""
+    import importlib
+
     import comfy.ldm.modules.attention as attention
 
     for name in ("optimized_attention", "optimized_attention_masked"):
         monkeypatch.setattr(attention, name, kernel)
-    monkeypatch.setattr(comfy.ldm.flux.math, "optimized_attention", kernel)
+    for module_name, name in BOUND_ATTENTION:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        monkeypatch.setattr(module, name, kernel)
 
 
 class StrictDevices(TorchFunctionMode):

@@ -154,28 +154,6 @@ def test_auto_recurrence_guides_z_image_once_a_step(bed):
     assert torch.equal(auto, one)
 
 
-@pytest.mark.parametrize("bed", ["lumina2"], indirect=True)
-def test_self_guidance_moves_a_word_on_z_image(bed):
-    """Z-Image's joint attention over [caption; image] gives Self-Guidance its word maps: through the node, with the
-    CLIP whose tokens the tiny NextDiT reads (CLIP-L, loaded as stable_diffusion), at CFG 1 in few steps."""
-    clip = call_node("CLIPLoader", clip_name=TINY_DIT_CLIP_L, type="stable_diffusion")[0]
-    positive = call_node("CLIPTextEncode", text=PROMPT, clip=clip)[0]
-    negative = call_node("CLIPTextEncode", text="", clip=clip)[0]
-    assert_self_guidance_moves_the_word(bed.model, clip, positive, word_sampler(bed, positive, negative), SIZE)
-
-
-def word_sampler(bed: FamilyBed, positive, negative):
-    """`sample(guidance=None)`: seed 5 of the bed's model with this prompt at CFG 1, guided (one pass) when given."""
-    inputs = dict(seed=5, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple", positive=positive,
-                  negative=negative, latent_image=bed.latent, denoise=1.0)
-
-    def sample(guidance=None):
-        if guidance is None:
-            return call_node("KSampler", model=bed.model, **inputs)[0]["samples"]
-        return call_node("ReadoutGuidedKSampler", model=bed.model, guidance=guidance, **inputs, **ONE_PASS)[0]["samples"]
-    return sample
-
-
 def tokenizer_only_clip(tokenizer_class):
     """A CLIP of a family whose text encoder has no tiny stand-in: its tokenizer only (ComfyUI ships the files; no
     weights are needed to tokenize)."""
@@ -240,21 +218,72 @@ WORD_TOKENIZERS = {"qwen_image": ("qwen_image", "QwenImageTokenizer"), "krea2": 
 Mistral 3 tokenizer comes inside its text encoder's file, so Flux.2 is tested with Klein's Qwen3 4B."""
 
 
-@pytest.mark.parametrize("bed", list(WORD_TOKENIZERS), indirect=True)
-def test_self_guidance_moves_a_word_counted_from_the_conditioning_end(bed):
-    """Qwen-Image's, Flux.2's and Krea 2's joint attention of the generated image's queries over the text keys gives
-    Self-Guidance its word maps: positions from the family's tokenizer counted from the conditioning's end, the
-    conditioning from the prompt's first word on (Qwen-Image's and Krea 2's text encoders keep that; Flux.2 pads it
-    on the left to 512 tokens), at CFG 1 in few steps."""
+def word_prompt(bed: FamilyBed) -> tuple:
+    """The CLIP that finds PROMPT's words for the bed's model, and PROMPT's conditioning: the NextDiT reads the tiny
+    CLIP-L's encoding; the others the family's tokenizer's positions, counted from the conditioning's end, in
+    conditioning from the prompt's first word on (Qwen-Image's and Krea 2's text encoders keep that; Flux.2 pads it on
+    the left to 512 tokens)."""
     import importlib
 
+    if bed.family == "lumina2":
+        clip = call_node("CLIPLoader", clip_name=TINY_DIT_CLIP_L, type="stable_diffusion")[0]
+        return clip, call_node("CLIPTextEncode", text=PROMPT, clip=clip)[0]
     module, name = WORD_TOKENIZERS[bed.family]
     clip = tokenizer_only_clip(getattr(importlib.import_module(f"comfy.text_encoders.{module}"), name))
     length = -pack_module("readout.targets.prompt_tokens").word_token_positions(clip, PROMPT, "a")[0]
     positive = text_conditioning(PROMPT, TEXT_WIDTH.get(bed.family, CLIP_L_WIDTH), tokens=length)
     if bed.family == "flux2":
         positive = call_node("FluxGuidance", conditioning=positive, guidance=4.0)[0]
-    assert_self_guidance_moves_the_word(bed.model, clip, positive, word_sampler(bed, positive, bed.neg), SIZE)
+    return clip, positive
+
+
+def word_sampler(bed: FamilyBed, positive, model=None):
+    """`sample(guidance=None)`: seed 5 of the bed's model (or `model`) with this prompt at CFG 1, guided (one pass)
+    when given targets."""
+    model = model or bed.model
+    inputs = dict(seed=5, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple", positive=positive,
+                  negative=bed.neg, latent_image=bed.latent, denoise=1.0)
+
+    def sample(guidance=None):
+        if guidance is None:
+            return call_node("KSampler", model=model, **inputs)[0]["samples"]
+        return call_node("ReadoutGuidedKSampler", model=model, guidance=guidance, **inputs, **ONE_PASS)[0]["samples"]
+    return sample
+
+
+@family
+def test_self_guidance_moves_a_word(bed):
+    """Each family's joint attention of the generated image's queries over the prompt's keys gives Self-Guidance its
+    word maps, at CFG 1 in few steps: Z-Image's NextDiT with the CLIP whose tokens it reads, Qwen-Image, Flux.2 and
+    Krea 2 with their own tokenizers' positions (word_prompt)."""
+    clip, positive = word_prompt(bed)
+    assert_self_guidance_moves_the_word(bed.model, clip, positive, word_sampler(bed, positive), SIZE)
+
+
+@pytest.mark.parametrize("bed", ["flux2", "krea2"], indirect=True)
+def test_guidance_through_comfyuis_gpu_paths_gives_the_plain_result(bed, monkeypatch):
+    """A depth target and Self-Guidance chained on a DiT through ComfyUI's GPU memory paths, emulated
+    (tests/gpu_emulation.py): every layer's weights a cast copy cached under inference mode (dynamic VRAM, made by an
+    unguided run first), then also an attention kernel whose backward raises (flash attention); the guided latent is
+    the plain CPU path's. On Flux.2 (Flux's blocks and attention) and Krea 2 (forward hooks, its own attention
+    module): the tiny Z-Image and Qwen-Image are 2304 and 3072 wide, which this emulation takes minutes to copy."""
+    from gpu_emulation import attention_kernel, cached_under_inference_mode, cast_every_layer, use_attention_kernel
+
+    clip, positive = word_prompt(bed)
+    head, target_image = bed.depth_target()
+    depth = call_node("ReadoutTarget", head=head, weight=TINY_WEIGHT, start_percent=0.0, end_percent=1.0,
+                      target_image=target_image)[0]
+    targets = call_node("SelfGuidanceTarget", clip=clip, prompt=PROMPT, words="cube", edit="move_to", dx=0.0, dy=0.0,
+                        x=0.2, y=0.8, size_factor=1.0, weight=1.0, start_percent=0.0, end_percent=1.0, guidance=depth)[0]
+    plain = word_sampler(bed, positive)(targets)
+    model = call_node("UNETLoader", unet_name=FAMILIES[bed.family], weight_dtype="default")[0]
+    cast_every_layer(monkeypatch, model, cached_under_inference_mode)
+    sample = word_sampler(bed, positive, model)
+    unguided, guided = sample(), sample(targets)
+    assert float((guided - unguided).abs().mean()) > 1e-3, "guidance did not move the latent"
+    torch.testing.assert_close(guided, plain, rtol=1e-4, atol=1e-4)
+    use_attention_kernel(monkeypatch, attention_kernel("no_backward"))
+    torch.testing.assert_close(sample(targets), plain, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("bed", list(WORD_TOKENIZERS), indirect=True)

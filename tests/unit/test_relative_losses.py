@@ -61,3 +61,22 @@ def test_attention_centroid_size_and_shape_follow_the_map():
     assert size(maps).item() == pytest.approx(3.0 / 32)
     soft = shape(maps)
     assert soft[..., 1, 6].item() > 0.99 and soft[..., 0, 0].item() < 0.01
+
+
+
+def test_attention_tokens_counted_from_the_end_read_their_columns():
+    """Self-Guidance's word maps for tokens counted from the conditioning's end (Qwen-Image, Flux.2, Krea 2) are those
+    of the same tokens counted from its start: each image position's softmax over all text keys, the tokens' columns,
+    the mean over heads; a token outside the conditioning is refused by name."""
+    from readout.backbones.cross_attention import AttentionStore
+
+    gen = torch.Generator().manual_seed(0)
+    queries, keys = torch.randn(1, 2, 16, 8, generator=gen), torch.randn(1, 2, 6, 8, generator=gen)
+    from_end, from_start = AttentionStore([-4, -3]), AttentionStore([2, 3])
+    from_end.add(queries, keys)
+    from_start.add(queries, keys)
+    expected = (queries @ keys.transpose(-1, -2) / 8 ** 0.5).softmax(-1)[..., [2, 3]].mean(1)
+    assert torch.allclose(from_end.maps[0], expected) and torch.allclose(from_start.maps[0], expected)
+    assert torch.equal(from_end.word_maps((-3,), 4, 4), from_start.word_maps((3,), 4, 4))
+    with pytest.raises(ValueError, match="token -7 is outside the 6 tokens of the conditioning"):
+        AttentionStore([-7]).add(queries, keys)
