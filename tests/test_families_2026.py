@@ -280,10 +280,17 @@ def test_guidance_through_comfyuis_gpu_paths_gives_the_plain_result(bed, monkeyp
     cast_every_layer(monkeypatch, model, cached_under_inference_mode)
     sample = word_sampler(bed, positive, model)
     unguided, guided = sample(), sample(targets)
+    assert any(getattr(m, "_emulated_cast", None) for m in model.model.diffusion_model.modules()), "no layer was cast"
     assert float((guided - unguided).abs().mean()) > 1e-3, "guidance did not move the latent"
     torch.testing.assert_close(guided, plain, rtol=1e-4, atol=1e-4)
-    use_attention_kernel(monkeypatch, attention_kernel("no_backward"))
+    kernel, calls = attention_kernel("no_backward"), []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return kernel(*args, **kwargs)
+    use_attention_kernel(monkeypatch, counted)
     torch.testing.assert_close(sample(targets), plain, rtol=1e-4, atol=1e-4)
+    assert calls, "the model never called the kernel without a backward"
 
 
 @pytest.mark.parametrize("bed", list(WORD_TOKENIZERS), indirect=True)
