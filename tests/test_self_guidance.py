@@ -165,7 +165,7 @@ def test_needs_the_cond_branch_and_a_matching_conditioning(bed):
         bed.guided(bed.target("move_to"), loss_branch="both")
     long_prompt = "a photo, " * 40 + "a cat"
     guidance = bed.target("move_to", prompt=long_prompt)
-    with pytest.raises(ValueError, match=r"token \d+ is past the 77 tokens of the conditioning"):
+    with pytest.raises(ValueError, match=r"token \d+ is outside the 77 tokens of the conditioning"):
         bed.guided(guidance)
     hooked = [name for name, module in bed.model.model.diffusion_model.named_modules() if module._forward_hooks]
     assert not hooked, f"attention hooks left on the shared model after the error: {hooked[:3]}"
