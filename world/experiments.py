@@ -7,7 +7,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -302,13 +302,13 @@ def word_localization(world: World, seed: int, timestep: int = 500) -> dict:
     return {**record, "seconds": time.time() - started}
 
 
-def model_quality(world: World, seeds: range) -> dict:
-    """Prompted colours present and object count right, over unguided samples of random world captions, with the
-    kinds of miss (split by one- and two-object prompts; extra blobs of a prompted colour, of another colour, or
-    objects missing)."""
+def model_quality(world: World, seeds: Iterable[int], scene_base: int = EVAL_SCENE_BASE + 10**6) -> dict:
+    """Prompted colours present and object count right, over unguided samples of random world captions (the scenes
+    from scene_base on), with the kinds of miss (split by one- and two-object prompts; extra blobs of a prompted
+    colour, of another colour, or objects missing)."""
     samples = []
     for seed in seeds:
-        scene = random_scene(EVAL_SCENE_BASE + 10**6 + seed)
+        scene = random_scene(scene_base + seed)
         blobs = detect(world.unguided(seed, scene.caption))
         wanted = [c for c, _ in caption_objects(scene.caption)]
         samples.append({"objects": len(wanted), "colours_present": set(wanted) <= {b.colour for b in blobs},
