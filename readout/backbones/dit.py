@@ -179,6 +179,21 @@ class DiTBackbone(Backbone):
                 handle.remove()
 
 
+def is_tokenizer(clip, *names: str) -> bool:
+    """Whether the CLIP's tokenizer is exactly one of these `comfy.text_encoders` classes ("module.Class"; those this
+    ComfyUI lacks never match, nor do subclasses other families build on them)."""
+    import importlib
+
+    kinds = []
+    for name in names:
+        module, class_name = name.rsplit(".", 1)
+        try:
+            kinds.append(getattr(importlib.import_module(f"comfy.text_encoders.{module}"), class_name))
+        except (ImportError, AttributeError):
+            continue
+    return type(getattr(clip, "tokenizer", None)) in kinds
+
+
 class ConfigClassBackbone(DiTBackbone):
     """A DiT family ComfyUI detects as one model config class (and its subclasses), named so that a ComfyUI without
     it never matches; Self-Guidance reads it only where the family says which CLIP is its own."""
@@ -194,8 +209,11 @@ class ConfigClassBackbone(DiTBackbone):
         config = getattr(sm, self.config_class, None)
         return config is not None and isinstance(model_config, config)
 
+    tokenizer_classes: tuple[str, ...] = ()
+    """The family's own tokenizers in `comfy.text_encoders` ("module.Class"), for Self-Guidance's CLIP."""
+
     def matches_clip(self, clip) -> bool:
-        return False
+        return is_tokenizer(clip, *self.tokenizer_classes)
 
 
 class FluxBackbone(DiTBackbone):

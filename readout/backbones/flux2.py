@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .dit import FluxBackbone
+from .dit import FluxBackbone, is_tokenizer
 
 
 class Flux2Backbone(FluxBackbone):
@@ -28,12 +28,7 @@ class Flux2Backbone(FluxBackbone):
 
     def matches_clip(self, clip) -> bool:
         """Flux.2 dev's (Mistral 3, CLIPLoader type flux2) or Klein's (Qwen3 4B or 8B) tokenizer."""
-        try:
-            from comfy.text_encoders import flux
-        except ImportError:
-            return False
-        kinds = tuple(getattr(flux, name, None) for name in ("Flux2Tokenizer", "KleinTokenizer", "KleinTokenizer8B"))
-        return type(getattr(clip, "tokenizer", None)) in kinds
+        return is_tokenizer(clip, "flux.Flux2Tokenizer", "flux.KleinTokenizer", "flux.KleinTokenizer8B")
 
     def prompt_tokenizer_key(self, clip) -> str:
         """The one tokenizer a Flux.2 CLIP has: Mistral 3 (`mistral3_24b`) or Qwen3 (`qwen3_4b`, `qwen3_8b`)."""

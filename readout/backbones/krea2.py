@@ -25,14 +25,8 @@ class Krea2Backbone(ConfigClassBackbone):
     self_guidance = True
     tokenizer_key = "qwen3vl_4b"
     counts_words_from_end = True
-
-    def matches_clip(self, clip) -> bool:
-        """Krea 2's tokenizer (CLIPLoader type krea2, Qwen3-VL 4B)."""
-        try:
-            from comfy.text_encoders.krea2 import Krea2Tokenizer
-        except ImportError:
-            return False
-        return type(getattr(clip, "tokenizer", None)) is Krea2Tokenizer
+    tokenizer_classes = ("krea2.Krea2Tokenizer",)
+    """CLIPLoader type krea2 (Qwen3-VL 4B)."""
 
     def blocks(self, diffusion_model: nn.Module) -> list[nn.Module]:
         return list(getattr(diffusion_model, "blocks", []))

@@ -27,14 +27,8 @@ class QwenImageBackbone(ConfigClassBackbone):
     tokenizer_key = "qwen25_7b"
     """Qwen-Image's conditioning is Qwen2.5-VL 7B's hidden state of its chat template's tokens from the user turn on."""
     counts_words_from_end = True
-
-    def matches_clip(self, clip) -> bool:
-        """Qwen-Image's own tokenizer (CLIPLoader type qwen_image), not the families that subclass it."""
-        try:
-            from comfy.text_encoders.qwen_image import QwenImageTokenizer
-        except ImportError:
-            return False
-        return type(getattr(clip, "tokenizer", None)) is QwenImageTokenizer
+    tokenizer_classes = ("qwen_image.QwenImageTokenizer",)
+    """CLIPLoader type qwen_image (HunyuanImage and Kandinsky 5 subclass it: not theirs)."""
 
     def blocks(self, diffusion_model: nn.Module) -> list[nn.Module]:
         return list(getattr(diffusion_model, "transformer_blocks", []))
