@@ -14,7 +14,8 @@
 # make test-comfyui-033: the whole suite on ComfyUI 0.33.0 from $(SHARED)/comfyui, newest frontend (FRONTEND_NEW).
 # make test-comfyui-0375: the every_comfyui and every_frontend tests on ComfyUI 0.3.75 (its own frontend).
 # make test-frontend-033: the every_frontend browser tests on ComfyUI 0.33.0's own frontend.
-#   PYTEST_ARGS adds pytest arguments to any of them; SELECT a -k expression to the last two.
+#   PYTEST_ARGS adds pytest arguments to any of them; SELECT a -k expression to the last two; WORKERS=N runs
+#   test-comfyui-033 in N pytest-xdist processes.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python

@@ -193,3 +193,15 @@ def test_readout_heads_folder_is_registered_and_keeps_extra_paths(tmp_path):
     listed = schema_inputs("LoadReadoutHead")["head_name"].options
     assert {"extra_head.safetensors", "official_head.pt"} <= set(listed) and "extra_head.state.pt" not in listed
     paths.remove(str(tmp_path))
+
+
+def test_ci_finds_every_module_that_uses_the_server(request):
+    """CI's xdist scheduler keeps the modules whose tests take the server or Chromium in one work unit (one server
+    process, one Chromium); the modules it finds by their functions' arguments are those pytest resolves."""
+    from conftest import SERVER_FIXTURES, modules_using_the_server
+
+    found = modules_using_the_server(os.path.dirname(__file__))
+    using = {os.path.basename(item.module.__file__) for item in request.session.items
+             if SERVER_FIXTURES & set(item.fixturenames)}
+    assert using <= found, f"modules that use the server but are not found: {using - found}"
+    assert {"test_browser_editor.py", "test_demo_page.py"} <= found and "test_guided_sampling.py" not in found
