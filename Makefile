@@ -2,8 +2,8 @@
 #   seconds once the venv exists. Run it after every change to readout/.
 # make test: what CI runs. The unit tier; then, with ComfyUI 0.33's source in $(SHARED), the whole suite on 0.33.0
 #   serving the newest frontend, on ComfyUI 0.3.75 the tests marked every_comfyui or every_frontend (what depends on
-#   the version or the frontend), and the every_frontend browser tests on 0.33.0's own frontend (scripts/test_legs);
-#   without it, the whole suite on 0.3.75. Each phase prints its seconds.
+#   the version or the frontend), and the every_frontend browser tests on 0.33.0's own frontend, two test processes
+#   at a time (scripts/test_legs); without it, the whole suite on 0.3.75. Each phase prints its seconds.
 # make demo: the same setup, then run every workflow in example_workflows/ on a real ComfyUI server (0.33.0 when its
 #   source is in $(SHARED); on 0.3.75 the 2026 families' examples are skipped), and guide the learned world model
 #   (world/) next to the same seeds unguided; with ComfyUI 0.33's source, the world's Flux and Z-Image too
