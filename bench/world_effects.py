@@ -16,6 +16,8 @@ import time
 from testbed import REPO
 
 WEIGHTS = (0.2, 0.43, 1.0, 2.0)
+SCALE_SIZE_WEIGHTS = (0.0215, 0.1075, 0.215)
+"""A twentieth, a quarter and half the default weight: scale_size overshoots at the default on the world's Z-Image."""
 OFFICIAL_SCALED_WEIGHT = 3.58
 """0.43 * 100 / 12: rule official's Adam lr grows with the weight; its sign steps move the latent as far in the 12
 steps of these runs as the default does in the official 100."""
@@ -52,6 +54,9 @@ def experiments(ex) -> dict:
                                          "unguided", f"weight {v}: object mask IoU") for v in WEIGHTS},
         **{f"weight_{v}_drag_generated": ((lambda v: lambda w, s: ex.drag_generated(w, s, weight=v))(v), "moved",
                                           None, f"weight {v}: share moved") for v in WEIGHTS},
+        **{f"weight_{v}_self_guidance_scale_size": (
+            (lambda v: lambda w, s: ex.self_guidance(w, s, "scale_size", weight=v))(v), "area_ratio", None,
+            f"weight {v}: area guided / unguided (asked: 1.5)") for v in SCALE_SIZE_WEIGHTS},
     }
 
 

@@ -253,8 +253,9 @@ def appearance(world: World, seed: int) -> dict:
             "seconds": seconds, "images": (reference, plain, guided)}
 
 
-def self_guidance(world: World, seed: int, edit: str) -> dict:
-    """move_to (to the opposite side of the canvas) or scale_size (x1.5) on a one-object prompt's words."""
+def self_guidance(world: World, seed: int, edit: str, weight: float | None = None) -> dict:
+    """move_to (to the opposite side of the canvas) or scale_size (x1.5) on a one-object prompt's words, at the
+    node's default weight unless given."""
     scene = random_scene(EVAL_SCENE_BASE + seed, num_objects=1)
     colour, shape = caption_objects(scene.caption)[0]
     plain = world.unguided(seed, scene.caption)
@@ -263,7 +264,8 @@ def self_guidance(world: World, seed: int, edit: str) -> dict:
         return {"seed": seed, "skipped": "no object in the unguided image"}
     goal = (0.28 if start.centroid[0] > SIZE / 2 else 0.72, 0.28 if start.centroid[1] > SIZE / 2 else 0.72)
     guidance = call_node("SelfGuidanceTarget", clip=world.clip, prompt=scene.caption, words=f"{colour} {shape}", edit=edit,
-                    dx=0.0, dy=0.0, x=goal[0], y=goal[1], size_factor=1.5, weight=_default_weight(),
+                    dx=0.0, dy=0.0, x=goal[0], y=goal[1], size_factor=1.5,
+                    weight=_default_weight() if weight is None else weight,
                     start_percent=0.0, end_percent=0.5)[0]
     (guided, _), seconds = _timed(lambda: world.guided(seed, scene.caption, guidance))
     end = largest(detect(guided), colour)
