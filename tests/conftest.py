@@ -89,4 +89,3 @@ def tiny(family):
     from tiny.models import TINY_CHECKPOINTS
 
     return call_node("CheckpointLoaderSimple", ckpt_name=TINY_CHECKPOINTS[family])[:3]
-
