@@ -62,6 +62,24 @@ def factorize(model: torch.nn.Module, rank: int) -> torch.nn.Module:
     return model
 
 
+def widen_tensor(value: torch.Tensor, target: torch.Size, chunks: int, tiles: int) -> torch.Tensor:
+    """One tensor at the wide shape: a residual-wide output dimension tiled (chunk by chunk), a residual-wide input
+    dimension tiled and divided by the tiles, a wider hidden dimension padded with zeros."""
+    for axis, size in enumerate(target):
+        have = value.shape[axis]
+        if have == size:
+            continue
+        if size == have * tiles and axis == 0:
+            value = torch.cat([part.repeat(tiles, *[1] * (value.dim() - 1)) for part in value.chunk(chunks, 0)], 0)
+        elif size == have * tiles:
+            value = value.repeat(1, tiles, *[1] * (value.dim() - 2)) / tiles
+        else:
+            pad = list(value.shape)
+            pad[axis] = size - have
+            value = torch.cat([value, value.new_zeros(pad)], axis)
+    return value
+
+
 def dense_state_dict(stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The dense state dict ComfyUI loads, from stored weights with factored matrices (fp16)."""
     dense = {}
@@ -139,12 +157,14 @@ def uniform_times(batch: int, gen: torch.Generator) -> torch.Tensor:
 def train_flow(model: torch.nn.Module, predict: Callable, batch_fn: Callable, empty: tuple[torch.Tensor, torch.Tensor],
                steps: int, seed: int, tag: str, teacher=None, times: Callable = uniform_times,
                caption_dropout: float = 0.0, stop_after: int | None = None, lr: float = 1e-3, warmup: int = 100,
-               ema_decay: float = 0.999, log_every: int = 50, snapshot=None,
-               snapshot_every: int = 0) -> tuple[dict[str, torch.Tensor], list[float]]:
+               ema_decay: float = 0.999, log_every: int = 50, snapshot=None, snapshot_every: int = 0,
+               edit_every: int = 0) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Flow matching: x_t = (1 - t) x0 + t noise, `predict(model, x_t, t, context, pooled)` estimates noise - x0
     (ComfyUI's CONST parameterization); with a teacher, its velocity replaces noise - x0 on the world channels where
-    it is valid. The learning rate follows a cosine over `steps`; training ends after `stop_after` of them when
-    given. Returns the EMA weights and the per-step losses."""
+    it is valid. With `edit_every`, every such step is an edit step instead: `predict` also gets `reference=x0` (the
+    clean latent, as an edit model's reference image) and the target is noise - x0 itself. The learning rate follows
+    a cosine over `steps`; training ends after `stop_after` of them when given. Returns the EMA weights and the
+    per-step losses."""
     from world.unet import EMA, optimizer_step, schedule
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -161,10 +181,11 @@ def train_flow(model: torch.nn.Module, predict: Callable, batch_fn: Callable, em
         noise = torch.randn(x0.shape, generator=gen)
         xt = (1 - t.view(b, 1, 1, 1)) * x0 + t.view(b, 1, 1, 1) * noise
         target = noise - x0
-        if teacher is not None:
+        edit = bool(edit_every) and step % edit_every == edit_every - 1
+        if teacher is not None and not edit:
             taught, valid = teacher(xt[:, :WORLD_CHANNELS], t, context)
             target[:, :WORLD_CHANNELS] = torch.where(valid.view(b, 1, 1, 1), taught, target[:, :WORLD_CHANNELS])
-        loss = F.mse_loss(predict(model, xt, t, context, pooled), target)
+        loss = F.mse_loss(predict(model, xt, t, context, pooled, **({"reference": x0} if edit else {})), target)
         optimizer_step(model, opt, ema, loss, lr * schedule(step, steps, warmup))
         losses.append(float(loss.detach()))
         if snapshot_every and snapshot and (step + 1) % snapshot_every == 0:

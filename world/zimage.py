@@ -20,7 +20,7 @@ import sys
 import torch
 
 from world import paths
-from world.distill import add_distill_arguments, distill_from_world, factorize, init_for_training, train_flow
+from world.distill import add_distill_arguments, distill_from_world, factorize, init_for_training, train_flow, widen_tensor
 
 RANK = 32
 TILES = 15
@@ -51,24 +51,6 @@ def build_narrow(seed: int) -> torch.nn.Module:
     return factorize(init_for_training(build_nextdit(NARROW_CONFIG), seed), RANK)
 
 
-def _widen(value: torch.Tensor, target: torch.Size, chunks: int, tiles: int) -> torch.Tensor:
-    """One tensor at the wide shape: a residual-wide output dimension tiled (chunk by chunk), a residual-wide input
-    dimension tiled and divided by the tiles, a wider hidden dimension padded with zeros."""
-    for axis, size in enumerate(target):
-        have = value.shape[axis]
-        if have == size:
-            continue
-        if size == have * tiles and axis == 0:
-            value = torch.cat([part.repeat(tiles, *[1] * (value.dim() - 1)) for part in value.chunk(chunks, 0)], 0)
-        elif size == have * tiles:
-            value = value.repeat(1, tiles, *[1] * (value.dim() - 2)) / tiles
-        else:
-            pad = list(value.shape)
-            pad[axis] = size - have
-            value = torch.cat([value, value.new_zeros(pad)], axis)
-    return value
-
-
 def widen_state_dict(narrow: dict[str, torch.Tensor], config: dict = WIDE_CONFIG) -> dict[str, torch.Tensor]:
     """The wide model's weights from the narrow model's dense weights (shapes from a model built on the meta
     device); `config` is TILES times as wide as the narrow model by default."""
@@ -76,7 +58,7 @@ def widen_state_dict(narrow: dict[str, torch.Tensor], config: dict = WIDE_CONFIG
     shapes = {k: v.shape for k, v in build_nextdit(config, device="meta").state_dict().items()}
     if set(shapes) != set(narrow):
         raise ValueError(f"the narrow and wide NextDiT differ in their weights: {sorted(set(shapes) ^ set(narrow))[:4]}")
-    return {key: _widen(value, shapes[key], next((n for s, n in CHUNKED_OUTPUTS.items() if key.endswith(s)), 1), tiles)
+    return {key: widen_tensor(value, shapes[key], next((n for s, n in CHUNKED_OUTPUTS.items() if key.endswith(s)), 1), tiles)
             for key, value in narrow.items()}
 
 
