@@ -364,31 +364,87 @@ def test_world_zimage_cli_trains_factored_narrow_weights_from_the_guided_teacher
         assert handle.get_slice("layers.0.attention.qkv.factor_a").get_shape() == [768, 32]
 
 
-def test_tiled_world_heads_read_exactly_what_the_trained_ones_read(tmp_path):
-    """A head trained on the world Z-Image reads features that repeat 256 channels 15 times: stored with its input
-    weights summed over the copies and expanded again, it reads any such features exactly as trained."""
+def test_world_qwen_image_widened_computes_the_narrow_model():
+    """The world Qwen-Image trains narrow and is tiled to Qwen-Image's width, its text padded to Qwen-Image's text
+    width: here to three times the narrow width (six heads) and 1000 text channels, with a reference image's tokens
+    appended as Qwen-Image-Edit appends them, it computes what the narrow model computes."""
+    from world.distill import dense_state_dict
+    from world.qwen_image import NARROW_CONFIG, build_narrow, build_qwen_image, pad_text, widen_state_dict
+
+    factored = build_narrow(0)
+    with torch.no_grad():
+        for param in factored.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(param.numel())))
+    narrow_weights = {k: v.float() for k, v in dense_state_dict(dict(factored.state_dict())).items()}
+    narrow = build_qwen_image(NARROW_CONFIG)
+    narrow.load_state_dict(narrow_weights)
+    config = {**NARROW_CONFIG, "num_attention_heads": 6, "joint_attention_dim": 1000}
+    wide = build_qwen_image(config)
+    wide.load_state_dict(widen_state_dict(narrow_weights, config))
+    gen = torch.Generator().manual_seed(1)
+    x, reference = (torch.randn(2, 16, 1, 8, 8, generator=gen) for _ in range(2))
+    t, context = torch.tensor([0.3, 0.8]), torch.randn(2, 9, 768, generator=gen)
+    with torch.no_grad():
+        want = narrow(x, t, context, ref_latents=[reference])
+        got = wide(x, t, pad_text(context, 1000), ref_latents=[reference])
+    assert want.abs().mean() > 0.05 and torch.allclose(want, got, atol=1e-4)
+
+
+def test_world_qwen_image_cli_trains_factored_narrow_weights_with_edit_steps(tmp_path):
+    from safetensors import safe_open
+
+    from world.qwen_image import RANK
+
+    train_briefly("world.qwen_image", tmp_path, 3)  # the third step is an edit step
+    with safe_open(str(tmp_path / paths.QWEN_IMAGE_WEIGHTS), framework="pt") as handle:
+        assert handle.metadata()["steps"] == "3"
+        assert handle.get_slice("transformer_blocks.0.attn.to_q.factor_a").get_shape() == [256, RANK]
+
+
+def test_wan_latents_of_the_world_hold_the_flux_latents_patch_codes():
+    """The world's Qwen-Image reads Wan 2.1 latents: converted from the world TAESD16's Flux latent and back, they
+    give the same latent, and Wan's normalization hands the model the codes that Flux's does."""
+    from comfy.latent_formats import Flux, Wan21
+
+    from world.qwen_image import flux_latent, wan_latent
+
+    flux = Flux().process_out(torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(2)))
+    wan = wan_latent(flux)
+    assert wan.shape == (2, 16, 1, 4, 4)
+    assert torch.allclose(Wan21().process_in(wan)[:, :, 0], Flux().process_in(flux), atol=1e-5)
+    assert torch.allclose(flux_latent(wan), flux, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["zimage", "qwen_image"])
+def test_tiled_world_heads_read_exactly_what_the_trained_ones_read(tmp_path, family):
+    """A head trained on the world Z-Image reads features that repeat 256 channels 15 times (the world Qwen-Image:
+    12 times, its time embedding too): stored with its input weights summed over the copies and expanded again, it
+    reads any such features exactly as trained."""
     from testbed.nodes import pack_module
-    from world.heads import compress_head_file, expand_head_file
-    from world.zimage import NARROW_CONFIG, TILES
+    from world import qwen_image, zimage
+    from world.heads import TILED_INPUTS, TILED_WITH_EMBEDDING, compress_head_file, expand_head_file
 
     files = pack_module("readout.heads.files")
     architecture = pack_module("readout.heads.architecture")
-    wide = NARROW_CONFIG["dim"] * TILES
-    config = architecture.HeadConfig(kind="depth", family="lumina2", dims=(wide,) * 3, projection_dim=128, emb_dim=256,
-                                     use_output_head=True, control_range=(-1.0, 1.0))
+    narrow_dim, tiles, tiled_inputs = ((256, zimage.TILES, TILED_INPUTS) if family == "zimage" else
+                                       (256, qwen_image.TILES, TILED_WITH_EMBEDDING))
+    wide = narrow_dim * tiles
+    emb_tiles = tiles if family == "qwen_image" else 1
+    config = architecture.HeadConfig(kind="depth", family="lumina2" if family == "zimage" else family, dims=(wide,) * 3, projection_dim=128,
+                                     emb_dim=256 * emb_tiles, use_output_head=True, control_range=(-1.0, 1.0))
     torch.manual_seed(3)
     heads = [architecture.ReadoutHead(config)]
     original, narrow, restored = (str(tmp_path / f"{n}.safetensors") for n in ("original", "narrow", "restored"))
     files.save_head_safetensors(original, config, heads[0].state_dict())
-    compress_head_file(original, narrow, TILES)
+    compress_head_file(original, narrow, tiles, tiled_inputs)
     expand_head_file(narrow, restored)
     assert os.path.getsize(narrow) < 0.3 * os.path.getsize(original)
     heads.append(architecture.ReadoutHead(files.load_head_file(restored)[0]))
     heads[1].load_state_dict({k: v.float() for k, v in files.load_head_file(restored)[1].items()})
     heads[0].half().float()  # the stored head is fp16
     gen = torch.Generator().manual_seed(4)
-    features = [torch.randn(2, NARROW_CONFIG["dim"], 8, 8, generator=gen).repeat(1, TILES, 1, 1) for _ in range(3)]
-    emb = torch.randn(2, 256, generator=gen)
+    features = [torch.randn(2, narrow_dim, 8, 8, generator=gen).repeat(1, tiles, 1, 1) for _ in range(3)]
+    emb = torch.randn(2, 256, generator=gen).repeat(1, emb_tiles)
     with torch.no_grad():
         reads = [head.eval()(features, emb) for head in heads]
     assert reads[0].abs().mean() > 0.01 and torch.allclose(reads[0], reads[1], atol=5e-3 * reads[0].abs().max())

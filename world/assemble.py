@@ -102,6 +102,19 @@ def zimage_state_dict(weights_dir: str = paths.WEIGHTS_DIR) -> dict[str, torch.T
     return {k: v.half().contiguous() for k, v in widen_state_dict(narrow).items()}
 
 
+def qwen_image_state_dict(weights_dir: str = paths.WEIGHTS_DIR) -> dict[str, torch.Tensor]:
+    """The world's Qwen-Image-Edit as ComfyUI's UNETLoader reads it (fp16): the stored narrow model's factors
+    multiplied out, then tiled to Qwen-Image's width."""
+    from safetensors.torch import load_file
+
+    from world.distill import dense_state_dict
+    from world.qwen_image import widen_state_dict
+
+    stored = load_file(os.path.join(weights_dir, paths.QWEN_IMAGE_WEIGHTS))
+    narrow = {k: v.float() for k, v in dense_state_dict(stored).items()}
+    return {k: v.half().contiguous() for k, v in widen_state_dict(narrow).items()}
+
+
 def _is_current(path: str, digest: str) -> bool:
     """Whether a generated file exists and was built from the committed weights of this digest."""
     from safetensors import safe_open
@@ -112,19 +125,20 @@ def _is_current(path: str, digest: str) -> bool:
         return (handle.metadata() or {}).get(SOURCE_KEY) == digest
 
 
-def write_world_models(models_dir: str, zimage: bool = False) -> list[str]:
+def write_world_models(models_dir: str, zimage: bool = False, qwen_image: bool = False) -> list[str]:
     """Write the world checkpoint, the world's Flux files and the world heads where missing or built from other
-    weights, with `zimage` the world Z-Image too (2.5 GB: written for what uses it, not by the test bed's setup);
-    return the paths written."""
+    weights, with `zimage` the world Z-Image too (2.5 GB), with `qwen_image` the world Qwen-Image-Edit (1.1 GB):
+    written for what uses them, not by the test bed's setup; return the paths written."""
     from safetensors.torch import save_file
 
     from world.heads import expand_head_file
 
     models = [("checkpoints", paths.CHECKPOINT, (paths.UNET_FILE, paths.VAE_FILE), checkpoint_state_dict)]
-    transformers = [(paths.FLUX_DIFFUSION_MODEL, paths.FLUX_WEIGHTS, flux_state_dict),
-                    (paths.ZIMAGE_DIFFUSION_MODEL, paths.ZIMAGE_WEIGHTS, zimage_state_dict)]
-    transformers = [(name, stored, build) for name, stored, build in transformers[:2 if zimage else 1]
-                    if os.path.exists(os.path.join(paths.WEIGHTS_DIR, stored))]
+    transformers = [(paths.FLUX_DIFFUSION_MODEL, paths.FLUX_WEIGHTS, flux_state_dict, True),
+                    (paths.ZIMAGE_DIFFUSION_MODEL, paths.ZIMAGE_WEIGHTS, zimage_state_dict, zimage),
+                    (paths.QWEN_IMAGE_DIFFUSION_MODEL, paths.QWEN_IMAGE_WEIGHTS, qwen_image_state_dict, qwen_image)]
+    transformers = [(name, stored, build) for name, stored, build, wanted in transformers
+                    if wanted and os.path.exists(os.path.join(paths.WEIGHTS_DIR, stored))]
     models += [("diffusion_models", name, (stored,), build) for name, stored, build in transformers]
     if transformers:
         models += [("vae", paths.FLUX_VAE, (paths.VAE_FILE,), flux_vae_state_dict),

@@ -16,6 +16,9 @@ FLUX_VAE = "readout_world_taesd16.safetensors"
 ZIMAGE_WEIGHTS = "readout_world_zimage256.safetensors"
 """The world's Z-Image, stored narrow with factored weight matrices (world.zimage)."""
 ZIMAGE_DIFFUSION_MODEL = "readout_world_zimage.safetensors"
+QWEN_IMAGE_WEIGHTS = "readout_world_qwen_image256.safetensors"
+"""The world's Qwen-Image-Edit, stored narrow with factored weight matrices (world.qwen_image)."""
+QWEN_IMAGE_DIFFUSION_MODEL = "readout_world_qwen_image.safetensors"
 CLIP_L = "readout_world_clip_l.safetensors"
 
 
@@ -25,8 +28,8 @@ def head_name(kind: str, family: str = "sd15") -> str:
 
 
 def all_head_names() -> list[str]:
-    """Every world head's file name, on the SD1.5 world model, the world's Flux and the world's Z-Image."""
-    return [head_name(kind, family) for family in ("sd15", "flux", "zimage") for kind in HEAD_KINDS]
+    """Every world head's file name, on the SD1.5 world model, the world's Flux, Z-Image and Qwen-Image-Edit."""
+    return [head_name(kind, family) for family in ("sd15", "flux", "zimage", "qwen_image") for kind in HEAD_KINDS]
 
 
 def import_comfyui() -> str:
