@@ -30,6 +30,10 @@ def experiments(ex) -> dict:
         "spatial_edge": (lambda w, s: ex.spatial(w, "edge", s), "guided", "unguided", "object mask IoU with the edge map's scene"),
         "drag_generated": (ex.drag_generated, "moved", None, "share of the requested displacement moved"),
         "drag_real": (ex.drag_real, "moved", None, "share of the requested displacement moved (inverted scene)"),
+        "drag_edit": (ex.drag_edit, "moved", None,
+                      "Qwen-Image-Edit: share of the displacement moved, the scene as the reference image"),
+        "drag_edit_kept": (ex.drag_edit, "kept_iou", None,
+                           "Qwen-Image-Edit: the unguided edit's foreground IoU with its reference scene"),
         "appearance": (ex.appearance, "guided", "unguided",
                        "colour similarity to the reference (1 - total variation of object colour areas; other seed)"),
         "self_guidance_move_to": (lambda w, s: ex.self_guidance(w, s, "move_to"), "closed", None,
@@ -78,9 +82,10 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="experiment names, each optionally NAME=SEEDS (default: all but the "
                                                   "weight sweep, --seeds each)")
     parser.add_argument("--quality", type=int, default=0, help="also measure the model's prompt following on N samples")
-    parser.add_argument("--family", choices=("sd15", "flux", "zimage"), default="sd15",
-                        help="the SD1.5 world model, the world's Flux (ComfyUI 0.33 and newer: set COMFYUI_PATH) or "
-                             "its Z-Image (8 steps at CFG 1)")
+    parser.add_argument("--family", choices=("sd15", "flux", "zimage", "qwen_image"), default="sd15",
+                        help="the SD1.5 world model, the world's Flux (ComfyUI 0.33 and newer: set COMFYUI_PATH), "
+                             "its Z-Image or its Qwen-Image-Edit (8 steps at CFG 1; drag_edit is Qwen-Image-Edit's)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the world's own)")
     parser.add_argument("--out", help="the JSON of every record (default: output/world_effects[_<family>].json)")
     args = parser.parse_args()
     args.out = args.out or os.path.join(REPO, "output", f"world_effects{'' if args.family == 'sd15' else '_' + args.family}.json")
@@ -90,6 +95,7 @@ def main() -> None:
     from world import experiments as ex
 
     world = ex.World.load(args.family)
+    world.steps = args.steps or world.steps
     table = experiments(ex)
     names = args.only or [n for n in table if not n.startswith("weight_")]
     results = {}

@@ -25,6 +25,8 @@ FLUX_SAMPLER = ("euler", "simple")
 ZIMAGE_STEPS = 8
 ZIMAGE_CFG = 1.0
 """The world Z-Image samples as Z-Image Turbo does: 8 steps at CFG 1."""
+QWEN_IMAGE_STEPS = 8
+"""The world Qwen-Image-Edit samples as the edit models' lightning LoRAs do: 8 (or 4) steps at CFG 1."""
 DRAG_POINTS = 5
 
 
@@ -56,11 +58,12 @@ class World:
     def load(cls, family: str = "sd15") -> "World":
         import folder_paths
 
-        if family == "zimage":
+        if family in ("zimage", "qwen_image"):
             from testbed import MODELS_DIR
             from world.assemble import write_world_models
 
-            write_world_models(MODELS_DIR, zimage=True)  # the model and heads trained since the setup ran
+            # the model and heads trained since the setup ran
+            write_world_models(MODELS_DIR, zimage=family == "zimage", qwen_image=family == "qwen_image")
         listed = set(folder_paths.get_filename_list("readout_heads"))
         heads = {k: call_node("LoadReadoutHead", head_name=paths.head_name(k, family))[0] for k in paths.HEAD_KINDS
                  if paths.head_name(k, family) in listed}
@@ -71,6 +74,10 @@ class World:
         if family == "zimage":
             model = call_node("UNETLoader", unet_name=paths.ZIMAGE_DIFFUSION_MODEL, weight_dtype="default")[0]
             return cls(model, clip, vae, heads, FLUX_SAMPLER, "EmptySD3LatentImage", ZIMAGE_STEPS, ZIMAGE_CFG)
+        if family == "qwen_image":
+            model = call_node("UNETLoader", unet_name=paths.QWEN_IMAGE_DIFFUSION_MODEL, weight_dtype="default")[0]
+            return QwenImageWorld(model, clip, vae, heads, FLUX_SAMPLER, "EmptySD3LatentImage", QWEN_IMAGE_STEPS,
+                                  ZIMAGE_CFG)
         from world.assemble import flux_state_dict
         from world.flux import comfyui_reads_world_flux
 
@@ -109,6 +116,32 @@ class World:
                         negative=self.encode(""), latent_image=latent or self.latent(), denoise=1.0,
                         guidance=guidance, rule=rule, gradient_checkpointing=False, recurrence=self.recurrence)
         return self.decode(out[0]), self.decode(out[2])
+
+
+@dataclass
+class QwenImageWorld(World):
+    """The world's Qwen-Image-Edit: the world's CLIP-L padded to Qwen-Image's text width, latents converted between
+    Wan 2.1's format and the world TAESD16's, and while `reference` is set, that image as the edit's reference image
+    (appended to the prompt's conditioning by ComfyUI's Set Reference Latent, as Qwen-Image-Edit's encoders do)."""
+
+    reference: np.ndarray | None = None
+
+    def encode(self, text: str):
+        from world.qwen_image import pad_text, wan_latent
+
+        conditioning = [[pad_text(tokens), extra] for tokens, extra in super().encode(text)]
+        if self.reference is None:
+            return conditioning
+        latent = call_node("VAEEncode", pixels=to_image(self.reference), vae=self.vae)[0]
+        return call_node("ReferenceLatent", conditioning=conditioning, latent={"samples": wan_latent(latent["samples"])})[0]
+
+    def decode(self, latent: dict) -> np.ndarray:
+        from world.qwen_image import flux_latent
+
+        return super().decode({"samples": flux_latent(latent["samples"])})
+
+    def unguided(self, seed: int, prompt: str) -> np.ndarray:
+        return super().unguided(seed, prompt) if self.reference is None else self.decode(self.sample(seed, prompt))
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -200,6 +233,35 @@ def drag_generated(world: World, seed: int, rule: str = "fast", weight: float | 
     (after, reference), seconds = _timed(lambda: world.guided(seed, scene.caption, guidance, rule))
     return {"seed": seed, **drag_measures(reference, after, blob.colour, dx, dy), "seconds": seconds,
             "images": (reference, after), **drag_arrow(blob, dx, dy)}
+
+
+def drag_edit(world: QwenImageWorld, seed: int, weight: float | None = None, end_percent: float = 0.5) -> dict:
+    """Qwen-Image-Edit's drag: a rendered one-object scene is the reference image of an edit prompted with its own
+    caption (which keeps it), and its object is dragged by 24-40 px; before = the edit's unguided branch (the same
+    seed and reference), whose foreground IoU with the scene says how well the edit kept the image."""
+    scene = random_scene(EVAL_SCENE_BASE + seed, num_objects=1)
+    image, colour = scene.image(), scene.shapes[0].colour
+    blob = largest(detect(image), colour)
+    if blob is None:
+        return {"seed": seed, "skipped": "no object detected in the rendered scene"}
+    try:
+        dx, dy = drag_vector(blob, np.random.default_rng(seed))
+    except ValueError as err:
+        return {"seed": seed, "skipped": f"the {colour} object is too large to drag: {err}"}
+    extra = {} if weight is None else {"drag_weight": weight}
+    guidance = call_node("ReadoutDragTarget", correspondence_head=world.heads["correspondence"],
+                         points=drag_points(blob, dx, dy), **{"drag_weight": _default_weight(), **extra},
+                         start_percent=0.0, end_percent=end_percent, appearance_head=world.heads["appearance"],
+                         reference_image=to_image(image))[0]
+    world.reference = image
+    try:
+        (after, kept), seconds = _timed(lambda: world.guided(seed, scene.caption, guidance))
+    finally:
+        world.reference = None
+    truth = np.any(scene.visible_masks(), axis=0)
+    return {"seed": seed, **drag_measures(kept, after, colour, dx, dy), "seconds": seconds,
+            "kept_iou": iou(foreground(detect(kept), truth.shape), truth), "images": (image, kept, after),
+            **drag_arrow(blob, dx, dy)}
 
 
 def drag_real(world: World, seed: int) -> dict:

@@ -22,6 +22,9 @@ from world.unet import WIDEN
 GROUPED_INPUTS = (".conv1.weight", ".shortcut.weight", ".emb_layers.weight")
 TILED_INPUTS = (".conv1.weight", ".shortcut.weight")
 """The world Z-Image's tiled inputs: the feature channels (its time embedding is not tiled)."""
+TILED_WITH_EMBEDDING = TILED_INPUTS + (".emb_layers.weight",)
+"""The world Qwen-Image's: its time embedding is residual-wide, so tiled too."""
+TILED_INPUTS_KEY = "world_tiled_inputs"
 NARROW_KEY = "world_narrow"
 TILES_KEY = "world_tiles"
 HEAD_RECIPES = {
@@ -41,9 +44,9 @@ TRAIN_OPTIONS = ["--resolution", "128", "--projection-dim", "128", "--val-fracti
                  "--checkpoint-every", "100000"]
 
 
-def compress_head_file(source: str, target: str, tiles: int = 0) -> None:
+def compress_head_file(source: str, target: str, tiles: int = 0, tiled_inputs: tuple[str, ...] = TILED_INPUTS) -> None:
     """Sum a world head's input weights over each group of repeated channels (fp16): WIDEN side by side (the SD1.5
-    world), or `tiles` copies one after another (the world Z-Image)."""
+    world), or `tiles` copies one after another (the world Z-Image and Qwen-Image: the `tiled_inputs`)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -52,11 +55,11 @@ def compress_head_file(source: str, target: str, tiles: int = 0) -> None:
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     for name, value in tensors.items():
         shape = value.shape
-        if tiles and name.endswith(TILED_INPUTS):
+        if tiles and name.endswith(tiled_inputs):
             tensors[name] = value.float().reshape(shape[0], tiles, shape[1] // tiles, *shape[2:]).sum(1)
         elif not tiles and name.endswith(GROUPED_INPUTS):
             tensors[name] = value.float().reshape(shape[0], shape[1] // WIDEN, WIDEN, *shape[2:]).sum(2)
-    grouping = {TILES_KEY: str(tiles)} if tiles else {NARROW_KEY: str(WIDEN)}
+    grouping = {TILES_KEY: str(tiles), TILED_INPUTS_KEY: ",".join(tiled_inputs)} if tiles else {NARROW_KEY: str(WIDEN)}
     save_file({k: v.half().contiguous() for k, v in tensors.items()}, target, metadata={**metadata, **grouping})
 
 
@@ -80,8 +83,9 @@ def expand_head_file(source: str, target: str, extra_metadata: dict[str, str] | 
         metadata = dict(handle.metadata() or {})
         tensors = {k: handle.get_tensor(k).float() for k in handle.keys()}
     widen, tiles = int(metadata.pop(NARROW_KEY, 1)), int(metadata.pop(TILES_KEY, 0))
+    tiled_inputs = tuple(metadata.pop(TILED_INPUTS_KEY, ",".join(TILED_INPUTS)).split(","))
     for name, value in tensors.items():
-        if tiles and name.endswith(TILED_INPUTS):
+        if tiles and name.endswith(tiled_inputs):
             tensors[name] = value.repeat(1, tiles, *[1] * (value.dim() - 2)) / tiles
         elif name.endswith(GROUPED_INPUTS):
             tensors[name] = value.repeat_interleave(widen, 1) / widen
@@ -105,7 +109,8 @@ def model_options(family: str, checkpoint: str | None = None) -> list[str]:
 
     if family == "sd15":
         return ["--checkpoint", checkpoint or os.path.join(models, "checkpoints", paths.CHECKPOINT)]
-    diffusion_model = paths.ZIMAGE_DIFFUSION_MODEL if family == "zimage" else paths.FLUX_DIFFUSION_MODEL
+    diffusion_model = {"zimage": paths.ZIMAGE_DIFFUSION_MODEL, "qwen_image": paths.QWEN_IMAGE_DIFFUSION_MODEL}.get(
+        family, paths.FLUX_DIFFUSION_MODEL)
     return ["--diffusion-model", os.path.join(models, "diffusion_models", diffusion_model),
             "--text-encoder", os.path.join(models, "text_encoders", paths.CLIP_L), "--clip-type", "stable_diffusion",
             "--vae", os.path.join(models, "vae", paths.FLUX_VAE)]
@@ -114,11 +119,12 @@ def model_options(family: str, checkpoint: str | None = None) -> list[str]:
 def train_head(kind: str, comfy: str, model: list[str], work: str, scale: float = 1.0, family: str = "sd15") -> dict:
     """Train one head with the pack's trainer; store it (compressed on the widened SD1.5 world model and the tiled
     world Z-Image); return its losses and time."""
-    recipe = (ZIMAGE_RECIPES if family == "zimage" else HEAD_RECIPES)[kind]
+    recipe = (HEAD_RECIPES if family in ("sd15", "flux") else ZIMAGE_RECIPES)[kind]
     folder = os.path.join(work, family, kind)
     output = os.path.join(folder, paths.head_name(kind, family))
     steps = max(2, int(recipe["steps"] * scale))
-    command = [sys.executable, "-m", "readout.train", "--comfyui", comfy, *model, "--kind", kind, "--output", output,
+    trainer = "world.qwen_image_head" if family == "qwen_image" else "readout.train"
+    command = [sys.executable, "-m", trainer, "--comfyui", comfy, *model, "--kind", kind, "--output", output,
                "--steps", str(steps), "--lr", str(recipe["lr"]), "--batch-size", str(recipe["batch"]), *TRAIN_OPTIONS,
                *_data_options(kind, folder, max(16, int(recipe["examples"] * scale)))]
     started = time.time()
@@ -131,6 +137,10 @@ def train_head(kind: str, comfy: str, model: list[str], work: str, scale: float 
         from world.zimage import TILES
 
         compress_head_file(output, stored, TILES)
+    elif family == "qwen_image":
+        from world.qwen_image import TILES as QWEN_IMAGE_TILES
+
+        compress_head_file(output, stored, QWEN_IMAGE_TILES, TILED_WITH_EMBEDDING)
     else:
         store_head_file(output, stored)
     return {"kind": kind, "family": family, "steps": steps, "seconds": round(time.time() - started),
@@ -139,9 +149,9 @@ def train_head(kind: str, comfy: str, model: list[str], work: str, scale: float 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--family", choices=("sd15", "flux", "zimage"), default="sd15",
-                        help="the world model whose heads to train: the SD1.5 checkpoint, the world's Flux or its "
-                             "Z-Image (ComfyUI 0.33 and newer load the Flux: set COMFYUI_PATH)")
+    parser.add_argument("--family", choices=("sd15", "flux", "zimage", "qwen_image"), default="sd15",
+                        help="the world model whose heads to train: the SD1.5 checkpoint, the world's Flux, its "
+                             "Z-Image or its Qwen-Image-Edit (ComfyUI 0.33 and newer load the Flux: set COMFYUI_PATH)")
     parser.add_argument("--checkpoint", help="the assembled world checkpoint (default: the test bed's)")
     parser.add_argument("--work", default=os.path.join(paths.REPO, "output", "world_heads"),
                         help="folder for the rendered data and the trainer's files")
@@ -149,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="share of the steps and examples (tests)")
     args = parser.parse_args(argv)
     comfy = paths.import_comfyui()
-    if args.family == "zimage":
+    if args.family in ("zimage", "qwen_image"):
         from testbed import MODELS_DIR
         from world.assemble import write_world_models
 
-        write_world_models(MODELS_DIR, zimage=True)
+        write_world_models(MODELS_DIR, zimage=args.family == "zimage", qwen_image=args.family == "qwen_image")
     model = model_options(args.family, args.checkpoint)
     log = []
     for kind in args.kinds:
