@@ -141,6 +141,29 @@ def test_drag_lowers_the_drag_loss_in_few_steps(bed):
     assert_drag_lowers_the_drag_loss(bed, SIZE)
 
 
+@pytest.mark.parametrize("bed", ["qwen_image"], indirect=True)
+def test_a_drag_on_qwen_image_edit_reads_the_generated_image_and_lowers_the_drag_loss(bed):
+    """Qwen-Image-Edit's conditioning carries the reference image's latent (Set Reference Latent, as its encoders
+    set it): its tokens follow the generated image's, the features are still the generated image's on the patch grid,
+    and a drag lowers the drag loss."""
+    reference = {"samples": torch.randn(1, bed.channels, 1, SIZE // bed.scale, SIZE // bed.scale,
+                                        generator=torch.Generator().manual_seed(5))}
+    plain = (bed.pos, bed.neg)
+    bed.pos, bed.neg = (call_node("ReferenceLatent", conditioning=c, latent=reference)[0] for c in plain)
+    try:
+        latent = torch.randn(1, bed.channels, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+        evaluation = pack_module("readout.backbones.evaluation")
+        with_reference, without = (evaluation.hooked_evaluation(bed.model, latent, torch.tensor([0.5]),
+                                                                torch.zeros_like(latent), c).features[0]
+                                   for c in (bed.neg, plain[1]))
+        assert with_reference.shape == without.shape and not torch.allclose(with_reference, without)
+        assert_features_are_image_tokens_on_the_grid(bed.model, bed.neg, bed.channels, PATCH[bed.family],
+                                                     readout_dims(bed.family)[0])
+        assert_drag_lowers_the_drag_loss(bed, SIZE)
+    finally:
+        bed.pos, bed.neg = plain
+
+
 @pytest.mark.parametrize("bed", ["lumina2"], indirect=True)
 def test_auto_recurrence_guides_z_image_once_a_step(bed):
     """On the learned Z-Image a second pass lowered the effect at 8 and 4 steps: auto (the default) samples a short
