@@ -11,6 +11,7 @@
 # make world: retrain the learned world model and its heads (about an hour on 2 CPU cores).
 # make world-flux: retrain the world's Flux and its depth head (ComfyUI 0.33 from $(SHARED)/comfyui loads it).
 # make world-zimage: retrain the world's Z-Image and its four heads (on the ComfyUI 0.33 test bed).
+# make world-qwen-image: retrain the world's Qwen-Image-Edit and its two drag heads (on the ComfyUI 0.33 test bed).
 # make test-comfyui-033: the whole suite on ComfyUI 0.33.0 from $(SHARED)/comfyui, newest frontend (FRONTEND_NEW).
 # make test-comfyui-0375: the every_comfyui and every_frontend tests on ComfyUI 0.3.75 (its own frontend).
 # make test-frontend-033: the every_frontend browser tests on ComfyUI 0.33.0's own frontend.
@@ -43,7 +44,7 @@ SPREAD = $(if $(WORKERS),-n $(WORKERS) --dist loadscope --max-worker-restart=0)
 ON_0375 = every_frontend or every_comfyui and (not sdxl_family or each_family_on_every_comfyui)
 # what ComfyUI 0.3.75 runs: browser tests for its frontend, version-dependent tests (SD1.5 runs; SDXL for detection)
 
-.PHONY: test test-unit demo demo-examples-033 demo-worlds-033 setup world world-flux world-zimage test-comfyui-033 test-comfyui-0375 setup-comfyui-033 \
+.PHONY: test test-unit demo demo-examples-033 demo-worlds-033 setup world world-flux world-zimage world-qwen-image test-comfyui-033 test-comfyui-0375 setup-comfyui-033 \
 	test-frontend-033 clean
 
 test:
@@ -100,6 +101,12 @@ world-zimage: setup-comfyui-033
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m world.zimage
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.setup_testbed
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m world.heads --family zimage --kinds depth edge correspondence appearance
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.setup_testbed
+
+world-qwen-image: setup-comfyui-033
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m world.qwen_image
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.setup_testbed
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m world.heads --family qwen_image --kinds correspondence appearance
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.setup_testbed
 
 test-comfyui-033: setup-comfyui-033 $(FRONTEND_NEW_DIR)/.ok

@@ -34,6 +34,8 @@ def experiments(ex) -> dict:
                       "Qwen-Image-Edit: share of the displacement moved, the scene as the reference image"),
         "drag_edit_kept": (ex.drag_edit, "kept_iou", None,
                            "Qwen-Image-Edit: the unguided edit's foreground IoU with its reference scene"),
+        "drag_edit_whole_window": ((lambda w, s: ex.drag_edit(w, s, end_percent=1.0)), "moved", None,
+                                   "Qwen-Image-Edit, every step guided: share of the displacement moved"),
         "appearance": (ex.appearance, "guided", "unguided",
                        "colour similarity to the reference (1 - total variation of object colour areas; other seed)"),
         "self_guidance_move_to": (lambda w, s: ex.self_guidance(w, s, "move_to"), "closed", None,
@@ -58,6 +60,8 @@ def experiments(ex) -> dict:
                                          "unguided", f"weight {v}: object mask IoU") for v in WEIGHTS},
         **{f"weight_{v}_drag_generated": ((lambda v: lambda w, s: ex.drag_generated(w, s, weight=v))(v), "moved",
                                           None, f"weight {v}: share moved") for v in WEIGHTS},
+        **{f"weight_{v}_drag_edit": ((lambda v: lambda w, s: ex.drag_edit(w, s, weight=v))(v), "moved", None,
+                                     f"weight {v}: Qwen-Image-Edit's share moved") for v in WEIGHTS},
         **{f"weight_{v}_self_guidance_scale_size": (
             (lambda v: lambda w, s: ex.self_guidance(w, s, "scale_size", weight=v))(v), "area_ratio", None,
             f"weight {v}: area guided / unguided (asked: 1.5)") for v in SCALE_SIZE_WEIGHTS},

@@ -39,7 +39,8 @@ ZIMAGE_RECIPES = {
     "correspondence": {"examples": 64, "steps": 60, "batch": 4, "lr": 1e-3},
     "appearance": {"examples": 48, "steps": 30, "batch": 4, "lr": 1e-3},
 }
-"""Shorter: each step runs the 1.3B-parameter world Z-Image (at Z-Image's own width) on every image."""
+"""Shorter: each step runs the 1.3B-parameter world Z-Image (at Z-Image's own width), or the 1B-parameter world
+Qwen-Image-Edit, on every image."""
 TRAIN_OPTIONS = ["--resolution", "128", "--projection-dim", "128", "--val-fraction", "0.1", "--val-every", "50",
                  "--checkpoint-every", "100000"]
 
