@@ -12,7 +12,8 @@ CHECKPOINT_FAMILIES = {"v1-5-pruned-emaonly.safetensors": "sd15", "sd_xl_base_1.
 """The checkpoints our example workflows name, by the family of their tiny stand-in."""
 DIFFUSION_MODEL_FAMILIES = {"flux1-dev.safetensors": "flux", "sd3.5_large.safetensors": "sd3",
                             "z_image_turbo_bf16.safetensors": "lumina2", "flux2_dev_fp8mixed.safetensors": "flux2",
-                            "qwen_image_fp8_e4m3fn.safetensors": "qwen_image"}
+                            "qwen_image_fp8_e4m3fn.safetensors": "qwen_image",
+                            "qwen_image_edit_2509_fp8_e4m3fn.safetensors": "qwen_image"}
 """The diffusion models (UNETLoader) our DiT example workflows name, by the family of their tiny stand-in."""
 TINY_DIFFUSION_MODELS = {"flux": TINY_FLUX, "sd3": TINY_SD3, "lumina2": TINY_LUMINA2, "flux2": TINY_FLUX2,
                          "qwen_image": TINY_QWEN_IMAGE}
@@ -23,6 +24,9 @@ TEXT_STAND_IN = "ReadoutTestbedTextConditioning"
 TEXT_STAND_IN_WIDTHS = {"qwen_image": QWEN_TEXT_WIDTH}
 """Families whose tiny model reads a text width no CLIP gives (Qwen-Image's 3584): each CLIP Text Encode becomes the
 test bed's stand-in node (testbed/stand_in_nodes) at that width, and the text encoder's loader goes."""
+EDIT_TEXT_ENCODER = "TextEncodeQwenImageEditPlus"
+"""Qwen-Image-Edit's text encoder node (its Qwen2.5-VL reads the prompt and the images; the VAE encodes image1-3 as
+reference latents)."""
 EMPTY_PROMPT_STAND_IN = "empty_prompt_stand_in"
 """The prompt id of the stand-in's empty prompt that an Extract Readout gets in place of its CLIP."""
 TINY_VAES = {"flux2": TAEF2}
@@ -113,13 +117,20 @@ def swap_model_names(prompt: dict) -> dict:
 
 
 def stand_in_text_encoders(prompt: dict, width: int) -> None:
-    """Each CLIP Text Encode as the test bed's text stand-in at width, its text kept; an Extract Readout that encoded
-    the empty prompt with the CLIP gets the stand-in's empty prompt as its positive; the CLIP loaders go."""
+    """Each CLIP Text Encode (and Qwen-Image-Edit's text encoder: its prompt, VAE and first image) as the test bed's
+    text stand-in at width, its text kept; an Extract Readout that encoded the empty prompt with the CLIP gets the
+    stand-in's empty prompt as its positive; the CLIP loaders go."""
     loaders = set()
     for node in prompt.values():
+        inputs = node["inputs"]
         if node["class_type"] == "CLIPTextEncode":
-            loaders.add(node["inputs"]["clip"][0])
-            node["class_type"], node["inputs"] = TEXT_STAND_IN, {"text": node["inputs"]["text"], "text_width": width}
+            loaders.add(inputs["clip"][0])
+            node["class_type"], node["inputs"] = TEXT_STAND_IN, {"text": inputs["text"], "text_width": width}
+        elif node["class_type"] == EDIT_TEXT_ENCODER:
+            loaders.add(inputs["clip"][0])
+            reference = {k: inputs[v] for k, v in (("vae", "vae"), ("image", "image1")) if v in inputs}
+            node["class_type"], node["inputs"] = TEXT_STAND_IN, {"text": inputs["prompt"], "text_width": width,
+                                                                  **reference}
     for node in list(prompt.values()):
         clip = node["inputs"].get("clip")
         if not (isinstance(clip, list) and clip[0] in loaders):

@@ -46,8 +46,8 @@ TINY_DIT_FAMILIES = ("flux", "sd3")
 """The DiT families (tiny/dit.py): their own tests, through UNETLoader, CLIPLoader and VAELoader."""
 TINY_2026_FAMILIES = ("flux2", "lumina2", "qwen_image", "krea2")
 """The families of late 2026 (tiny/families.py): a smoke set each, on ComfyUI 0.33."""
-TINY_2026_HEAD_KINDS = ("depth", "correspondence")
-"""Their tiny heads: one spatial and one drag kind."""
+TINY_2026_HEAD_KINDS = ("depth", "correspondence", "appearance")
+"""Their tiny heads: one spatial kind and a drag's two (qwen_image_edit_drag.json keeps appearance with its drag)."""
 TINY_DIT_DIMS = {"sd3": [256] * 3, "flux2": [256, 256], "lumina2": [2304], "qwen_image": [3072], "krea2": [256] * 3}
 """The channels of the readout blocks the DiT backbones pick on the tiny DiT models (Flux's: readout_dims)."""
 TINY_EMB_DIMS = {"sd15": 1280, "sdxl": 1280, "sd3": 256, "flux2": 256, "lumina2": 1024, "qwen_image": 3072,

@@ -26,10 +26,21 @@ class TextConditioningStandIn:
         return {"required": {
             "text": ("STRING", {"multiline": True, "tooltip": "The prompt; the same text gives the same tokens."}),
             "text_width": ("INT", {"default": 3584, "min": 1, "max": 16384,
-                              "tooltip": "The family's text width (Qwen-Image: 3584)."})}}
+                              "tooltip": "The family's text width (Qwen-Image: 3584)."})},
+            "optional": {
+                "vae": ("VAE", {"tooltip": "With image: the VAE that encodes the edit's reference image."}),
+                "image": ("IMAGE", {"tooltip": "An edit model's reference image (Qwen-Image-Edit's image1), set as "
+                                               "the conditioning's reference latent."})}}
 
-    def encode(self, text: str, text_width: int) -> tuple[list]:
-        return (text_conditioning(text, text_width),)
+    def encode(self, text: str, text_width: int, vae=None, image=None) -> tuple[list]:
+        conditioning = text_conditioning(text, text_width)
+        if vae is None or image is None:
+            return (conditioning,)
+        import node_helpers
+
+        latent = vae.encode(image[:, :, :, :3])
+        frames = latent if latent.ndim == 5 else latent[:, :, None]  # Qwen-Image reads one-frame Wan latents
+        return (node_helpers.conditioning_set_values(conditioning, {"reference_latents": [frames]}, append=True),)
 
 
 NODE_CLASS_MAPPINGS = {"ReadoutTestbedTextConditioning": TextConditioningStandIn}
