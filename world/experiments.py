@@ -391,8 +391,9 @@ def model_quality(world: World, seeds: Iterable[int], scene_base: int = EVAL_SCE
 
 
 def summary(records: list[dict], key: str, baseline: str | None = None) -> dict:
-    """Mean and spread of a measure over seeds (and against the unguided baseline: the share of seeds improved)."""
-    kept = [r for r in records if "skipped" not in r]
+    """Mean and spread of a measure over the seeds that have it (and against the unguided baseline: the share of seeds
+    improved)."""
+    kept = [r for r in records if r.get(key) is not None]
     values = np.array([float(r[key]) for r in kept])
     out = {"seeds": len(kept), "skipped": len(records) - len(kept), "mean": float(values.mean()),
            "std": float(values.std()), "seconds": float(np.mean([r["seconds"] for r in kept]))}
