@@ -366,7 +366,7 @@ def test_world_zimage_cli_trains_factored_narrow_weights_from_the_guided_teacher
 
 def test_world_qwen_image_widened_computes_the_narrow_model():
     """The world Qwen-Image trains narrow and is tiled to Qwen-Image's width, its text padded to Qwen-Image's text
-    width: here to three times the narrow width (six heads) and 1000 text channels, with a reference image's tokens
+    width: here to six times the narrow width (six heads) and 1000 text channels, with a reference image's tokens
     appended as Qwen-Image-Edit appends them, it computes what the narrow model computes."""
     from world.distill import dense_state_dict
     from world.qwen_image import NARROW_CONFIG, build_narrow, build_qwen_image, pad_text, widen_state_dict
@@ -395,10 +395,11 @@ def test_world_qwen_image_cli_trains_factored_narrow_weights_with_edit_steps(tmp
 
     from world.qwen_image import RANK
 
-    train_briefly("world.qwen_image", tmp_path, 3)  # the third step is an edit step
+    train_briefly("world.qwen_image", tmp_path, 4)  # 3 dense steps (the third an edit step), then 1 factored
     with safe_open(str(tmp_path / paths.QWEN_IMAGE_WEIGHTS), framework="pt") as handle:
-        assert handle.metadata()["steps"] == "3"
-        assert handle.get_slice("transformer_blocks.0.attn.to_q.factor_a").get_shape() == [256, RANK]
+        assert handle.metadata()["steps"] == "4"
+        assert handle.get_slice("transformer_blocks.0.img_mlp.net.0.proj.factor_a").get_shape() == [512, RANK]
+        assert handle.get_slice("transformer_blocks.0.attn.to_q.weight").get_shape() == [128, 128]
 
 
 def test_wan_latents_of_the_world_hold_the_flux_latents_patch_codes():
@@ -418,7 +419,7 @@ def test_wan_latents_of_the_world_hold_the_flux_latents_patch_codes():
 @pytest.mark.parametrize("family", ["zimage", "qwen_image"])
 def test_tiled_world_heads_read_exactly_what_the_trained_ones_read(tmp_path, family):
     """A head trained on the world Z-Image reads features that repeat 256 channels 15 times (the world Qwen-Image:
-    12 times, its time embedding too): stored with its input weights summed over the copies and expanded again, it
+    128 channels 24 times, its time embedding too): stored with its input weights summed over the copies and expanded again, it
     reads any such features exactly as trained."""
     from testbed.nodes import pack_module
     from world import qwen_image, zimage
@@ -426,12 +427,14 @@ def test_tiled_world_heads_read_exactly_what_the_trained_ones_read(tmp_path, fam
 
     files = pack_module("readout.heads.files")
     architecture = pack_module("readout.heads.architecture")
-    narrow_dim, tiles, tiled_inputs = ((256, zimage.TILES, TILED_INPUTS) if family == "zimage" else
-                                       (256, qwen_image.TILES, TILED_WITH_EMBEDDING))
+    narrow_dim, tiles, tiled_inputs = ((zimage.NARROW_CONFIG["dim"], zimage.TILES, TILED_INPUTS) if family == "zimage"
+                                       else (128, qwen_image.TILES, TILED_WITH_EMBEDDING))
     wide = narrow_dim * tiles
     emb_tiles = tiles if family == "qwen_image" else 1
-    config = architecture.HeadConfig(kind="depth", family="lumina2" if family == "zimage" else family, dims=(wide,) * 3, projection_dim=128,
-                                     emb_dim=256 * emb_tiles, use_output_head=True, control_range=(-1.0, 1.0))
+    config = architecture.HeadConfig(kind="depth", family="lumina2" if family == "zimage" else family,
+                                     dims=(wide,) * 3, projection_dim=128,
+                                     emb_dim=(narrow_dim if family == "qwen_image" else 256) * emb_tiles,
+                                     use_output_head=True, control_range=(-1.0, 1.0))
     torch.manual_seed(3)
     heads = [architecture.ReadoutHead(config)]
     original, narrow, restored = (str(tmp_path / f"{n}.safetensors") for n in ("original", "narrow", "restored"))
@@ -444,7 +447,7 @@ def test_tiled_world_heads_read_exactly_what_the_trained_ones_read(tmp_path, fam
     heads[0].half().float()  # the stored head is fp16
     gen = torch.Generator().manual_seed(4)
     features = [torch.randn(2, narrow_dim, 8, 8, generator=gen).repeat(1, tiles, 1, 1) for _ in range(3)]
-    emb = torch.randn(2, 256, generator=gen).repeat(1, emb_tiles)
+    emb = torch.randn(2, config.emb_dim // emb_tiles, generator=gen).repeat(1, emb_tiles)
     with torch.no_grad():
         reads = [head.eval()(features, emb) for head in heads]
     assert reads[0].abs().mean() > 0.01 and torch.allclose(reads[0], reads[1], atol=5e-3 * reads[0].abs().max())

@@ -53,10 +53,14 @@ class LowRankLinear(torch.nn.Module):
         return F.linear(x, self.factor_a @ self.factor_b, self.bias)
 
 
-def factorize(model: torch.nn.Module, rank: int) -> torch.nn.Module:
-    """Replace every linear layer that a rank-`rank` product stores in fewer numbers by a LowRankLinear."""
+def factorize(model: torch.nn.Module, rank: int, only: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Replace every linear layer that a rank-`rank` product stores in fewer numbers by a LowRankLinear (with `only`,
+    those whose name starts with one of its prefixes or holds one of them after a dot)."""
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
+            full = f".{name}.{child_name}" if name else f".{child_name}"
+            if only and not any(f".{part}" in full for part in only):
+                continue
             if isinstance(child, torch.nn.Linear) and sum(child.weight.shape) * rank < child.weight.numel():
                 setattr(module, child_name, LowRankLinear(child, rank))
     return model

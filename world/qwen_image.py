@@ -1,9 +1,9 @@
 """`python -m world.qwen_image`: train the world's Qwen-Image-Edit: ComfyUI's Qwen-Image MMDiT in the configuration
-its detection fixes (3072 wide, 24 heads of 128, 3584-wide text), three dual-stream blocks, that samples in 4 to 8
+its detection fixes (3072 wide, 24 heads of 128, 3584-wide text), two dual-stream blocks, that samples in 4 to 8
 steps at CFG 1 as the edit models' lightning LoRAs do, with and without a reference image.
 
-It trains and is stored narrow (256 wide: two heads of 128, its weight matrices rank-`RANK` factors, reading the
-world's 768-wide CLIP-L) and `widen_state_dict` tiles it to Qwen-Image's width (as the world's Z-Image: world.zimage),
+It trains and is stored narrow (128 wide: one head of 128, reading the world's 768-wide CLIP-L; trained dense, then
+with its text input and feed-forward matrices as rank-`RANK` factors, which are stored) and `widen_state_dict` tiles it to Qwen-Image's width (as the world's Z-Image: world.zimage),
 its text input padded with zeros to 3584 channels. Two steps of three distill the SD1.5 world UNet guided at the
 world's CFG (text to image); every third is an edit step: the scene's clean latent is the reference image, appended
 after the generated image's tokens as Qwen-Image-Edit's encoders append it, and the target is that same scene, so
@@ -22,11 +22,13 @@ from world import paths
 from world.distill import add_distill_arguments, distill_from_world, factorize, init_for_training, train_flow, widen_tensor
 from world.zimage import shifted_times
 
-RANK = 20
-TILES = 12
+RANK = 48
+FACTORED = ("txt_in", "img_mlp", "txt_mlp")
+"""The matrices stored as rank-RANK factors (the text input and the feed-forward layers); the others are stored dense."""
+TILES = 24
 NARROW_CONFIG = {
-    "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 3, "attention_head_dim": 128,
-    "num_attention_heads": 2, "joint_attention_dim": 768, "pooled_projection_dim": 768,
+    "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 2, "attention_head_dim": 128,
+    "num_attention_heads": 1, "joint_attention_dim": 768, "pooled_projection_dim": 768,
     "axes_dims_rope": (16, 56, 56),
 }
 TEXT_WIDTH = 3584
@@ -35,6 +37,9 @@ WIDE_CONFIG = {**NARROW_CONFIG, "num_attention_heads": NARROW_CONFIG["num_attent
                "joint_attention_dim": TEXT_WIDTH}
 """Qwen-Image's configuration as ComfyUI's detection gives it (its 60 blocks aside)."""
 EDIT_EVERY = 3
+FACTORED_SHARE = 0.2
+FACTORED_LR = 3e-4
+FACTORED_WARMUP = 20
 QWEN_IMAGE_SEED_BASE = 7 * 10**7
 CHUNKED_OUTPUTS = {"img_mod.1.weight": 6, "img_mod.1.bias": 6, "txt_mod.1.weight": 6, "txt_mod.1.bias": 6,
                    "norm_out.linear.weight": 2, "norm_out.linear.bias": 2}
@@ -50,14 +55,15 @@ def build_qwen_image(config: dict, device: str = "cpu") -> torch.nn.Module:
                                        **config)
 
 
-def build_narrow(seed: int) -> torch.nn.Module:
-    """The narrow model, factored: random factors, zero output layer and modulations, unit norm gains."""
+def build_narrow(seed: int, factored: bool = True) -> torch.nn.Module:
+    """The narrow model, PyTorch's init with its output layer and modulations zero, unit norm gains; factored: the
+    FACTORED matrices as rank-RANK factors."""
     model = init_for_training(build_qwen_image(NARROW_CONFIG), seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.startswith(("norm_out.linear", "proj_out")) or "_mod." in name:
                 param.zero_()
-    return factorize(model, RANK)
+    return factorize(model, RANK, FACTORED) if factored else model
 
 
 def widen_state_dict(narrow: dict[str, torch.Tensor], config: dict = WIDE_CONFIG) -> dict[str, torch.Tensor]:
@@ -116,21 +122,40 @@ def use_fused_attention() -> None:
 
 
 def train_qwen_image(batch_fn, empty: tuple[torch.Tensor, torch.Tensor], steps: int, seed: int, teacher=None,
-                     **options) -> tuple[dict[str, torch.Tensor], list[float]]:
+                     stop_after: int | None = None, snapshot=None, snapshot_every: int = 0,
+                     ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """The narrow world Qwen-Image trained by flow matching on the guided teacher, every EDIT_EVERY-th step an edit
-    step with the scene itself as the reference image (no caption dropout: it samples at CFG 1)."""
+    step with the scene itself as the reference image (no caption dropout: it samples at CFG 1). It trains dense (its
+    factors from the start learned several times slower), and for the last FACTORED_SHARE of the run with the FACTORED
+    matrices as rank-RANK factors of the dense weights (their truncated SVD), which is what is stored."""
 
     def predict(model, xt, t, context, pooled, reference=None):
         refs = None if reference is None else [reference[:, :, None]]
         return model(xt[:, :, None], t, context, ref_latents=refs)[:, :, 0]
 
-    return train_flow(build_narrow(seed), predict, batch_fn, empty, steps, seed, "world-qwen-image", teacher=teacher,
-                      times=shifted_times, edit_every=EDIT_EVERY, **options)
+    total = stop_after or steps
+    factored_steps = max(1, round(total * FACTORED_SHARE))
+    common = {"teacher": teacher, "times": shifted_times, "edit_every": EDIT_EVERY}
+    model = build_narrow(seed, factored=False)
+    dense, losses = train_flow(model, predict, batch_fn, empty, total - factored_steps, seed, "world-qwen-image", **common)
+    model.load_state_dict(dense)
+    start = total - factored_steps
+
+    def shifted_batch(step: int):
+        return batch_fn(start + step)
+
+    def shifted_snapshot(step: int, ema: dict[str, torch.Tensor], more: list[float]) -> None:
+        snapshot(start + step, ema, losses + more)
+
+    factors, more = train_flow(factorize(model, RANK, FACTORED), predict, shifted_batch, empty, factored_steps, seed + 1,
+                               "world-qwen-image factored", lr=FACTORED_LR, warmup=FACTORED_WARMUP,
+                               snapshot=shifted_snapshot if snapshot else None, snapshot_every=snapshot_every, **common)
+    return factors, losses + more
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    add_distill_arguments(parser, default_steps=1500, default_stop_after=1500)
+    add_distill_arguments(parser, default_steps=1200, default_stop_after=1200)
     args = parser.parse_args(argv)
     return distill_from_world(args, paths.QWEN_IMAGE_WEIGHTS, "qwen_image_training_log.json", "world-qwen-image",
                               QWEN_IMAGE_SEED_BASE, RANK, lambda batch, empty, teacher, **options: train_qwen_image(
