@@ -2,10 +2,11 @@
 the same seed unguided, with the pixel detector's numbers and their mean; one panel per experiment (a column per
 seed, with what was asked drawn over the pictures) leads output/index.html.
 
-`python -m scripts.demo_world [SEEDS] [--family flux|zimage]` (default 4 seeds per experiment; `--family flux`: the
-world's Flux, which ComfyUI 0.33 and newer load; `--family zimage`: the world's Z-Image at 8 steps and CFG 1);
-DEMO_OUTPUT sets the folder (default output/). The panels are panel_world_<experiment>.png
-(panel_world_flux_<experiment>.png, panel_world_zimage_<experiment>.png), the docs' gallery.
+`python -m scripts.demo_world [SEEDS] [--family flux|zimage|qwen_image]` (default 4 seeds per experiment; `--family
+flux`: the world's Flux, which ComfyUI 0.33 and newer load; `--family zimage`: the world's Z-Image at 8 steps and CFG
+1; `--family qwen_image`: the world's Qwen-Image-Edit's drag at 8 steps and CFG 1); DEMO_OUTPUT sets the folder
+(default output/). The panels are panel_world_<experiment>.png (panel_world_flux_<experiment>.png,
+panel_world_zimage_<experiment>.png, panel_world_qwen_image_<experiment>.png), the docs' gallery.
 Exits non-zero when, on the mean over the seeds, guidance did not help where the measured table says it does.
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 
 from testbed import REPO, comfyui_path, import_comfyui_in_process
 from testbed.demo_page import Panel, panel_png, write_part
-from testbed.demo_roles import GUIDED_SCORE, GUIDED_VIEW, NO_DRAG_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW
+from testbed.demo_roles import (GUIDED_SCORE, GUIDED_VIEW, NO_DRAG_VIEW, REFERENCE_IMAGE, TARGET_MAP, UNGUIDED_SCORE,
+                                UNGUIDED_VIEW)
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -145,6 +147,19 @@ def drag_views(real: bool, world: "World", seed: int) -> tuple[dict, Views]:
                     for title, image in zip((NO_DRAG_VIEW, GUIDED_VIEW), record["images"])]
 
 
+def edit_drag_views(world: "World", seed: int) -> tuple[dict, Views]:
+    """Qwen-Image-Edit's drag: the reference scene, then the drag's arrow over the edit without and with the drag."""
+    from world import experiments as ex
+
+    record = ex.drag_edit(world, seed)
+    if "skipped" in record:
+        return record, []
+    scene, kept, after = record["images"]
+    return record, [(REFERENCE_IMAGE, enlarged(scene)),
+                    *((title, with_arrow(image, record["source"], record["target"]))
+                      for title, image in ((NO_DRAG_VIEW, kept), (GUIDED_VIEW, after)))]
+
+
 def move_to_views(world: "World", seed: int) -> tuple[dict, Views]:
     """Self-Guidance move_to: the start and the goal marked on the unguided and the guided image."""
     from world import experiments as ex
@@ -172,9 +187,11 @@ FAMILY_PANELS = {
                                  "world_zimage_spatial_edge": PANELS["world_spatial_edge"],
                                  "world_zimage_drag_generated": PANELS["world_drag_generated"],
                                  "world_zimage_self_guidance_move_to": PANELS["world_self_guidance_move_to"]}),
+    "qwen_image": ("world_qwen_image_", {"world_qwen_image_edit_drag": Experiment(
+        "edit_drag", ("correspondence", "appearance"), edit_drag_views, DRAG)}),
 }
-"""Each world model's panel prefix and experiments (the world's Flux and Z-Image: those their heads, or Self-Guidance,
-exist for)."""
+"""Each world model's panel prefix and experiments (the world's Flux, Z-Image and Qwen-Image-Edit: those their heads,
+or Self-Guidance, exist for)."""
 
 
 def scores(measures: tuple[Measure, ...], records: list[dict]) -> dict[str, list[dict]]:

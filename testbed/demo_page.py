@@ -10,7 +10,8 @@ import sys
 import textwrap
 from dataclasses import asdict, dataclass, field
 
-from testbed.demo_roles import GUIDED_SCORE, GUIDED_VIEW, LOSS_PLOT, NO_DRAG_VIEW, REFERENCE_VIEW, TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW
+from testbed.demo_roles import (GUIDED_SCORE, GUIDED_VIEW, LOSS_PLOT, NO_DRAG_VIEW, REFERENCE_IMAGE, REFERENCE_VIEW,
+                                TARGET_MAP, UNGUIDED_SCORE, UNGUIDED_VIEW)
 
 NOISE = ("The pictures themselves are noise: the demo's tiny models have random weights. What guidance did is "
          "visible in the readout space, as the heads read the sampled latents (read as sampled: the tiny random VAE's "
@@ -61,6 +62,11 @@ WHAT_TO_LOOK_FOR = {
     "world_zimage_drag": "A column per seed: the object of a one-object picture that the world Z-Image sampled in 8 "
                          "steps at CFG 1 (top: the same seed unguided) dragged 24-40 px by its correspondence and "
                          "appearance heads (bottom). " + DRAG_ARROW_AND_SCORES,
+    "world_qwen_image_edit_drag": "A column per seed: a rendered one-object scene (top), the reference image of an "
+                                  "edit that the world Qwen-Image-Edit samples in 8 steps at CFG 1 with the scene's "
+                                  "caption (which keeps it): the same seed without the drag (middle) and with its "
+                                  "object dragged 24-40 px by the correspondence and appearance heads (bottom). "
+                                  + DRAG_ARROW_AND_SCORES,
     "world_self_guidance": "A column per seed: Self-Guidance move_to on the words of a one-object prompt, no head "
                            "involved, the same seed unguided (top) and guided (bottom). " + START_GOAL_AND_SCORE,
     "world_zimage_self_guidance": "A column per seed: Self-Guidance move_to on the words of a one-object prompt, read "
@@ -94,6 +100,12 @@ PARTS = {
                           "The same world learned by ComfyUI's NextDiT in Z-Image's configuration (3840 wide, so "
                           "ComfyUI loads it as Z-Image), distilled to sample as Z-Image Turbo does: 8 euler steps at "
                           "cfg 1, guided by its depth, edge and drag heads, and by Self-Guidance (no head). " + WORLD_NOTE),
+    "world_qwen_image_": Part("The world's Qwen-Image-Edit",
+                              "The same world learned by ComfyUI's Qwen-Image MMDiT (3072 wide with 3584-wide text, "
+                              "so ComfyUI loads it as Qwen-Image), trained to keep a reference image as an edit model "
+                              "does and to sample in 8 euler steps at cfg 1 as the edit models' Lightning LoRAs do; a "
+                              "rendered scene is the edit's reference image and its drag heads move its object. "
+                              + WORLD_NOTE),
     TINY_PART: Part("Every example workflow runs",
                     "The check that every workflow in example_workflows/ runs: each on a real ComfyUI server with "
                     "tiny models in place of the real ones, its panel made from the workflow's own comparison nodes. "
@@ -163,7 +175,7 @@ class Panel:
         return [(title, name, self.score_line(self.score_title(title))) for title, name in ordered(self.images)]
 
 
-PANEL_ORDER = (TARGET_MAP, REFERENCE_VIEW, NO_DRAG_VIEW, UNGUIDED_VIEW, GUIDED_VIEW, LOSS_PLOT)
+PANEL_ORDER = (TARGET_MAP, REFERENCE_IMAGE, REFERENCE_VIEW, NO_DRAG_VIEW, UNGUIDED_VIEW, GUIDED_VIEW, LOSS_PLOT)
 
 
 def ordered(images: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -1,6 +1,7 @@
 """Titles the example workflows give the nodes whose outputs the demo's panels show (builder and demo share them)."""
 TARGET_MAP = "Target map"
 REFERENCE_VIEW = "Reference readout"
+REFERENCE_IMAGE = "Reference image"
 UNGUIDED_VIEW = "Unguided (same seed)"
 NO_DRAG_VIEW = "Same seed, no drag"
 GUIDED_VIEW = "Guided"
