@@ -6,8 +6,8 @@
 #   at a time (scripts/test_legs); without it, the whole suite on 0.3.75. Each phase prints its seconds.
 # make demo: the same setup, then run every workflow in example_workflows/ on a real ComfyUI server (0.33.0 when its
 #   source is in $(SHARED); on 0.3.75 the 2026 families' examples are skipped), and guide the learned world model
-#   (world/) next to the same seeds unguided; with ComfyUI 0.33's source, the world's Flux and Z-Image too
-#   (demo-worlds-033).
+#   (world/) next to the same seeds unguided; with ComfyUI 0.33's source, the world's Flux, Z-Image and
+#   Qwen-Image-Edit too (demo-worlds-033).
 # make world: retrain the learned world model and its heads (about an hour on 2 CPU cores).
 # make world-flux: retrain the world's Flux and its depth head (ComfyUI 0.33 from $(SHARED)/comfyui loads it).
 # make world-zimage: retrain the world's Z-Image and its four heads (on the ComfyUI 0.33 test bed).
@@ -81,6 +81,7 @@ demo-examples-033: setup-comfyui-033
 demo-worlds-033: setup-comfyui-033
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.demo_world --family flux
 	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.demo_world --family zimage
+	COMFYUI_PATH=$(CURDIR)/$(COMFYUI_033) $(PY_033) -m scripts.demo_world --family qwen_image
 
 setup: $(VENV)/.torch-ok
 	$(PY) -m scripts.setup_testbed
