@@ -127,7 +127,7 @@ def _is_current(path: str, digest: str) -> bool:
 
 def write_world_models(models_dir: str, zimage: bool = False, qwen_image: bool = False) -> list[str]:
     """Write the world checkpoint, the world's Flux files and the world heads where missing or built from other
-    weights, with `zimage` the world Z-Image too (2.5 GB), with `qwen_image` the world Qwen-Image-Edit (2.1 GB):
+    weights, with `zimage` the world Z-Image too (2.5 GB), with `qwen_image` the world Qwen-Image-Edit (1.4 GB):
     written for what uses them, not by the test bed's setup; return the paths written."""
     from safetensors.torch import save_file
 

@@ -1,10 +1,10 @@
 """`python -m world.heads`: train the world's readout heads with the pack's own trainer (`python -m readout.train`)
 on rendered scenes and their ground truth, and store them compactly in world/weights/.
 
-The world UNet's features repeat each narrow channel WIDEN times (side by side), the world Z-Image's repeat its
-narrow model's 256 channels TILES times (one copy after another), so a head's input weights matter only summed over
-each group of copies: the stored form keeps those sums, and `expand_head_file` gives back a head that computes
-exactly the same readouts on the world model."""
+The world UNet's features repeat each narrow channel WIDEN times (side by side), the world Z-Image's and
+Qwen-Image-Edit's repeat their narrow model's channels TILES times (one copy after another), so a head's input weights
+matter only summed over each group of copies: the stored form keeps those sums, and `expand_head_file` gives back a
+head that computes exactly the same readouts on the world model."""
 from __future__ import annotations
 
 import argparse
