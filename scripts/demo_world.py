@@ -148,11 +148,10 @@ def drag_views(real: bool, world: "World", seed: int) -> tuple[dict, Views]:
 
 
 def edit_drag_views(world: "World", seed: int) -> tuple[dict, Views]:
-    """Qwen-Image-Edit's drag, every step guided (its measured setting): the reference scene, then the drag's arrow
-    over the edit without and with the drag."""
+    """Qwen-Image-Edit's drag: the reference scene, then the drag's arrow over the edit without and with the drag."""
     from world import experiments as ex
 
-    record = ex.drag_edit(world, seed, end_percent=1.0)
+    record = ex.drag_edit(world, seed)
     if "skipped" in record:
         return record, []
     scene, kept, after = record["images"]

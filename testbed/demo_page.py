@@ -65,8 +65,7 @@ WHAT_TO_LOOK_FOR = {
     "world_qwen_image_edit_drag": "A column per seed: a rendered one-object scene (top), the reference image of an "
                                   "edit that the world Qwen-Image-Edit samples in 8 steps at CFG 1 with the scene's "
                                   "caption (which keeps it): the same seed without the drag (middle) and with its "
-                                  "object dragged 24-40 px by the correspondence and appearance heads, every step "
-                                  "guided (bottom). "
+                                  "object dragged 24-40 px by the correspondence and appearance heads (bottom). "
                                   + DRAG_ARROW_AND_SCORES,
     "world_self_guidance": "A column per seed: Self-Guidance move_to on the words of a one-object prompt, no head "
                            "involved, the same seed unguided (top) and guided (bottom). " + START_GOAL_AND_SCORE,
