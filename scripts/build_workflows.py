@@ -368,6 +368,15 @@ def dit_spatial(classes, family: str, kind: str = "depth") -> dict:
     return wf.to_ui()
 
 
+def drag_target(wf: Workflow, corr: Node, app: Node, pair: tuple[list[int], list[int]], reference_image) -> Node:
+    """Readout Drag Target at the default weights and window: one point pair, the correspondence and appearance
+    heads, and the image the point refers to (a (node, output) pair)."""
+    return wf.add("ReadoutDragTarget", (780, 150), {
+        "points": json.dumps([{"source": pair[0], "target": pair[1]}]), "drag_weight": 0.43,
+        "start_percent": 0.0, "end_percent": 0.5, "appearance_weight": 0.2},
+        correspondence_head=(corr, "head"), appearance_head=(app, "head"), reference_image=reference_image)
+
+
 def drag_generated(classes) -> dict:
     wf = Workflow(classes)
     loader, positive, negative, latent = base_graph(wf, SD15, "a photo of a bear dancing in a forest")
@@ -377,10 +386,7 @@ def drag_generated(classes) -> dict:
     reference = wf.add("VAEDecode", (1350, 960), samples=(plain, "LATENT"), vae=loader.vae)
     corr = wf.add("LoadReadoutHead", (0, 250), {"head_name": "readout_sdv15_drag_correspondence.pt"})
     app = wf.add("LoadReadoutHead", (0, 420), {"head_name": "readout_sdv15_drag_appearance.pt"})
-    drag = wf.add("ReadoutDragTarget", (780, 150), {
-        "points": json.dumps([{"source": [190, 260], "target": [330, 200]}]), "drag_weight": 0.43,
-        "start_percent": 0.0, "end_percent": 0.5, "appearance_weight": 0.2},
-        correspondence_head=(corr, "head"), appearance_head=(app, "head"), reference_image=(reference, "IMAGE"))
+    drag = drag_target(wf, corr, app, ([190, 260], [330, 200]), (reference, "IMAGE"))
     sampler = guided_sampler(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, drag)
     finish(wf, loader, sampler, "readout_drag", reference=True)
     wf.note((0, 650), "Drag a generated image. The plain KSampler shows the reference (same seed as the guided "
@@ -413,10 +419,7 @@ def qwen_image_edit_drag(classes) -> dict:
     latent = wf.add("VAEEncode", (360, 500), pixels=(scaled, "IMAGE"), vae=loader.vae)
     corr = wf.add("LoadReadoutHead", (360, 650), {"head_name": "my_qwen_image_edit_drag_correspondence.safetensors"})
     app = wf.add("LoadReadoutHead", (360, 800), {"head_name": "my_qwen_image_edit_drag_appearance.safetensors"})
-    drag = wf.add("ReadoutDragTarget", (780, 150), {
-        "points": json.dumps([{"source": [400, 440], "target": [680, 440]}]), "drag_weight": 0.43,
-        "start_percent": 0.0, "end_percent": 0.5, "appearance_weight": 0.2},
-        correspondence_head=(corr, "head"), appearance_head=(app, "head"), reference_image=(scaled, "IMAGE"))
+    drag = drag_target(wf, corr, app, ([400, 440], [680, 440]), (scaled, "IMAGE"))
     sampler = guided_sampler(wf, loader, (positive, "CONDITIONING"), (negative, "CONDITIONING"), latent, drag,
                              **spec["sampler"])
     finish(wf, loader, sampler, "readout_qwen_image_edit_drag", reference=True)

@@ -213,6 +213,19 @@ def drag_measures(before: np.ndarray, after: np.ndarray, colour: str, dx: float,
     return {"moved": moved, "colour_kept": kept, "ghost": still}
 
 
+def _drag_guidance(world: World, blob: Blob, seed: int, reference: np.ndarray, weight: float | None,
+                   end_percent: float) -> tuple[Any, float, float]:
+    """Readout Drag Target moving the blob of `reference` by the seed's 24-40 px (its correspondence and appearance
+    heads, the node's default weight unless given), and that displacement; ValueError when no displacement fits."""
+    dx, dy = drag_vector(blob, np.random.default_rng(seed))
+    extra = {} if weight is None else {"drag_weight": weight}
+    guidance = call_node("ReadoutDragTarget", correspondence_head=world.heads["correspondence"],
+                         points=drag_points(blob, dx, dy), **{"drag_weight": _default_weight(), **extra},
+                         start_percent=0.0, end_percent=end_percent, appearance_head=world.heads["appearance"],
+                         reference_image=to_image(reference))[0]
+    return guidance, dx, dy
+
+
 def drag_generated(world: World, seed: int, rule: str = "fast", weight: float | None = None,
                    end_percent: float = 0.5) -> dict:
     """Drag the object of a one-object prompt's own generated image by 24-40 px."""
@@ -222,14 +235,9 @@ def drag_generated(world: World, seed: int, rule: str = "fast", weight: float | 
     if blob is None:
         return {"seed": seed, "skipped": "no object in the unguided image"}
     try:
-        dx, dy = drag_vector(blob, np.random.default_rng(seed))
+        guidance, dx, dy = _drag_guidance(world, blob, seed, before, weight, end_percent)
     except ValueError as err:
         return {"seed": seed, "skipped": f"the {blob.colour} object is too large to drag: {err}"}
-    extra = {} if weight is None else {"drag_weight": weight}
-    guidance = call_node("ReadoutDragTarget", correspondence_head=world.heads["correspondence"],
-                    points=drag_points(blob, dx, dy), **{"drag_weight": _default_weight(), **extra},
-                    start_percent=0.0, end_percent=end_percent, appearance_head=world.heads["appearance"],
-                    reference_image=to_image(before))[0]
     (after, reference), seconds = _timed(lambda: world.guided(seed, scene.caption, guidance, rule))
     return {"seed": seed, **drag_measures(reference, after, blob.colour, dx, dy), "seconds": seconds,
             "images": (reference, after), **drag_arrow(blob, dx, dy)}
@@ -245,14 +253,9 @@ def drag_edit(world: QwenImageWorld, seed: int, weight: float | None = None, end
     if blob is None:
         return {"seed": seed, "skipped": "no object detected in the rendered scene"}
     try:
-        dx, dy = drag_vector(blob, np.random.default_rng(seed))
+        guidance, dx, dy = _drag_guidance(world, blob, seed, image, weight, end_percent)
     except ValueError as err:
         return {"seed": seed, "skipped": f"the {colour} object is too large to drag: {err}"}
-    extra = {} if weight is None else {"drag_weight": weight}
-    guidance = call_node("ReadoutDragTarget", correspondence_head=world.heads["correspondence"],
-                         points=drag_points(blob, dx, dy), **{"drag_weight": _default_weight(), **extra},
-                         start_percent=0.0, end_percent=end_percent, appearance_head=world.heads["appearance"],
-                         reference_image=to_image(image))[0]
     world.reference = image
     try:
         (after, kept), seconds = _timed(lambda: world.guided(seed, scene.caption, guidance))
