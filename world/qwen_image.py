@@ -3,13 +3,14 @@ its detection fixes (3072 wide, 24 heads of 128, 3584-wide text), two dual-strea
 steps at CFG 1 as the edit models' lightning LoRAs do, with and without a reference image.
 
 It trains and is stored narrow (128 wide: one head of 128, reading the world's 768-wide CLIP-L; trained dense, then
-with its text input and feed-forward matrices as rank-`RANK` factors, which are stored) and `widen_state_dict` tiles it to Qwen-Image's width (as the world's Z-Image: world.zimage),
-its text input padded with zeros to 3584 channels. Two steps of three distill the SD1.5 world UNet guided at the
-world's CFG (text to image); every third is an edit step: the scene's clean latent is the reference image, appended
-after the generated image's tokens as Qwen-Image-Edit's encoders append it, and the target is that same scene, so
-the model keeps a reference image as an edit model told to keep it does. ComfyUI's Qwen latent is Wan 2.1's: the model reads the patch
-codes that the Flux latent of the world's TAESD16 holds, and `wan_latent` / `flux_latent` convert between the two
-formats (a TAESD cannot undo Wan's per-channel normalization before its clamp, so no Wan-format world VAE exists).
+with its text input and feed-forward matrices as rank-`RANK` factors, which are stored) and `widen_state_dict` tiles
+it to Qwen-Image's width (as the world's Z-Image: world.zimage), its text input padded with zeros to 3584 channels.
+Two steps of three distill the SD1.5 world UNet guided at the world's CFG (text to image); every third is an edit
+step: the scene's clean latent is the reference image, appended after the generated image's tokens as
+Qwen-Image-Edit's encoders append it, and the target is that same scene, so the model keeps a reference image as an
+edit model told to keep it does. ComfyUI's Qwen latent is Wan 2.1's: the model reads the patch codes that the Flux
+latent of the world's TAESD16 holds, and `wan_latent` / `flux_latent` convert between the two formats (a TAESD
+cannot undo Wan's per-channel normalization before its clamp, so no Wan-format world VAE exists).
 """
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ import sys
 import torch
 
 from world import paths
-from world.distill import add_distill_arguments, distill_from_world, factorize, init_for_training, train_flow, widen_tensor
+from world.distill import (add_distill_arguments, distill_from_world, factorize, init_for_training, train_flow,
+                           widen_tensor)
+from tiny.families import QWEN_TEXT_WIDTH as TEXT_WIDTH
 from world.zimage import shifted_times
 
 RANK = 48
@@ -31,8 +34,6 @@ NARROW_CONFIG = {
     "num_attention_heads": 1, "joint_attention_dim": 768, "pooled_projection_dim": 768,
     "axes_dims_rope": (16, 56, 56),
 }
-TEXT_WIDTH = 3584
-"""Qwen2.5-VL 7B's hidden width, which ComfyUI's detection fixes for every Qwen-Image."""
 WIDE_CONFIG = {**NARROW_CONFIG, "num_attention_heads": NARROW_CONFIG["num_attention_heads"] * TILES,
                "joint_attention_dim": TEXT_WIDTH}
 """Qwen-Image's configuration as ComfyUI's detection gives it (its 60 blocks aside)."""
@@ -73,10 +74,12 @@ def widen_state_dict(narrow: dict[str, torch.Tensor], config: dict = WIDE_CONFIG
     tiles = config["num_attention_heads"] * config["attention_head_dim"] // narrow_dim
     shapes = {k: v.shape for k, v in build_qwen_image(config, device="meta").state_dict().items()}
     if set(shapes) != set(narrow):
-        raise ValueError(f"the narrow and wide Qwen-Image differ in their weights: {sorted(set(shapes) ^ set(narrow))[:4]}")
+        differ = sorted(set(shapes) ^ set(narrow))[:4]
+        raise ValueError(f"the narrow and wide Qwen-Image differ in their weights: {differ}")
     wide = {key: widen_tensor(value, shapes[key], next((n for s, n in CHUNKED_OUTPUTS.items() if key.endswith(s)), 1),
                               tiles) for key, value in narrow.items()}
-    wide["txt_norm.weight"] = wide["txt_norm.weight"] * (NARROW_CONFIG["joint_attention_dim"] / config["joint_attention_dim"]) ** 0.5
+    text_share = NARROW_CONFIG["joint_attention_dim"] / config["joint_attention_dim"]
+    wide["txt_norm.weight"] = wide["txt_norm.weight"] * text_share**0.5
     return wide
 
 
